@@ -1,0 +1,41 @@
+# era5latent: two commands do all set-up on a fresh machine.
+#   make demo   installs into .venv and runs the main job on built-in sample data
+#   make test   installs into .venv and runs the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= demo-out
+
+.PHONY: install test demo bench docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, so a CPU machine never pulls multi-GB CUDA wheels: a local wheel (--no-index
+# honours pip's find-links), else the CPU wheel index where no NVIDIA driver is present.
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  $(PIP) install -q --no-index "torch>=2.2" 2>/dev/null || \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
+	  else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PIP) install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m era5latent.demo --out $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_pipeline.py
+
+docs: $(STAMP)
+	$(PY) -m era5latent.cli_docs > docs/cli.md
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
