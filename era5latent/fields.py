@@ -1,0 +1,148 @@
+"""Writing decoded fields in WeatherBench 2 layout, with the source's names, units and coordinates.
+
+Output dims are ``time, *sample_dims, level, latitude, longitude`` for pressure variables and
+``time, *sample_dims, latitude, longitude`` for single-level fields; variables carry the names
+the source used (``geopotential`` for a WB2 store, ``z`` for CDS or GRIB) and its units; latitude
+and longitude are put back in the source's orientation and longitude convention. Pressure
+variables share one ascending ``level`` axis (the union of decoded levels; a level a variable was
+not decoded at is NaN). Zarr outputs (v3) are written chunk by chunk into a temporary directory
+beside the target; NetCDF outputs are assembled in memory. Either is moved into place only when
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import zarr
+
+from era5latent.errors import StoreError
+from era5latent.sources import SourceLayout
+from era5latent.fsutil import atomic_dir, atomic_file
+from era5latent.store import consolidate, write_time_coord
+from era5latent.variables import Channel, variable
+
+
+class FieldWriter:
+    def __init__(self, out: str, times: np.ndarray, sample_coords: dict[str, np.ndarray],
+                 lat: np.ndarray, lon: np.ndarray, groups: dict[str, tuple[Channel, ...]],
+                 layout: SourceLayout, attrs: dict[str, Any], overwrite: bool = False) -> None:
+        self.out = out
+        self.netcdf = out.lower().endswith((".nc", ".nc4", ".netcdf"))
+        self.times = times
+        self.sample_coords = sample_coords
+        self.sample_shape = tuple(len(v) for v in sample_coords.values())
+        channels = [c for chs in groups.values() for c in chs]
+        self.levels = sorted({c.level for c in channels if c.level is not None})
+        self.vars: dict[str, list[Channel]] = {}
+        for c in channels:
+            self.vars.setdefault(c.name, []).append(c)
+        self.layout = layout
+        # put the grid back as the source had it
+        self.lat_index = np.arange(lat.size) if layout.lat_descending else np.arange(lat.size)[::-1]
+        lon_src = np.where(lon >= 180, lon - 360, lon) if layout.lon_min < 0 else lon
+        self.lon_index = np.argsort(lon_src, kind="stable")
+        self.lat = lat[self.lat_index]
+        self.lon = lon_src[self.lon_index]
+        self.attrs = attrs
+        self._ctx = atomic_dir(out, overwrite) if not self.netcdf else None
+        if self.netcdf:
+            if os.path.exists(out) and not overwrite:
+                from era5latent.errors import StoreExistsError
+
+                raise StoreExistsError(f"{out} already exists; pass --overwrite to replace it")
+            self._mem: dict[str, np.ndarray] = {
+                name: np.full(self._shape(name), np.nan, dtype=np.float32) for name in self.vars}
+        else:
+            assert self._ctx is not None
+            self._tmp = self._ctx.__enter__()
+            self._create_zarr()
+
+    @property
+    def variables(self) -> list[str]:
+        return [self.out_name(v) for v in self.vars]
+
+    def out_name(self, var: str) -> str:
+        return self.layout.names.get(var) or variable(var).long_name
+
+    def _dims(self, var: str) -> tuple[str, ...]:
+        lev = ("level",) if variable(var).pressure else ()
+        return ("time", *self.sample_coords, *lev, "latitude", "longitude")
+
+    def _shape(self, var: str) -> tuple[int, ...]:
+        lev = (len(self.levels),) if variable(var).pressure else ()
+        return (len(self.times), *self.sample_shape, *lev, self.lat.size, self.lon.size)
+
+    def _var_attrs(self, var: str) -> dict[str, Any]:
+        v = variable(var)
+        return {"units": self.layout.units.get(var) or v.units, "long_name": v.long_name}
+
+    def _create_zarr(self) -> None:
+        root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
+        write_time_coord(root, self.times)
+        for name, vals in [*self.sample_coords.items(),
+                           ("latitude", self.lat), ("longitude", self.lon)] + (
+                [("level", np.asarray(self.levels, dtype=np.int64))] if self.levels else []):
+            a = root.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
+                                  dimension_names=(name,), compressors=None, fill_value=0,
+                                  attributes=_coord_attrs(name))
+            a[...] = vals
+        for var in self.vars:
+            shape = self._shape(var)
+            root.create_array(self.out_name(var), shape=shape, chunks=(1, *shape[1:]),
+                              dtype="float32", dimension_names=self._dims(var),
+                              fill_value=float("nan"), attributes=self._var_attrs(var))
+        root.attrs["era5latent"] = self.attrs
+        self._root = root
+
+    def write(self, offset: int, block: dict[Channel, np.ndarray]) -> None:
+        """Write fields ``(nt, *sample, H, W)`` (normalised grid) at time index ``offset``."""
+        for var, chs in self.vars.items():
+            first = block[chs[0]]
+            nt = first.shape[0]
+            if variable(var).pressure:
+                data = np.full((*first.shape[:-2], len(self.levels), *first.shape[-2:]), np.nan,
+                               dtype=np.float32)
+                for c in chs:
+                    data[..., self.levels.index(c.level), :, :] = block[c]
+            else:
+                data = first
+            data = data[..., self.lat_index, :][..., self.lon_index]
+            if self.netcdf:
+                self._mem[var][offset:offset + nt] = data
+            else:
+                self._root[self.out_name(var)][offset:offset + nt] = data  # type: ignore[index]
+
+    def close(self) -> None:
+        if self.netcdf:
+            self._write_netcdf()
+            return
+        assert self._ctx is not None
+        consolidate(self._tmp)
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(StoreError, StoreError("aborted"), None)
+
+    def _write_netcdf(self) -> None:
+        import xarray as xr
+
+        coords: dict[str, Any] = {"time": self.times, **self.sample_coords,
+                                  "latitude": ("latitude", self.lat, _coord_attrs("latitude")),
+                                  "longitude": ("longitude", self.lon, _coord_attrs("longitude"))}
+        if self.levels:
+            coords["level"] = ("level", np.asarray(self.levels, dtype=np.int64), _coord_attrs("level"))
+        ds = xr.Dataset({self.out_name(v): (self._dims(v), self._mem[v], self._var_attrs(v))
+                         for v in self.vars}, coords=coords,
+                        attrs={f"era5latent_{k}": str(v) for k, v in self.attrs.items()})
+        with atomic_file(self.out) as tmp:
+            ds.to_netcdf(tmp, engine="h5netcdf")
+
+
+def _coord_attrs(name: str) -> dict[str, str]:
+    return {"latitude": {"units": "degrees_north", "standard_name": "latitude"},
+            "longitude": {"units": "degrees_east", "standard_name": "longitude"},
+            "level": {"units": "hPa", "long_name": "pressure level"}}.get(name, {})

@@ -1,0 +1,216 @@
+"""WLA checkpoints: one safetensors file, weights plus JSON metadata (docs/format.md).
+
+safetensors holds only tensors and a string-to-string header, so nothing in a checkpoint can run
+code when loaded (no pickle anywhere). The header key ``era5latent`` holds JSON with the format
+version, the model config, the groups and their channels, normalisation statistics, the grid and
+the training provenance. Loading is strict: missing or unexpected weight names are an error that
+names them. Files are written to a temporary name beside the target and renamed into place.
+
+Training state for ``--resume`` (optimizer moments, step, RNG) lives in a sidecar
+``MODEL.state.safetensors`` written the same way; a checkpoint is complete without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from era5latent import __version__
+from era5latent.errors import CheckpointError, ModelMismatchError, StoreError
+from era5latent.fsutil import atomic_file
+from era5latent.model.wla import WLA, WLAConfig
+from era5latent.variables import Channel, parse_channel
+
+FORMAT = "era5latent.wla"
+FORMAT_VERSION = 1
+HEADER_KEY = "era5latent"
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything a checkpoint says besides its weights."""
+
+    config: WLAConfig
+    groups: dict[str, tuple[Channel, ...]]  # trained channels per group
+    normalisation: dict[str, dict[str, float]]  # channel code -> {"mean", "std"}
+    grid: dict[str, Any]  # shape, latitude/longitude first/last
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "config": self.config.to_dict(),
+            "groups": {g: [c.code for c in chs] for g, chs in self.groups.items()},
+            "normalisation": self.normalisation,
+            "grid": self.grid,
+            "training": self.training,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, path: str) -> CheckpointMeta:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: metadata is not valid JSON ({err.msg})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is a safetensors file but not an era5latent checkpoint "
+                                  f"(format {d.get('format') if isinstance(d, dict) else None!r}, "
+                                  f"expected {FORMAT!r})")
+        if not isinstance(d.get("format_version"), int) or d["format_version"] > FORMAT_VERSION:
+            raise CheckpointError(f"{path} has checkpoint format version {d.get('format_version')}; "
+                                  f"this era5latent reads up to {FORMAT_VERSION}: upgrade era5latent")
+        try:
+            return cls(
+                config=WLAConfig.from_dict(d["config"]),
+                groups={g: tuple(parse_channel(c) for c in chs) for g, chs in d["groups"].items()},
+                normalisation=d["normalisation"],
+                grid=d["grid"],
+                training=d.get("training", {}),
+            )
+        except KeyError as err:
+            raise CheckpointError(f"{path}: metadata lacks {err}; the file is damaged or was not "
+                                  "written by era5latent") from None
+
+    def channel_stats(self, channels: tuple[Channel, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor([self.normalisation[c.code]["mean"] for c in channels], dtype=torch.float64)
+        std = torch.tensor([self.normalisation[c.code]["std"] for c in channels], dtype=torch.float64)
+        return mean, std
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use, with its metadata and the sha256 of the file it came from."""
+
+    model: WLA
+    meta: CheckpointMeta
+    sha256: str
+    path: str
+
+    def provenance(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "preset": self.meta.config.preset,
+                "config": self.meta.config.to_dict(), "file": os.path.basename(self.path)}
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
+    try:
+        with atomic_file(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                      metadata=metadata)
+    except StoreError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def save_checkpoint(model: WLA, meta: CheckpointMeta, path: str) -> str:
+    """Write ``model`` and ``meta`` to ``path``; returns the file's sha256."""
+    _atomic_save(dict(model.state_dict()), {HEADER_KEY: meta.to_json()}, path)
+    return file_sha256(path)
+
+
+def read_meta(path: str) -> CheckpointMeta:
+    """Only the metadata of a checkpoint (no weights loaded)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no such checkpoint: {path}; train one with 'era5latent train'")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            header = (f.metadata() or {}).get(HEADER_KEY)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err}); expected a "
+                              "file written by 'era5latent train'") from None
+    if header is None:
+        raise CheckpointError(f"{path} is a safetensors file without era5latent metadata; expected "
+                              "a checkpoint written by 'era5latent train'")
+    return CheckpointMeta.from_json(header, path)
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint strictly: every weight present, nothing unexpected, shapes equal."""
+    meta = read_meta(path)
+    try:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read weights ({err}); the file is truncated or "
+                              "damaged") from None
+    model = WLA(meta.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match its config: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}")
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(tensors[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: weight shapes differ from its config for {bad[:5]}")
+    model.load_state_dict(tensors, strict=True)
+    model.eval().to(device)
+    return LoadedModel(model, meta, file_sha256(path), path)
+
+
+def check_same_model(loaded: LoadedModel, expected_sha256: str, store_path: str) -> None:
+    if loaded.sha256 != expected_sha256:
+        raise ModelMismatchError(
+            f"{loaded.path} (sha256 {loaded.sha256[:12]}) is not the model {store_path} was made "
+            f"with (sha256 {expected_sha256[:12]}); pass that model with --model")
+
+
+# -- training state sidecar --------------------------------------------------------------------
+
+def state_path(model_path: str) -> str:
+    return model_path + ".state.safetensors"
+
+
+def save_train_state(path: str, optimizer: torch.optim.Optimizer, step: int,
+                     rng: torch.Tensor, extra: dict[str, Any]) -> None:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"rng": rng}
+    for idx, st in sd["state"].items():
+        for name, value in st.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{name}"] = t
+    meta = {"step": step, "param_groups": sd["param_groups"], **extra}
+    _atomic_save(tensors, {HEADER_KEY: json.dumps(meta, sort_keys=True)}, state_path(path))
+
+
+def load_train_state(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    sp = state_path(path)
+    if not os.path.isfile(sp):
+        raise CheckpointError(f"cannot resume: {sp} (the training state written beside {path}) is "
+                              "missing; train without --resume")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(sp, framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[HEADER_KEY])
+        tensors = load_file(sp)
+    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot resume: {sp} is damaged ({err}); train without --resume") from None
+    return meta, tensors
+
+
+def optimizer_state_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = t
+    return {"state": state, "param_groups": meta["param_groups"]}

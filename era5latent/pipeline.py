@@ -1,0 +1,378 @@
+"""Streaming encode and decode: a source's time chunks through the WLA, into a store and back.
+
+Work is cut into time chunks of the store (``time_chunk`` steps). Each chunk is read, checked,
+normalised, pushed through the model in batches of ``batch_size`` samples counted from the chunk's
+own start, packed, written as one chunk-aligned region and marked done. Because batches are a
+function of the chunk alone, a resumed run computes exactly the bytes an uninterrupted run would.
+A reader thread prefetches the next chunk while the model works on the current one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from era5latent.errors import GridMismatchError, OptionError, StoreError, SubsetError
+from era5latent.model.checkpoint import LoadedModel, check_same_model
+from era5latent.model.wla import pack_bits, unpack_bits
+from era5latent.sources import (Source, SourceLayout, check_finite, grid_info,
+                                parse_time_range)
+from era5latent.store import (GroupSpec, LatentStore, StoreSpec, create_latent_store, is_store,
+                              open_latent_store)
+from era5latent.variables import Channel, group_channels, parse_channel
+
+T = TypeVar("T")
+#: progress(done_samples, total_samples) -- called after each chunk
+Progress = Callable[[int, int], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> first CUDA device if present else CPU; ``cpu``; ``cuda``/``cuda:N``."""
+    d = device.strip().lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        dev = torch.device(d)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise OptionError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def check_grid(source: Source, loaded: LoadedModel) -> None:
+    want = loaded.meta.grid
+    have = grid_info(source.latitude, source.longitude)
+    same = want["shape"] == have["shape"] and all(
+        np.allclose(want[k], have[k], atol=1e-6) for k in ("latitude", "longitude"))
+    if not same:
+        raise GridMismatchError(
+            f"{source.path} is on a {have['shape'][0]}x{have['shape'][1]} grid (lat "
+            f"{have['latitude'][0]}..{have['latitude'][1]}, lon {have['longitude'][0]}.."
+            f"{have['longitude'][1]}) but {loaded.path} was trained on {want['shape'][0]}x"
+            f"{want['shape'][1]} (lat {want['latitude'][0]}..{want['latitude'][1]}, lon "
+            f"{want['longitude'][0]}..{want['longitude'][1]}); regrid the data or train a model on "
+            "this grid")
+
+
+def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> None:
+    trained = loaded.meta.groups
+    for g, chs in group_channels(channels).items():
+        if g not in trained:
+            raise SubsetError(
+                f"{loaded.path} has no autoencoder for group {g!r} ({', '.join(c.code for c in chs)}); "
+                f"it was trained for groups {', '.join(trained)}: choose from "
+                f"{','.join(c.code for cs in trained.values() for c in cs)}")
+        extra = [c.code for c in chs if c not in trained[g]]
+        if extra:
+            raise SubsetError(
+                f"{loaded.path} was not trained on {', '.join(extra)}; group {g} knows "
+                f"{','.join(c.code for c in trained[g])}")
+
+
+def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, ``depth`` ahead; exceptions re-raised here."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                q.put(("item", it))
+            q.put(("end", None))
+        except BaseException as err:  # handed to the consumer
+            q.put(("error", err))
+
+    th = threading.Thread(target=run, name="era5latent-reader", daemon=True)
+    th.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise val
+            yield val
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
+
+
+# -- encode ------------------------------------------------------------------------------------
+
+@dataclass
+class EncodeResult:
+    path: str
+    groups: dict[str, list[str]]
+    times: int
+    samples: int
+    chunks_total: int
+    chunks_written: int
+    chunks_skipped: int
+    seconds: float
+    resumed: bool = False
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def _normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = loaded.meta.channel_stats(channels)
+    shape = (len(channels), 1, 1)
+    return mean.numpy().reshape(shape), std.numpy().reshape(shape)
+
+
+@torch.inference_mode()
+def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                 batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``."""
+    mean, std = _normaliser(loaded, channels)
+    z = ((x - mean) / std).astype(np.float32)
+    out: dict[str, np.ndarray] = {}
+    for g, chs in group_channels(channels).items():
+        idx = [channels.index(c) for c in chs]
+        meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
+        parts = []
+        for s in range(0, z.shape[0], batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(z[s:s + batch_size, idx])).to(device)
+            parts.append(pack_bits(loaded.model.encode(g, xb, meta)).cpu().numpy())
+        out[g] = np.concatenate(parts, axis=0)
+    return out
+
+
+@torch.inference_mode()
+def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], packed: np.ndarray,
+                 code_bits: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Packed codes ``(N, h, w, bytes)`` of one group -> physical fields ``(N, C, H, W)``."""
+    meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
+    mean, std = _normaliser(loaded, chs)
+    parts = []
+    for s in range(0, packed.shape[0], batch_size):
+        bits = unpack_bits(torch.from_numpy(np.ascontiguousarray(packed[s:s + batch_size])).to(device),
+                           code_bits)
+        parts.append(loaded.model.decode(group, bits, meta).float().cpu().numpy())
+    z = np.concatenate(parts, axis=0)
+    return (z * std + mean).astype(np.float32)
+
+
+def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
+                t0: int, t1: int, time_chunk: int) -> StoreSpec:
+    cfg = loaded.meta.config
+    groups = tuple(
+        GroupSpec(g, tuple(c.code for c in chs), tuple(c.meta for c in chs),
+                  tuple(source.units_of(c) for c in chs), cfg.code_bits, cfg.token_grid)
+        for g, chs in group_channels(channels).items())
+    return StoreSpec(
+        groups=groups,
+        times=source.times[t0:t1],
+        sample_coords=source.sample_coords(),
+        latitude=source.latitude,
+        longitude=source.longitude,
+        time_chunk=time_chunk,
+        model=loaded.provenance(),
+        normalisation={c.code: loaded.meta.normalisation[c.code] for c in channels},
+        source={"path": os.path.abspath(source.path) if "://" not in source.path else source.path,
+                "layout": source.layout.to_dict(),
+                "grid": grid_info(source.latitude, source.longitude)},
+    )
+
+
+def _open_for_resume(out: str, spec: StoreSpec) -> LatentStore:
+    store = open_latent_store(out, mode="r+")
+    have = {k: store.meta.get(k) for k in spec.identity() if k != "model_sha256"}
+    have["model_sha256"] = store.meta.get("model", {}).get("sha256")
+    want = spec.identity()
+    diff = [k for k in want if _canon(want[k]) != _canon(have.get(k))]
+    if diff:
+        raise StoreError(
+            f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
+            "subset, time range or source); pass --overwrite to replace it, or choose another --out")
+    return store
+
+
+def _canon(x: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
+           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
+           overwrite: bool = False, time_chunk: int = 8,
+           progress: Progress | None = None) -> EncodeResult:
+    """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible)."""
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
+    if time_chunk < 1:
+        raise OptionError(f"--time-chunk {time_chunk}: expected a positive integer")
+    source.check_channels(channels)
+    check_model_channels(channels, loaded)
+    check_grid(source, loaded)
+    dev = resolve_device(device)
+    loaded.model.to(dev).eval()
+    t0, t1 = source.time_indices(time_range)
+    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
+
+    resumed = False
+    if os.path.exists(out) and not overwrite:
+        if not is_store(out):
+            raise StoreError(f"{out} exists and is not a latent store; choose another --out or "
+                             "pass --overwrite")
+        store = _open_for_resume(out, spec)
+        spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
+        resumed = True
+    else:
+        create_latent_store(out, spec, overwrite=overwrite)
+        store = open_latent_store(out, mode="r+")
+
+    done = store.done()
+    todo = [i for i in range(spec.n_chunks) if not done[i]]
+    per_step = int(np.prod(source.sample_shape, dtype=np.int64))
+    total = (t1 - t0) * per_step
+    finished = int(sum(spec.chunk_bounds(i)[1] - spec.chunk_bounds(i)[0]
+                       for i in range(spec.n_chunks) if done[i])) * per_step
+    if progress:
+        progress(finished, total)
+
+    def read(i: int) -> tuple[int, np.ndarray]:
+        a, b = spec.chunk_bounds(i)
+        x = source.read(channels, t0 + a, t0 + b)
+        check_finite(x, f"{source.path} between {_iso(spec.times[a])} and {_iso(spec.times[b - 1])}")
+        return i, x
+
+    start = time.perf_counter()
+    written = 0
+    for i, x in _prefetch(read(i) for i in todo):
+        lead = x.shape[:-3]  # (nt, *sample)
+        flat = x.reshape(-1, *x.shape[-3:])
+        codes = encode_block(loaded, channels, flat, batch_size, dev)
+        store.write_chunk(i, {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()})
+        written += 1
+        finished += flat.shape[0]
+        if progress:
+            progress(finished, total)
+    seconds = time.perf_counter() - start
+    if not store.complete:
+        store.mark_complete()
+    samples = sum(spec.chunk_bounds(i)[1] - spec.chunk_bounds(i)[0] for i in todo) * per_step
+    return EncodeResult(out, {g.name: list(g.channels) for g in spec.groups}, t1 - t0, samples,
+                        spec.n_chunks, written, spec.n_chunks - len(todo), seconds, resumed)
+
+
+def _iso(t: np.datetime64) -> str:
+    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
+
+
+# -- decode ------------------------------------------------------------------------------------
+
+@dataclass
+class DecodeResult:
+    path: str
+    variables: list[str]
+    times: int
+    samples: int
+    seconds: float
+    channels: list[str] = field(default_factory=list)
+
+
+def select_store_channels(store: LatentStore, subset: tuple[Channel, ...] | None
+                          ) -> dict[str, tuple[Channel, ...]]:
+    have = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
+    if subset is None:
+        return have
+    all_have = {c for chs in have.values() for c in chs}
+    missing = [c.code for c in subset if c not in all_have]
+    if missing:
+        raise SubsetError(f"{store.path} holds no {', '.join(missing)}; it holds "
+                          f"{','.join(c.code for chs in have.values() for c in chs)}")
+    return {g: tuple(c for c in chs if c in subset) for g, chs in have.items()
+            if any(c in subset for c in chs)}
+
+
+def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
+           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
+           overwrite: bool = False, progress: Progress | None = None) -> DecodeResult:
+    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+    from era5latent import fields  # the ERA5-layout output writer
+
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
+    store = open_latent_store(store_path)
+    if not store.complete:
+        done = store.done()
+        raise StoreError(f"{store_path} is unfinished ({int(done.sum())} of {done.size} time chunks "
+                         "written); re-run the same encode command to finish it")
+    check_same_model(loaded, store.meta["model"]["sha256"], store_path)
+    dev = resolve_device(device)
+    loaded.model.to(dev).eval()
+    groups = select_store_channels(store, subset)
+    times = store.times
+    lo, hi = 0, len(times)
+    if time_range is not None:
+        start, end = parse_time_range(time_range)
+        lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
+        hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
+        if hi <= lo:
+            raise OptionError(f"--time {time_range} selects no time step; {store_path} covers "
+                              f"{_iso(times[0])} to {_iso(times[-1])}")
+    layout = SourceLayout.from_dict(store.meta["source"]["layout"])
+    sample_coords = {d: np.asarray(store.root[d][...]) for d in store.sample_dims}
+    lat = np.asarray(store.root["latitude"][...])
+    lon = np.asarray(store.root["longitude"][...])
+    writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
+                                attrs={"decoded_from": os.path.abspath(store_path),
+                                       "model_sha256": loaded.sha256},
+                                overwrite=overwrite)
+    specs = store.groups
+    step = store.time_chunk
+    per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
+    total = (hi - lo) * per_step
+    if progress:
+        progress(0, total)
+    start_t = time.perf_counter()
+
+    def read(a: int) -> tuple[int, dict[str, np.ndarray]]:
+        b = min(a + step, hi)
+        return a, {g: np.asarray(store.codes(g)[a:b]) for g in groups}
+
+    done_samples = 0
+    try:
+        for a, packed in _prefetch(read(a) for a in range(lo, hi, step)):
+            block: dict[Channel, np.ndarray] = {}
+            for g, chs in groups.items():
+                p = packed[g]
+                lead = p.shape[:-3]
+                y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
+                                 batch_size, dev)
+                y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+                for k, ch in enumerate(chs):
+                    block[ch] = y[..., k, :, :]
+            writer.write(a - lo, block)
+            done_samples += next(iter(block.values())).shape[0] * per_step
+            if progress:
+                progress(done_samples, total)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return DecodeResult(out, writer.variables, hi - lo, total, time.perf_counter() - start_t,
+                        [c.code for chs in groups.values() for c in chs])

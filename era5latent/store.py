@@ -1,0 +1,312 @@
+"""The ERA5-latent store: schema, atomic creation, build state and metadata (docs/format.md).
+
+A latent store is a Zarr v3 group. Its root attribute ``era5latent`` says fully how it was made.
+Per group ``g`` an array ``codes_g`` of packed sign bits, dims
+``(time, *sample_dims, token_lat, token_lon, byte)``, uint8, chunked along time only. The bool
+array ``build_done(time_chunk)``, one chunk per time chunk, records which time chunks are
+complete. Stores are created whole (every array, every coordinate) at a temporary path beside the
+target and renamed into place, so a store either does not exist or is fully laid out; filling it
+is then a sequence of chunk-aligned region writes each followed by its done flag, which makes an
+interrupted build resumable and keeps concurrent writers of distinct time chunks apart.
+
+This module also holds the generic helpers used by decode for ERA5-layout outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from era5latent import __version__
+from era5latent.errors import StoreError
+from era5latent.fsutil import atomic_dir
+
+FORMAT = "era5latent.latent"
+FORMAT_VERSION = 1
+ATTR = "era5latent"
+DONE = "build_done"
+TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+
+def codes_name(group: str) -> str:
+    return f"codes_{group}"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One variable group in a store: its channels and code geometry."""
+
+    name: str
+    channels: tuple[str, ...]  # channel codes, e.g. ("z500", "z850")
+    meta: tuple[float, ...]  # PVUM metadata scalars, same order
+    units: tuple[str, ...]
+    code_bits: int
+    token_grid: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.code_bits // 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": list(self.channels), "meta": list(self.meta), "units": list(self.units),
+                "code_bits": self.code_bits, "token_grid": list(self.token_grid),
+                "array": codes_name(self.name)}
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> GroupSpec:
+        return cls(name, tuple(d["channels"]), tuple(float(m) for m in d["meta"]),
+                   tuple(d["units"]), int(d["code_bits"]), (int(d["token_grid"][0]),
+                                                             int(d["token_grid"][1])))
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that fixes a store's layout and meaning (the resume identity)."""
+
+    groups: tuple[GroupSpec, ...]
+    times: np.ndarray  # datetime64[ns]
+    sample_coords: dict[str, np.ndarray]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    time_chunk: int
+    model: dict[str, Any]  # sha256, preset, config
+    normalisation: dict[str, dict[str, float]]
+    source: dict[str, Any]  # path, format, layout, grid
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-len(self.times) // self.time_chunk)
+
+    def chunk_bounds(self, i: int) -> tuple[int, int]:
+        return i * self.time_chunk, min((i + 1) * self.time_chunk, len(self.times))
+
+    def attrs(self) -> dict[str, Any]:
+        t = self.times
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "model": self.model,
+            "groups": {g.name: g.to_dict() for g in self.groups},
+            "normalisation": self.normalisation,
+            "source": self.source,
+            "sample_dims": list(self.sample_coords),
+            "time_range": [_iso(t[0]), _iso(t[-1])] if len(t) else [],
+            "time_chunk": self.time_chunk,
+            "complete": False,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a re-run to resume this store rather than be refused."""
+        a = self.attrs()
+        return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
+                                  "time_range")} | {
+            "model_sha256": self.model["sha256"]}
+
+
+def _iso(t: np.datetime64) -> str:
+    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# -- creation --------------------------------------------------------------------------------
+
+def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str,
+           attrs: dict[str, Any] | None = None) -> None:
+    arr = group.create_array(name, shape=values.shape, chunks=values.shape or (1,),
+                             dtype=values.dtype, dimension_names=(dim,), compressors=None,
+                             fill_value=0, attributes=attrs or {})
+    arr[...] = values
+
+
+def write_time_coord(group: zarr.Group, times: np.ndarray) -> None:
+    secs = times.astype("datetime64[s]").astype(np.int64)
+    _coord(group, "time", secs, "time",
+           {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"})
+
+
+def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> None:
+    """Lay out a complete, empty latent store at ``path`` (atomically)."""
+    with atomic_dir(path, overwrite) as tmp:
+        root = zarr.open_group(tmp, mode="w", zarr_format=3)
+        write_time_coord(root, spec.times)
+        for dim, vals in spec.sample_coords.items():
+            _coord(root, dim, np.asarray(vals), dim)
+        _coord(root, "latitude", spec.latitude.astype(np.float64), "latitude",
+               {"units": "degrees_north", "standard_name": "latitude",
+                "description": "source grid latitude (decode target)"})
+        _coord(root, "longitude", spec.longitude.astype(np.float64), "longitude",
+               {"units": "degrees_east", "standard_name": "longitude",
+                "description": "source grid longitude (decode target)"})
+        sample_dims = tuple(spec.sample_coords)
+        sample_shape = tuple(len(v) for v in spec.sample_coords.values())
+        for g in spec.groups:
+            h, w = g.token_grid
+            shape = (len(spec.times), *sample_shape, h, w, g.nbytes)
+            root.create_array(
+                codes_name(g.name), shape=shape, chunks=(spec.time_chunk, *shape[1:]),
+                dtype="uint8", dimension_names=("time", *sample_dims, "token_lat", "token_lon",
+                                                "byte"),
+                compressors=ZstdCodec(level=3), fill_value=0,
+                attributes={"group": g.name, "channels": list(g.channels),
+                            "code_bits": g.code_bits, "bit_order": "big",
+                            "description": "packed sign bits of the WLA binary latent codes"})
+        root.create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
+                          dimension_names=("time_chunk",), compressors=None, fill_value=False,
+                          attributes={"description": "True once the time chunk is fully written"})
+        root.attrs[ATTR] = _jsonable(spec.attrs())
+
+
+# -- opening and build state -------------------------------------------------------------------
+
+@dataclass
+class LatentStore:
+    """An opened latent store (read and region-write access)."""
+
+    path: str
+    root: zarr.Group
+    meta: dict[str, Any]
+
+    @property
+    def groups(self) -> dict[str, GroupSpec]:
+        return {n: GroupSpec.from_dict(n, d) for n, d in self.meta["groups"].items()}
+
+    @property
+    def sample_dims(self) -> tuple[str, ...]:
+        return tuple(self.meta.get("sample_dims", []))
+
+    @property
+    def time_chunk(self) -> int:
+        return int(self.meta["time_chunk"])
+
+    @property
+    def times(self) -> np.ndarray:
+        secs = np.asarray(self.root["time"][...], dtype=np.int64)
+        return secs.astype("datetime64[s]").astype("datetime64[ns]")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete", False))
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.root[DONE][...], dtype=bool)
+
+    def chunk_bounds(self, i: int) -> tuple[int, int]:
+        n = self.root["time"].shape[0]
+        return i * self.time_chunk, min((i + 1) * self.time_chunk, n)
+
+    def codes(self, group: str) -> zarr.Array:
+        return self.root[codes_name(group)]  # type: ignore[return-value]
+
+    def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
+        """Write time chunk ``i`` for every group, then mark it done (in that order)."""
+        a, b = self.chunk_bounds(i)
+        for g, packed in codes.items():
+            self.codes(g)[a:b] = packed
+        self.root[DONE][i] = True
+
+    def mark_complete(self) -> None:
+        if not self.done().all():
+            missing = np.flatnonzero(~self.done()).tolist()
+            raise StoreError(f"{self.path}: time chunks {missing[:10]} are not written yet")
+        meta = dict(self.meta, complete=True)
+        self.root.attrs[ATTR] = meta
+        self.meta = meta
+        consolidate(self.path)
+
+    def nbytes_on_disk(self) -> dict[str, int]:
+        """Bytes on disk per codes array (local stores) or stored bytes reported by zarr."""
+        out: dict[str, int] = {}
+        for g in self.groups:
+            name = codes_name(g)
+            local = os.path.join(self.path, name)
+            if os.path.isdir(local):
+                out[g] = sum(os.path.getsize(os.path.join(d, f))
+                             for d, _, fs in os.walk(local) for f in fs)
+            else:
+                out[g] = int(self.codes(g).nbytes_stored())
+        return out
+
+
+def consolidate(path: str) -> None:
+    """Consolidate metadata so readers open the finished store with one request."""
+    import warnings
+
+    with warnings.catch_warnings():  # zarr notes that v3 consolidation is not in the spec yet
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(path, zarr_format=3)
+
+
+def is_store(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "zarr.json"))
+
+
+def open_latent_store(path: str, mode: str = "r") -> LatentStore:
+    """Open a latent store; refuse anything else, or a format version this package cannot read."""
+    if not os.path.exists(path) and "://" not in path:
+        raise StoreError(f"no such latent store: {path}; check the path")
+    try:
+        root = zarr.open_group(path, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+    except Exception as err:
+        raise StoreError(f"{path} is not a Zarr v3 store ({type(err).__name__}); expected a latent "
+                         "store written by 'era5latent encode'") from None
+    meta = root.attrs.get(ATTR)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StoreError(f"{path} is a Zarr store but not an era5latent latent store (no "
+                         f"'{ATTR}' attribute with format {FORMAT!r}); expected the output of "
+                         "'era5latent encode'")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(f"{path} has latent-store format version {version}; this era5latent "
+                         f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade era5latent")
+    return LatentStore(path, root, meta)
+
+
+def summary(path: str) -> dict[str, Any]:
+    """What ``info`` shows: groups, channels, times, bytes, ratios, build progress (JSON-safe)."""
+    store = open_latent_store(path)
+    meta = store.meta
+    times = store.times
+    lat_n = int(store.root["latitude"].shape[0])
+    lon_n = int(store.root["longitude"].shape[0])
+    samples = int(np.prod([store.root[d].shape[0] for d in store.sample_dims], dtype=np.int64))
+    on_disk = store.nbytes_on_disk()
+    done = store.done()
+    groups = []
+    for name, g in store.groups.items():
+        raw = len(times) * samples * len(g.channels) * lat_n * lon_n * 4
+        code_raw = len(times) * samples * g.token_grid[0] * g.token_grid[1] * g.nbytes
+        groups.append({
+            "group": name, "channels": list(g.channels), "code_bits": g.code_bits,
+            "token_grid": list(g.token_grid), "bytes_on_disk": on_disk[name],
+            "code_bytes": code_raw, "float32_bytes": raw,
+            "compression_ratio": raw / on_disk[name] if on_disk[name] else None,
+            "code_compression_ratio": raw / code_raw if code_raw else None,
+        })
+    raw_total = sum(g["float32_bytes"] for g in groups)
+    disk_total = sum(g["bytes_on_disk"] for g in groups)
+    return {
+        "path": path,
+        "format": meta["format"], "format_version": meta["format_version"],
+        "package_version": meta.get("package_version"),
+        "complete": store.complete,
+        "chunks_done": int(done.sum()), "chunks_total": int(done.size),
+        "times": len(times),
+        "time_range": [_iso(times[0]), _iso(times[-1])] if len(times) else [],
+        "sample_dims": {d: int(store.root[d].shape[0]) for d in store.sample_dims},
+        "grid": [lat_n, lon_n],
+        "model_sha256": meta["model"]["sha256"], "model_preset": meta["model"].get("preset"),
+        "source": meta["source"].get("path"),
+        "groups": groups,
+        "float32_bytes": raw_total, "bytes_on_disk": disk_total,
+        "compression_ratio": raw_total / disk_total if disk_total else None,
+    }
