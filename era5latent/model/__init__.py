@@ -1,0 +1,1 @@
+"""The Weather Latent Autoencoder (``wla``, no IO) and its checkpoint files (``checkpoint``)."""

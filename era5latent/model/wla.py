@@ -1,0 +1,728 @@
+"""The Weather Latent Autoencoder (WLA, arXiv 2503.06623) as one readable torch module.
+
+One :class:`GroupAutoencoder` per variable group (``z``, ``t``, ..., ``surface``). Each maps a
+group's channels, any subset of them in any order, to a grid of binary tokens and back:
+
+    x (B, C, H, W) --PVUM 1x1--> (B, F, H, W) --patch conv--> (B, h*w, D) --ViT blocks-->
+    --Linear--> u (B, h, w, K) on the unit sphere --sign--> bits (B, h, w, K)
+    bits --Linear--> (B, h*w, D) --ViT blocks--> --Linear+GELU--> (B, 2D, h, w)
+    --transposed patch conv--> (B, F, H, W) --PVUM 1x1--> (B, C, H, W)
+
+with C channels, F = ``feat_dim`` PVUM features, D = ``width``, K = ``code_bits``. The PVUM
+hypernetwork turns each channel's metadata scalar (pressure level in hPa, or a fixed code for
+single-level fields, see :attr:`era5latent.variables.Channel.meta`) into that channel's 1x1 conv
+weights, so the network never sees channel *positions*: permuting (x, meta) pairs together leaves
+the codes unchanged and permutes the reconstruction the same way.
+
+The patch geometry is derived from the grid so that the transposed conv lands on exactly (H, W):
+no interpolation anywhere. This module does no IO; checkpoints live in ``checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from era5latent.errors import (
+    CheckpointError,
+    GridMismatchError,
+    ModelMismatchError,
+    OptionError,
+    SubsetError,
+)
+
+__all__ = [
+    "PRESETS",
+    "WLA",
+    "WLAConfig",
+    "WLAOutput",
+    "GroupAutoencoder",
+    "pack_bits",
+    "patch_geometry",
+    "preset_config",
+    "unpack_bits",
+]
+
+PVUM_SCALE = 0.01  # generated 1x1 weights and biases are scaled by this (as upstream)
+PVUM_HEADS = 4  # heads of the PVUM one-layer transformer over channel tokens
+SINCOS_BASE = 10000.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+def patch_geometry(grid: tuple[int, int], stride: int, padding: int
+                   ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Token grid and kernel such that conv and transposed conv map (H, W) <-> (h, w) exactly.
+
+    Per axis: ``h = max(1, round_half_up(H / stride))`` and
+    ``kernel = H + 2 * padding - (h - 1) * stride``; then
+    ``(H + 2p - k) // s + 1 == h`` and ``(h - 1) * s - 2p + k == H``.
+    Paper: (721, 1440), stride 10, padding 2 -> tokens (72, 144), kernel (15, 14).
+    """
+    if stride < 1 or padding < 0:
+        raise OptionError(f"patch_stride must be >= 1 and patch_padding >= 0, "
+                          f"got {stride} and {padding}")
+    tokens, kernel = [], []
+    for n in grid:
+        t = max(1, math.floor(n / stride + 0.5))
+        k = n + 2 * padding - (t - 1) * stride
+        if k < 1 or k <= padding:
+            raise OptionError(
+                f"grid axis {n} with patch stride {stride} and padding {padding} gives kernel {k}, "
+                f"which must be >= 1 and > padding; use a smaller padding or stride")
+        tokens.append(t)
+        kernel.append(k)
+    return (tokens[0], tokens[1]), (kernel[0], kernel[1])
+
+
+@dataclass(frozen=True)
+class WLAConfig:
+    """Everything that fixes the architecture (and so the shape of a checkpoint)."""
+
+    preset: str  # "tiny" | "small" | "paper" | "custom"
+    grid: tuple[int, int]  # (nlat, nlon) of the data, e.g. (721, 1440)
+    groups: tuple[str, ...]  # one autoencoder per group, e.g. ("z", "t", "surface")
+    patch_stride: int  # 10 for paper
+    patch_padding: int  # 2 for paper
+    width: int  # transformer width D; 1024 for paper
+    enc_depth: int  # 8 for paper
+    dec_depth: int  # 16 for paper
+    heads: int  # 16 for paper
+    mlp_ratio: float = 4.0
+    code_bits: int = 128  # K, bits per token (multiple of 8)
+    feat_dim: int = 128  # F, PVUM feature channels
+    meta_dim: int = 128  # sin/cos metadata embedding dim (multiple of PVUM_HEADS)
+    windows: tuple[tuple[int, int], ...] = ()  # window-attention cycle; () = global everywhere
+    global_every: int = 4  # every Nth block is global when windows are used
+    # BSQ entropy terms (see BinarySphericalQuantizer): loss "bsq" = ws * sample - wc * codebook
+    entropy_sample_weight: float = 0.1
+    entropy_codebook_weight: float = 0.1
+    entropy_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        # normalise sequences to tuples (JSON gives lists), then validate everything
+        set_ = object.__setattr__
+        set_(self, "grid", tuple(int(n) for n in self.grid))
+        set_(self, "groups", tuple(self.groups))
+        set_(self, "windows", tuple(tuple(int(n) for n in w) for w in self.windows))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.preset not in (*PRESETS, "custom"):
+            raise OptionError(f"unknown preset {self.preset!r}: expected one of "
+                              f"{', '.join((*PRESETS, 'custom'))}")
+        if len(self.grid) != 2 or min(self.grid) < 1:
+            raise OptionError(f"grid must be two positive sizes (nlat, nlon), got {self.grid}")
+        if not self.groups or len(set(self.groups)) != len(self.groups):
+            raise OptionError(f"groups must be non-empty and unique, got {self.groups}")
+        for g in self.groups:
+            if not isinstance(g, str) or not g or "." in g:
+                raise OptionError(f"group names must be non-empty strings without '.', got {g!r}")
+        positive = {"patch_stride": self.patch_stride, "width": self.width,
+                    "enc_depth": self.enc_depth, "dec_depth": self.dec_depth,
+                    "heads": self.heads, "code_bits": self.code_bits,
+                    "feat_dim": self.feat_dim, "meta_dim": self.meta_dim,
+                    "global_every": self.global_every}
+        for name, v in positive.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise OptionError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.patch_padding, bool) or not isinstance(self.patch_padding, int) \
+                or self.patch_padding < 0:
+            raise OptionError(f"patch_padding must be an integer >= 0, got {self.patch_padding!r}")
+        if self.width % self.heads:
+            raise OptionError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.code_bits % 8:
+            raise OptionError(f"code_bits must be a multiple of 8, got {self.code_bits}")
+        if self.meta_dim % PVUM_HEADS:
+            raise OptionError(f"meta_dim must be a multiple of {PVUM_HEADS}, got {self.meta_dim}")
+        if not self.mlp_ratio > 0 or int(self.width * self.mlp_ratio) < 1:
+            raise OptionError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("entropy_sample_weight", "entropy_codebook_weight"):
+            if not getattr(self, name) >= 0:
+                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.entropy_temperature > 0:
+            raise OptionError(f"entropy_temperature must be > 0, got {self.entropy_temperature}")
+        h, w = self.token_grid  # validates the patch geometry
+        for win in self.windows:
+            if len(win) != 2 or min(win) < 1 or h % win[0] or w % win[1]:
+                raise OptionError(
+                    f"attention window {win} does not divide the token grid {(h, w)} "
+                    f"(grid {self.grid}, patch stride {self.patch_stride}); pick windows whose "
+                    f"sides divide {h} and {w}, or none (global attention)")
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """(h, w) tokens per frame."""
+        return patch_geometry(self.grid, self.patch_stride, self.patch_padding)[0]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        """Patch-embedding kernel (same for the transposed conv of the decoder)."""
+        return patch_geometry(self.grid, self.patch_stride, self.patch_padding)[1]
+
+    @property
+    def tokens(self) -> int:
+        h, w = self.token_grid
+        return h * w
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes per token once bits are packed."""
+        return self.code_bits // 8
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists); :meth:`from_dict` inverts it."""
+        d = dataclasses.asdict(self)
+        d["grid"] = list(self.grid)
+        d["groups"] = list(self.groups)
+        d["windows"] = [list(w) for w in self.windows]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WLAConfig:
+        """Rebuild from :meth:`to_dict` output; any problem is a :class:`CheckpointError`.
+
+        Unknown keys and missing required keys are named; fields that have defaults may be absent.
+        """
+        if not isinstance(d, dict):
+            raise CheckpointError(f"model config must be a JSON object, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [n for n in required if n not in d]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown keys {unknown}")
+            if missing:
+                parts.append(f"missing keys {missing}")
+            raise CheckpointError(f"model config has {' and '.join(parts)}; the checkpoint was "
+                                  f"written by another version or is corrupt")
+        kwargs: dict[str, Any] = {}
+        try:
+            for name, value in d.items():
+                kwargs[name] = _coerce_field(name, value)
+            return cls(**kwargs)
+        except (OptionError, TypeError, ValueError) as e:
+            raise CheckpointError(f"model config is invalid: {e}") from e
+
+
+_INT_FIELDS = {"patch_stride", "patch_padding", "width", "enc_depth", "dec_depth", "heads",
+               "code_bits", "feat_dim", "meta_dim", "global_every"}
+_FLOAT_FIELDS = {"mlp_ratio", "entropy_sample_weight", "entropy_codebook_weight",
+                 "entropy_temperature"}
+
+
+def _coerce_field(name: str, value: Any) -> Any:
+    """Check one JSON value's type strictly (no silent float->int) and convert lists to tuples."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if name in _INT_FIELDS:
+        if not is_int(value):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        return value
+    if name in _FLOAT_FIELDS:
+        if not (is_int(value) or isinstance(value, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if name == "preset":
+        if not isinstance(value, str):
+            raise TypeError(f"preset must be a string, got {value!r}")
+        return value
+    if name == "grid":
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(map(is_int, value)):
+            raise TypeError(f"grid must be two integers, got {value!r}")
+        return tuple(value)
+    if name == "groups":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(g, str) for g in value):
+            raise TypeError(f"groups must be a list of strings, got {value!r}")
+        return tuple(value)
+    if name == "windows":
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(w, (list, tuple)) and len(w) == 2 and all(map(is_int, w)) for w in value)
+        if not ok:
+            raise TypeError(f"windows must be a list of [h, w] integer pairs, got {value!r}")
+        return tuple(tuple(w) for w in value)
+    raise TypeError(f"unknown field {name!r}")  # unreachable: keys were checked
+
+
+#: Architecture presets; geometry (grid, groups) comes from the data. Token grids:
+#: tiny/small on 73x144 -> 9x18; paper on 721x1440 -> 72x144 (kernel 15x14).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(patch_stride=8, patch_padding=2, width=64, enc_depth=2, dec_depth=2, heads=4,
+                 feat_dim=32, meta_dim=32),
+    "small": dict(patch_stride=8, patch_padding=2, width=256, enc_depth=4, dec_depth=6, heads=8,
+                  feat_dim=64, meta_dim=64),
+    "paper": dict(patch_stride=10, patch_padding=2, width=1024, enc_depth=8, dec_depth=16,
+                  heads=16, feat_dim=128, meta_dim=128, global_every=4),
+}
+
+
+def _paper_windows(token_grid: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """The paper's window cycle as fractions of the token grid: on 72x144 tokens this is
+    (36, 36), (18, 72), (72, 18). Where the fractions are not whole, () (global attention)."""
+    h, w = token_grid
+    if h % 4 or w % 8:
+        return ()
+    return ((h // 2, w // 4), (h // 4, w // 2), (h, w // 8))
+
+
+def preset_config(preset: str, grid: tuple[int, int], groups: tuple[str, ...],
+                  **overrides: Any) -> WLAConfig:
+    """A validated config for ``preset`` on ``grid``; ``overrides`` replace any preset field.
+
+    ``custom`` starts from ``tiny`` and is meant to be given overrides.
+
+    The ``paper`` preset takes the paper's window cycle, scaled to the token grid where it divides
+    (on 721x1440 exactly the paper's), else global attention; an explicit ``windows`` override is
+    used as given and must divide the token grid. Raises :class:`OptionError`.
+    """
+    if preset not in PRESETS and preset != "custom":
+        raise OptionError(f"unknown preset {preset!r}: expected one of "
+                          f"{', '.join((*PRESETS, 'custom'))}")
+    fields = {f.name for f in dataclasses.fields(WLAConfig)}
+    bad = sorted(set(overrides) - fields) + sorted({"preset", "grid", "groups"} & set(overrides))
+    if bad:
+        raise OptionError(f"cannot override {bad}: overridable fields are "
+                          f"{sorted(fields - {'preset', 'grid', 'groups'})}")
+    base = dict(PRESETS["tiny" if preset == "custom" else preset])
+    base.update(overrides)
+    if preset == "paper" and "windows" not in overrides:
+        stride, padding = base["patch_stride"], base["patch_padding"]
+        token_grid = patch_geometry(tuple(grid), stride, padding)[0]  # type: ignore[arg-type]
+        base["windows"] = _paper_windows(token_grid)
+    return WLAConfig(preset=preset, grid=tuple(grid), groups=tuple(groups), **base)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer blocks
+
+
+def _window_schedule(depth: int, windows: tuple[tuple[int, int], ...], global_every: int,
+                     ) -> list[tuple[int, int] | None]:
+    """Per block: a window, or None for global attention. Every ``global_every``-th block is
+    global; the others cycle through ``windows`` in order (paper encoder: W0 W1 W2 G W0 W1 W2 G)."""
+    out: list[tuple[int, int] | None] = []
+    k = 0
+    for i in range(depth):
+        if not windows or (i + 1) % global_every == 0:
+            out.append(None)
+        else:
+            out.append(windows[k % len(windows)])
+            k += 1
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, global or within non-overlapping windows of the token grid."""
+
+    def __init__(self, dim: int, heads: int, token_grid: tuple[int, int] | None = None,
+                 window: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        # a window covering the whole grid is global attention
+        self.window = None if window is None or window == token_grid else window
+        self.token_grid = token_grid
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, N, D)
+        B, N, D = x.shape
+        qkv = self.qkv(x)  # (B, N, 3D)
+        if self.window is not None:
+            qkv = _window_partition(qkv, self.token_grid, self.window)  # (B*nW, wh*ww, 3D)
+        b, n, _ = qkv.shape
+        q, k, v = qkv.view(b, n, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, n, D/heads)
+        y = y.transpose(1, 2).reshape(b, n, D)  # (b, n, D)
+        if self.window is not None:
+            y = _window_merge(y, B, self.token_grid, self.window)  # (B, N, D)
+        return self.proj(y)
+
+
+def _window_partition(x: Tensor, grid: tuple[int, int] | None, window: tuple[int, int]) -> Tensor:
+    """(B, h*w, E) -> (B * h/wh * w/ww, wh*ww, E), row-major tokens."""
+    assert grid is not None
+    B, _, E = x.shape
+    (h, w), (wh, ww) = grid, window
+    x = x.view(B, h // wh, wh, w // ww, ww, E).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B * (h // wh) * (w // ww), wh * ww, E)
+
+
+def _window_merge(x: Tensor, B: int, grid: tuple[int, int] | None, window: tuple[int, int]
+                  ) -> Tensor:
+    """Inverse of :func:`_window_partition`: (B*nW, wh*ww, E) -> (B, h*w, E)."""
+    assert grid is not None
+    E = x.shape[-1]
+    (h, w), (wh, ww) = grid, window
+    x = x.view(B, h // wh, w // ww, wh, ww, E).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(B, h * w, E)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float,
+                 token_grid: tuple[int, int] | None = None,
+                 window: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, token_grid, window)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, D) -> (B, N, D)
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def _blocks(config: WLAConfig, depth: int) -> nn.ModuleList:
+    sched = _window_schedule(depth, config.windows, config.global_every)
+    return nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, config.token_grid, w)
+                         for w in sched)
+
+
+# ----------------------------------------------------------------------------------------------
+# PVUM: the channel-metadata hypernetwork
+
+
+def sincos_embedding(meta: Tensor, dim: int, base: float = SINCOS_BASE) -> Tensor:
+    """(C,) scalars -> (C, dim) = [sin(m * w_i), cos(m * w_i)], w_i = base^(-2i/dim). fp32."""
+    i = torch.arange(dim // 2, dtype=torch.float32, device=meta.device)
+    omega = base ** (-i / (dim / 2))  # (dim/2,)
+    angle = meta.float()[:, None] * omega[None, :]  # (C, dim/2)
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)  # (C, dim)
+
+
+class PVUM(nn.Module):
+    """Pressure-Variable Unified Module: generates a 1x1 conv from per-channel metadata.
+
+    meta (C,) -> sin/cos (C, M) -> residual MLP -> one transformer block over the C channel
+    tokens plus a learned bias token (no positions, so it is permutation-equivariant) -> heads:
+    each channel token gives that channel's F weights; the bias comes from the bias token
+    (encoder, F biases) or from each channel's own token (decoder, one bias per output channel;
+    there the bias token takes part in attention only). All generated values are scaled by 0.01.
+
+    ``decoder=False``: (B, C, H, W) -> (B, F, H, W); ``decoder=True``: (B, F, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, meta_dim: int, feat_dim: int, decoder: bool) -> None:
+        super().__init__()
+        self.meta_dim, self.feat_dim, self.decoder = meta_dim, feat_dim, decoder
+        self.fc_1 = nn.Linear(meta_dim, meta_dim)  # residual MLP on the sin/cos embedding
+        self.fc_2 = nn.Linear(meta_dim, meta_dim)
+        self.bias_token = nn.Parameter(torch.zeros(1, meta_dim))
+        self.mixer = Block(meta_dim, PVUM_HEADS, 4.0)
+        self.ln_f = nn.LayerNorm(meta_dim)
+        self.weight_head = nn.Linear(meta_dim, feat_dim)
+        self.bias_head = nn.Linear(meta_dim, 1 if decoder else feat_dim)
+
+    def generate(self, meta: Tensor) -> tuple[Tensor, Tensor]:
+        """meta (C,) -> weight (C, F), bias (C,) for the decoder or (F,) for the encoder."""
+        C = meta.shape[0]
+        e = sincos_embedding(meta, self.meta_dim)  # (C, M) fp32
+        t = e + self.fc_2(F.gelu(self.fc_1(e)))  # (C, M)
+        t = torch.cat([t, self.bias_token.to(t.dtype)], dim=0)[None]  # (1, C+1, M)
+        t = self.ln_f(self.mixer(t))[0]  # (C+1, M)
+        weight = self.weight_head(t[:C]) * PVUM_SCALE  # (C, F)
+        if self.decoder:
+            bias = self.bias_head(t[:C]).squeeze(-1) * PVUM_SCALE  # (C,)
+        else:
+            bias = self.bias_head(t[C]) * PVUM_SCALE  # (F,)
+        return weight, bias
+
+    def forward(self, x: Tensor, meta: Tensor) -> Tensor:
+        weight, bias = self.generate(meta)  # (C, F), (F,) | (C,)
+        if self.decoder:  # (B, F, H, W) -> (B, C, H, W)
+            return F.conv2d(x, weight[:, :, None, None], bias)
+        return F.conv2d(x, weight.t()[:, :, None, None], bias)  # (B, C, H, W) -> (B, F, H, W)
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary spherical quantisation
+
+
+class BinarySphericalQuantizer(nn.Module):
+    """BSQ (Zhao et al. 2024): Linear(D -> K), L2-normalise, sign, scale 1/sqrt(K).
+
+    All of it runs in fp32 (also under autocast). With u the unit-norm pre-sign vector and
+    v = u * sqrt(K) (so mean v_i^2 = 1), the soft probability of bit i being 1 is
+    ``p_i = sigmoid(2 * tau * v_i)`` -- BSQ's factorised form with inverse temperature tau * K.
+    Entropies are binary entropies in bits, averaged over the K bits (so each is in [0, 1]):
+
+    - ``entropy_sample``: mean over tokens of H(p_i)   (minimise: confident codes)
+    - ``entropy_codebook``: H(mean over batch and tokens of p_i)   (maximise: every bit used)
+    - ``bsq`` = ``entropy_sample_weight * sample - entropy_codebook_weight * codebook``
+    """
+
+    def __init__(self, config: WLAConfig) -> None:
+        super().__init__()
+        self.bits = config.code_bits
+        self.tau = config.entropy_temperature
+        self.w_sample = config.entropy_sample_weight
+        self.w_codebook = config.entropy_codebook_weight
+        self.proj = nn.Linear(config.width, config.code_bits)
+
+    def latent(self, x: Tensor) -> Tensor:  # (B, N, D) -> u (B, N, K), fp32, unit norm
+        no_autocast = (contextlib.nullcontext() if x.device.type == "meta"
+                       else torch.autocast(x.device.type, enabled=False))
+        with no_autocast:
+            return F.normalize(self.proj(x.float()), dim=-1)
+
+    def codes_from_bits(self, bits: Tensor) -> Tensor:  # bool (..., K) -> (..., K) +-1/sqrt(K)
+        one = torch.ones((), dtype=torch.float32, device=bits.device)
+        return torch.where(bits, one, -one) / math.sqrt(self.bits)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x (B, N, D) -> codes (B, N, K) with straight-through grad, u (B, N, K), losses."""
+        u = self.latent(x)  # (B, N, K)
+        q = self.codes_from_bits(u > 0)  # (B, N, K), exactly +-1/sqrt(K)
+        codes = q + (u - u.detach())  # value q, gradient of identity into u
+        p = torch.sigmoid(2.0 * self.tau * u * math.sqrt(self.bits))  # (B, N, K)
+        sample = _binary_entropy(p).mean()
+        codebook = _binary_entropy(p.mean(dim=(0, 1))).mean()
+        losses = {"entropy_sample": sample, "entropy_codebook": codebook,
+                  "bsq": self.w_sample * sample - self.w_codebook * codebook}
+        return codes, u, losses
+
+
+def _binary_entropy(p: Tensor, eps: float = 1e-6) -> Tensor:
+    """Elementwise H(p) in bits."""
+    p = p.clamp(eps, 1 - eps)
+    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder, decoder, one autoencoder per group
+
+
+class Encoder(nn.Module):
+    """(B, C, H, W), meta (C,) -> token features (B, h*w, D)."""
+
+    def __init__(self, config: WLAConfig) -> None:
+        super().__init__()
+        self.pvum = PVUM(config.meta_dim, config.feat_dim, decoder=False)
+        self.patch = nn.Conv2d(config.feat_dim, config.width, config.kernel,
+                               config.patch_stride, config.patch_padding)
+        self.pos = nn.Parameter(torch.zeros(1, config.tokens, config.width))
+        self.blocks = _blocks(config, config.enc_depth)
+        self.ln_f = nn.LayerNorm(config.width)
+
+    def forward(self, x: Tensor, meta: Tensor) -> Tensor:
+        x = self.pvum(x, meta)  # (B, F, H, W)
+        x = self.patch(x)  # (B, D, h, w)
+        x = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)  # (B, h*w, D)
+
+
+class Decoder(nn.Module):
+    """codes (B, h*w, K), meta (C,) -> (B, C, H, W)."""
+
+    def __init__(self, config: WLAConfig) -> None:
+        super().__init__()
+        self.token_grid = config.token_grid
+        self.embed = nn.Linear(config.code_bits, config.width)
+        self.pos = nn.Parameter(torch.zeros(1, config.tokens, config.width))
+        self.blocks = _blocks(config, config.dec_depth)
+        self.ln_f = nn.LayerNorm(config.width)
+        self.expand = nn.Linear(config.width, 2 * config.width)
+        self.unpatch = nn.ConvTranspose2d(2 * config.width, config.feat_dim, config.kernel,
+                                          config.patch_stride, config.patch_padding)
+        self.pvum = PVUM(config.meta_dim, config.feat_dim, decoder=True)
+
+    def forward(self, codes: Tensor, meta: Tensor) -> Tensor:
+        h, w = self.token_grid
+        x = self.embed(codes) + self.pos  # (B, h*w, D)
+        for block in self.blocks:
+            x = block(x)
+        x = F.gelu(self.expand(self.ln_f(x)))  # (B, h*w, 2D)
+        x = x.transpose(1, 2).unflatten(2, (h, w))  # (B, 2D, h, w)
+        x = self.unpatch(x)  # (B, F, H, W), exactly the data grid
+        return self.pvum(x, meta)  # (B, C, H, W)
+
+
+class GroupAutoencoder(nn.Module):
+    """One group's encoder, binary quantiser and decoder."""
+
+    def __init__(self, config: WLAConfig) -> None:
+        super().__init__()
+        self.encoder = Encoder(config)
+        self.quantizer = BinarySphericalQuantizer(config)
+        self.decoder = Decoder(config)
+
+
+@dataclass
+class WLAOutput:
+    recon: Tensor  # (B, C, H, W)
+    codes: Tensor  # (B, h, w, K) in {-1, +1}/sqrt(K), straight-through gradient
+    losses: dict[str, Tensor]  # "entropy_sample", "entropy_codebook", "bsq" (scalars)
+
+    @property
+    def bits(self) -> Tensor:  # bool (B, h, w, K), what encode() returns
+        return self.codes.detach() > 0
+
+
+class WLA(nn.Module):
+    """The Weather Latent Autoencoder: one :class:`GroupAutoencoder` per group."""
+
+    def __init__(self, config: WLAConfig) -> None:
+        super().__init__()
+        config._validate()  # a config is validated on creation; this guards hand-made copies
+        self.config = config
+        self.autoencoders = nn.ModuleDict({g: GroupAutoencoder(config) for g in config.groups})
+        self.apply(_init_weights)
+        for name, p in self.named_parameters():  # GPT-2 style scaled init of residual outputs
+            if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+                depth = config.dec_depth if ".decoder." in name else config.enc_depth
+                if ".pvum." in name:
+                    depth = 1
+                _trunc_normal(p, 0.02 / math.sqrt(2 * depth))
+        for m in self.modules():  # generated 1x1 weights start near std 1/sqrt(F)
+            if isinstance(m, PVUM):
+                _trunc_normal(m.weight_head.weight,
+                              1.0 / (PVUM_SCALE * math.sqrt(m.meta_dim * m.feat_dim)))
+
+    def num_params(self, group: str | None = None) -> int:
+        module = self if group is None else self._ae(group)
+        return sum(p.numel() for p in module.parameters())
+
+    # -- inference: bits in, bits out ------------------------------------------------------
+
+    @torch.no_grad()
+    def latent(self, group: str, x: Tensor, meta: Tensor | Sequence[float]) -> Tensor:
+        """Pre-sign unit vectors u (B, h, w, K), fp32; ``encode`` is ``latent(...) > 0``."""
+        ae = self._ae(group)
+        meta = self._check_input(x, meta)
+        u = ae.quantizer.latent(ae.encoder(x, meta))  # (B, h*w, K)
+        return u.unflatten(1, self.config.token_grid)  # (B, h, w, K)
+
+    def encode(self, group: str, x: Tensor, meta: Tensor | Sequence[float]) -> Tensor:
+        """x (B, C, H, W) z-scored, meta (C,) -> bool bits (B, h, w, K). No gradient."""
+        return self.latent(group, x, meta) > 0
+
+    def decode(self, group: str, bits: Tensor, meta: Tensor | Sequence[float]) -> Tensor:
+        """bits bool (B, h, w, K), meta (C,) -> (B, C, H, W) z-scored fields.
+
+        Gradients flow to the decoder's parameters (run under ``torch.inference_mode`` to avoid).
+        """
+        ae = self._ae(group)
+        h, w = self.config.token_grid
+        K = self.config.code_bits
+        if bits.ndim != 4 or tuple(bits.shape[1:]) != (h, w, K):
+            raise ModelMismatchError(
+                f"codes of shape {tuple(bits.shape)} do not fit this model: expected "
+                f"(batch, {h}, {w}, {K}) for grid {self.config.grid}")
+        meta = self._meta(meta, bits.device)
+        codes = ae.quantizer.codes_from_bits(bits.bool()).flatten(1, 2)  # (B, h*w, K)
+        return ae.decoder(codes, meta)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def forward(self, group: str, x: Tensor, meta: Tensor | Sequence[float]) -> WLAOutput:
+        """Training path: reconstruction, straight-through codes and the BSQ entropy losses."""
+        ae = self._ae(group)
+        meta = self._check_input(x, meta)
+        codes, _, losses = ae.quantizer(ae.encoder(x, meta))  # (B, h*w, K)
+        recon = ae.decoder(codes, meta)  # (B, C, H, W)
+        return WLAOutput(recon, codes.unflatten(1, self.config.token_grid), losses)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ae(self, group: str) -> GroupAutoencoder:
+        if group not in self.autoencoders:
+            raise SubsetError(f"this model has no autoencoder for group {group!r}: it was built "
+                              f"for groups {', '.join(self.config.groups)}")
+        return self.autoencoders[group]  # type: ignore[return-value]
+
+    @staticmethod
+    def _meta(meta: Tensor | Sequence[float], device: torch.device) -> Tensor:
+        m = torch.as_tensor(meta, dtype=torch.float32, device=device)
+        if m.ndim != 1 or m.numel() < 1:
+            raise ValueError(f"meta must be a non-empty 1-d tensor (C,), got shape {tuple(m.shape)}")
+        return m
+
+    def _check_input(self, x: Tensor, meta: Tensor | Sequence[float]) -> Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        if tuple(x.shape[2:]) != self.config.grid:
+            raise GridMismatchError(
+                f"data grid {tuple(x.shape[2:])} does not match the model grid "
+                f"{self.config.grid}; regrid the data or train a model for this grid")
+        m = self._meta(meta, x.device)
+        if m.shape[0] != x.shape[1]:
+            raise ValueError(f"meta has {m.shape[0]} entries but x has {x.shape[1]} channels")
+        return m
+
+
+def _trunc_normal(t: Tensor, std: float) -> None:
+    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        _trunc_normal(m.weight, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, (Encoder, Decoder)):
+        _trunc_normal(m.pos, 0.02)
+    elif isinstance(m, PVUM):
+        _trunc_normal(m.bias_token, 0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bit packing (the on-disk form of codes)
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def pack_bits(bits: Tensor) -> Tensor:
+    """bool (..., n) -> uint8 (..., ceil(n/8)), MSB first, zero-padded: ``numpy.packbits(axis=-1)``."""
+    if bits.dtype != torch.bool:
+        raise TypeError(f"pack_bits expects a bool tensor, got {bits.dtype}")
+    n = bits.shape[-1]
+    if n % 8:
+        bits = F.pad(bits.to(torch.uint8), (0, 8 - n % 8)).bool()
+    b = bits.unflatten(-1, (-1, 8)).to(torch.uint8)  # (..., n/8, 8)
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
+    return (b * w).sum(-1, dtype=torch.uint8)  # distinct powers of two: no overflow
+
+
+def unpack_bits(packed: Tensor, nbits: int) -> Tensor:
+    """uint8 (..., m) -> bool (..., nbits), inverse of :func:`pack_bits` (``numpy.unpackbits``)."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_bits expects a uint8 tensor, got {packed.dtype}")
+    if not 0 <= nbits <= 8 * packed.shape[-1]:
+        raise ValueError(f"cannot unpack {nbits} bits from {packed.shape[-1]} bytes")
+    w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    bits = (packed[..., None] & w) != 0  # (..., m, 8)
+    return bits.flatten(-2)[..., :nbits]
