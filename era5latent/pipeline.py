@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from era5latent import faults
 from era5latent.errors import GridMismatchError, OptionError, StoreError, SubsetError
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
@@ -262,6 +263,7 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
     start = time.perf_counter()
     written = 0
     for i, x in _prefetch(read(i) for i in todo):
+        faults.point("encode.chunk-read")
         lead = x.shape[:-3]  # (nt, *sample)
         flat = x.reshape(-1, *x.shape[-3:])
         codes = encode_block(loaded, channels, flat, batch_size, dev)
@@ -367,6 +369,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
                 for k, ch in enumerate(chs):
                     block[ch] = y[..., k, :, :]
             writer.write(a - lo, block)
+            faults.point("decode.block-written")
             done_samples += next(iter(block.values())).shape[0] * per_step
             if progress:
                 progress(done_samples, total)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -208,8 +209,10 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
         raise SourceError(f"no such file or directory: {path}; check the path")
     try:
         if fmt == "zarr":
-            return xr.open_zarr(path, chunks=None, consolidated=None,
-                                storage_options=storage_options, decode_timedelta=False)
+            with warnings.catch_warnings():  # unconsolidated stores are normal; no need to nag
+                warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
+                return xr.open_zarr(path, chunks=None, consolidated=None,
+                                    storage_options=storage_options, decode_timedelta=False)
         if fmt == "netcdf":
             return xr.open_dataset(path, engine="h5netcdf", chunks=None, decode_timedelta=False)
         return _open_grib(path)

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from era5latent import __version__
+from era5latent import __version__, faults
 from era5latent.errors import StoreError
 from era5latent.fsutil import atomic_dir
 
@@ -164,6 +164,7 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
                           dimension_names=("time_chunk",), compressors=None, fill_value=False,
                           attributes={"description": "True once the time chunk is fully written"})
         root.attrs[ATTR] = _jsonable(spec.attrs())
+        faults.point("store.created")
 
 
 # -- opening and build state -------------------------------------------------------------------
@@ -212,12 +213,15 @@ class LatentStore:
         a, b = self.chunk_bounds(i)
         for g, packed in codes.items():
             self.codes(g)[a:b] = packed
+        faults.point("encode.codes-written")
         self.root[DONE][i] = True
+        faults.point("encode.chunk-done")
 
     def mark_complete(self) -> None:
         if not self.done().all():
             missing = np.flatnonzero(~self.done()).tolist()
             raise StoreError(f"{self.path}: time chunks {missing[:10]} are not written yet")
+        faults.point("encode.before-complete")
         meta = dict(self.meta, complete=True)
         self.root.attrs[ATTR] = meta
         self.meta = meta
