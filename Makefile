@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py
 
 docs: $(STAMP)
-	$(PY) -m era5latent.cli_docs > docs/cli.md
+	$(PY) -m era5latent.cli_docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -114,7 +114,7 @@ def sample_cmd(
     levels: Annotated[str, typer.Option(help="Comma-separated pressure levels (hPa).")] =
         "50,100,150,200,250,300,400,500,600,700,850,925,1000",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
 ) -> None:
     """Write ERA5-like sample data (calibrated against real ERA5) in WeatherBench 2 layout."""
     from era5latent.errors import OptionError, StoreExistsError
@@ -149,7 +149,7 @@ def train_cmd(
     patch_stride: Annotated[Optional[int], typer.Option(
         min=1, help="Override the preset's patch stride (tokens = grid / stride).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue training OUT from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue training OUT from its last checkpoint.")] = False,
 ) -> None:
     """Train a Weather Latent Autoencoder on an ERA5 source."""
     from era5latent.sources import open_source
@@ -181,7 +181,7 @@ def encode_cmd(
     batch_size: BatchSize = 8,
     time_chunk: Annotated[int, typer.Option(min=1, help="Time steps per store chunk.")] = 8,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Encode ERA5 fields into a latent store (re-run the same command to resume)."""
@@ -217,7 +217,7 @@ def decode_cmd(
     time: TimeRange = None,
     batch_size: BatchSize = 8,
     device: Device = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
 ) -> None:
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
     from era5latent.model.checkpoint import load_checkpoint

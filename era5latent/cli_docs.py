@@ -1,0 +1,40 @@
+"""Generate docs/cli.md from the Typer app (``make docs``); a test keeps the file in sync."""
+
+from __future__ import annotations
+
+import typer.main
+
+from era5latent.cli import app
+
+
+def render() -> str:
+    root = typer.main.get_command(app)
+    ctx = root.context_class(root, info_name="era5latent")  # typer vendors its own click
+    out = ["# Command-line reference", "",
+           "Generated from the Typer app by `make docs` (`python -m era5latent.cli_docs`); "
+           "`tests/test_cli_docs.py` fails when it is out of date.", "",
+           "Exit codes: 0 success; 2 bad input or usage (one line on stderr, no traceback); "
+           "1 a bug.", ""]
+    for name in root.list_commands(ctx):  # type: ignore[attr-defined]
+        cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
+        sub = cmd.context_class(cmd, info_name=name, parent=ctx)
+        out += [f"## `era5latent {name}`", "", (cmd.help or "").strip(), "", "```",
+                " ".join(cmd.collect_usage_pieces(sub)).join(
+                    (f"era5latent {name} ", "")), "```", ""]
+        rows = []
+        for p in cmd.params:
+            if p.param_type_name == "argument":
+                rows.append((f"`{(p.name or '').upper()}`", "argument", getattr(p, "help", "") or "", ""))
+            elif p.param_type_name == "option" and p.name != "help":
+                flags = ", ".join(f"`{o}`" for o in (*p.opts, *p.secondary_opts))
+                default = "" if p.default is None or p.default is False or p.required else f"`{p.default}`"
+                rows.append((flags, "required" if p.required else "", p.help or "", default))
+        if rows:
+            out += ["| option | | meaning | default |", "|---|---|---|---|"]
+            out += [f"| {a} | {b} | {c.replace('|', '/')} | {d} |" for a, b, c, d in rows]
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
