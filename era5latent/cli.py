@@ -98,6 +98,8 @@ Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z50
                                      "(also 2t, 10u, geopotential:500).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Samples per model batch.")]
+Precision = Annotated[str, typer.Option(
+    help="Model arithmetic: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
 TimeRange = Annotated[Optional[str], typer.Option(
     "--time", help="Inclusive ISO range START/END; either side may be empty.")]
 
@@ -181,6 +183,7 @@ def encode_cmd(
     batch_size: BatchSize = 8,
     time_chunk: Annotated[int, typer.Option(min=1, help="Time steps per store chunk.")] = 8,
     device: Device = "auto",
+    precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -198,7 +201,8 @@ def encode_cmd(
     loaded = load_checkpoint(str(model))
     with _Bar("encode", "samples") as bar:
         res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
-                     device=device, overwrite=overwrite, time_chunk=time_chunk, progress=bar.update)
+                     device=device, overwrite=overwrite, time_chunk=time_chunk,
+                     precision=precision, progress=bar.update)
     if json_out:
         print(json.dumps(dataclasses.asdict(res)))
         return
@@ -217,6 +221,7 @@ def decode_cmd(
     time: TimeRange = None,
     batch_size: BatchSize = 8,
     device: Device = "auto",
+    precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
 ) -> None:
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
@@ -228,7 +233,8 @@ def decode_cmd(
     loaded = load_checkpoint(str(model))
     with _Bar("decode", "samples") as bar:
         res = decode(latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
-                     device=device, overwrite=overwrite, progress=bar.update)
+                     device=device, overwrite=overwrite, precision=precision,
+                     progress=bar.update)
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 

@@ -216,11 +216,94 @@ def _canon(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
-           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-           overwrite: bool = False, time_chunk: int = 8,
-           progress: Progress | None = None) -> EncodeResult:
-    """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible)."""
+@dataclass
+class EncodeJob:
+    """One encode, cut into time chunks that can run anywhere, in any order, any number of times.
+
+    ``run_chunk(i)`` reads, checks, encodes and writes time chunk ``i`` and sets its done flag; its
+    result depends on nothing but ``i``, which is what makes resumed, parallel and distributed
+    runs bitwise identical to a sequential one.
+    """
+
+    source: Source
+    loaded: LoadedModel
+    channels: tuple[Channel, ...]
+    spec: StoreSpec
+    store: LatentStore
+    t0: int
+    batch_size: int
+    device: torch.device
+    precision: str = "fp32"
+    resumed: bool = False
+
+    @property
+    def samples_per_step(self) -> int:
+        return int(np.prod(self.source.sample_shape, dtype=np.int64))
+
+    def todo(self) -> list[int]:
+        done = self.store.done()
+        return [i for i in range(self.spec.n_chunks) if not done[i]]
+
+    def chunk_samples(self, i: int) -> int:
+        a, b = self.spec.chunk_bounds(i)
+        return (b - a) * self.samples_per_step
+
+    def read_chunk(self, i: int) -> np.ndarray:
+        """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked finite."""
+        a, b = self.spec.chunk_bounds(i)
+        x = self.source.read(self.channels, self.t0 + a, self.t0 + b)
+        check_finite(x, f"{self.source.path} between {_iso(self.spec.times[a])} and "
+                        f"{_iso(self.spec.times[b - 1])}")
+        return x
+
+    def encode_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        lead = x.shape[:-3]  # (nt, *sample)
+        flat = x.reshape(-1, *x.shape[-3:])
+        with autocast(self.device, self.precision):
+            codes = encode_block(self.loaded, self.channels, flat, self.batch_size, self.device)
+        return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
+
+    def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
+        self.store.write_chunk(i, codes)
+
+    def run_chunk(self, i: int) -> int:
+        """Encode and write chunk ``i``; returns the number of samples it held."""
+        x = self.read_chunk(i)
+        faults.point("encode.chunk-read")
+        self.write_chunk(i, self.encode_chunk(x))
+        return self.chunk_samples(i)
+
+    def finish(self) -> None:
+        if not self.store.complete:
+            self.store.mark_complete()
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; others checked against the device."""
+    p = precision.strip().lower()
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if p not in PRECISIONS:
+        raise OptionError(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
+    if p == "fp16" and device.type != "cuda":
+        raise OptionError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return p
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
+                   *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
+                   overwrite: bool = False, time_chunk: int = 8, precision: str = "auto"
+                   ) -> EncodeJob:
+    """Check everything, then create the store (or open it to resume): a job ready to run."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if time_chunk < 1:
@@ -229,10 +312,10 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
     check_model_channels(channels, loaded)
     check_grid(source, loaded)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
-
     resumed = False
     if os.path.exists(out) and not overwrite:
         if not is_store(out):
@@ -244,40 +327,35 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
     else:
         create_latent_store(out, spec, overwrite=overwrite)
         store = open_latent_store(out, mode="r+")
+    return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed)
 
-    done = store.done()
-    todo = [i for i in range(spec.n_chunks) if not done[i]]
-    per_step = int(np.prod(source.sample_shape, dtype=np.int64))
-    total = (t1 - t0) * per_step
-    finished = int(sum(spec.chunk_bounds(i)[1] - spec.chunk_bounds(i)[0]
-                       for i in range(spec.n_chunks) if done[i])) * per_step
+
+def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
+           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
+           overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
+           progress: Progress | None = None) -> EncodeResult:
+    """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible)."""
+    job = prepare_encode(source, loaded, channels, out, time_range=time_range,
+                         batch_size=batch_size, device=device, overwrite=overwrite,
+                         time_chunk=time_chunk, precision=precision)
+    todo = job.todo()
+    total = len(job.spec.times) * job.samples_per_step
+    finished = total - sum(job.chunk_samples(i) for i in todo)
     if progress:
         progress(finished, total)
-
-    def read(i: int) -> tuple[int, np.ndarray]:
-        a, b = spec.chunk_bounds(i)
-        x = source.read(channels, t0 + a, t0 + b)
-        check_finite(x, f"{source.path} between {_iso(spec.times[a])} and {_iso(spec.times[b - 1])}")
-        return i, x
-
     start = time.perf_counter()
-    written = 0
-    for i, x in _prefetch(read(i) for i in todo):
+    for i, x in _prefetch((i, job.read_chunk(i)) for i in todo):
         faults.point("encode.chunk-read")
-        lead = x.shape[:-3]  # (nt, *sample)
-        flat = x.reshape(-1, *x.shape[-3:])
-        codes = encode_block(loaded, channels, flat, batch_size, dev)
-        store.write_chunk(i, {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()})
-        written += 1
-        finished += flat.shape[0]
+        job.write_chunk(i, job.encode_chunk(x))
+        finished += job.chunk_samples(i)
         if progress:
             progress(finished, total)
     seconds = time.perf_counter() - start
-    if not store.complete:
-        store.mark_complete()
-    samples = sum(spec.chunk_bounds(i)[1] - spec.chunk_bounds(i)[0] for i in todo) * per_step
-    return EncodeResult(out, {g.name: list(g.channels) for g in spec.groups}, t1 - t0, samples,
-                        spec.n_chunks, written, spec.n_chunks - len(todo), seconds, resumed)
+    job.finish()
+    spec = job.spec
+    return EncodeResult(out, {g.name: list(g.channels) for g in spec.groups}, len(spec.times),
+                        sum(job.chunk_samples(i) for i in todo), spec.n_chunks, len(todo),
+                        spec.n_chunks - len(todo), seconds, job.resumed)
 
 
 def _iso(t: np.datetime64) -> str:
@@ -312,7 +390,8 @@ def select_store_channels(store: LatentStore, subset: tuple[Channel, ...] | None
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-           overwrite: bool = False, progress: Progress | None = None) -> DecodeResult:
+           overwrite: bool = False, precision: str = "auto",
+           progress: Progress | None = None) -> DecodeResult:
     """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
     from era5latent import fields  # the ERA5-layout output writer
 
@@ -325,6 +404,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
                          "written); re-run the same encode command to finish it")
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     groups = select_store_channels(store, subset)
     times = store.times
@@ -363,8 +443,9 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
             for g, chs in groups.items():
                 p = packed[g]
                 lead = p.shape[:-3]
-                y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
-                                 batch_size, dev)
+                with autocast(dev, prec):
+                    y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]),
+                                     specs[g].code_bits, batch_size, dev)
                 y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
                 for k, ch in enumerate(chs):
                     block[ch] = y[..., k, :, :]
