@@ -185,6 +185,8 @@ def encode_cmd(
     device: Device = "auto",
     precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
+    break_lock: Annotated[bool, typer.Option(
+        "--break-lock", help="Clear the store's lock although its writer may be alive.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Encode ERA5 fields into a latent store (re-run the same command to resume)."""
@@ -202,7 +204,7 @@ def encode_cmd(
     with _Bar("encode", "samples") as bar:
         res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
                      device=device, overwrite=overwrite, time_chunk=time_chunk,
-                     precision=precision, progress=bar.update)
+                     precision=precision, break_lock=break_lock, progress=bar.update)
     if json_out:
         print(json.dumps(dataclasses.asdict(res)))
         return
@@ -223,6 +225,9 @@ def decode_cmd(
     device: Device = "auto",
     precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    allow_corrupt: Annotated[bool, typer.Option(
+        "--allow-corrupt", help="Fill time chunks that fail their checksum with NaN (and say "
+        "where) instead of refusing the store.")] = False,
 ) -> None:
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
     from era5latent.model.checkpoint import load_checkpoint
@@ -234,7 +239,9 @@ def decode_cmd(
     with _Bar("decode", "samples") as bar:
         res = decode(latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
                      device=device, overwrite=overwrite, precision=precision,
-                     progress=bar.update)
+                     allow_corrupt=allow_corrupt, progress=bar.update)
+    for where in res.corrupt:
+        sys.stderr.write(f"warning: corrupt chunk filled with NaN: {where}\n")
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 
@@ -365,6 +372,33 @@ def _print_eval(records: list[dict[str, object]], acc_reference: str) -> None:
                       f(r["small_scale_power_ratio"], ".3f"), f(r["bytes_per_value"], ".4f"),
                       f(r["compression_ratio"], ".1f"), f(r["compression_ratio_source"], ".1f"))
     Console(highlight=False, width=200).print(table)
+
+
+@command("verify")
+def verify_cmd(
+    store: Annotated[str, typer.Argument(help="Latent store.")],
+    model: Annotated[Optional[Path], typer.Option(
+        help="Also check that the store was made with this checkpoint.")] = None,
+) -> None:
+    """Check a latent store's integrity: format, layout, build state, chunk checksums, model.
+
+    Prints one line per check. Exit code 0 when all pass, 3 when any fails.
+    """
+    from era5latent.model.checkpoint import file_sha256
+    from era5latent.store import verify
+
+    sha = None
+    if model is not None:
+        if not model.is_file():
+            from era5latent.errors import CheckpointError
+
+            raise CheckpointError(f"no such checkpoint: {model}")
+        sha = file_sha256(str(model))
+    checks = verify(store, sha)
+    for c in checks:
+        print(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(3)
 
 
 def _size(n: int) -> str:

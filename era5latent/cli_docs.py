@@ -14,7 +14,7 @@ def render() -> str:
            "Generated from the Typer app by `make docs` (`python -m era5latent.cli_docs`); "
            "`tests/test_cli_docs.py` fails when it is out of date.", "",
            "Exit codes: 0 success; 2 bad input or usage (one line on stderr, no traceback); "
-           "1 a bug.", ""]
+           "3 `verify` found a problem; 1 a bug.", ""]
     for name in root.list_commands(ctx):  # type: ignore[attr-defined]
         cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
         sub = cmd.context_class(cmd, info_name=name, parent=ctx)

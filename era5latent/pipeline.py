@@ -27,8 +27,9 @@ from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info,
                                 parse_time_range)
-from era5latent.store import (GroupSpec, LatentStore, StoreSpec, create_latent_store, is_store,
-                              open_latent_store)
+from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
+                              check_unlocked, create_latent_store, is_store, open_latent_store,
+                              writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
 
 T = TypeVar("T")
@@ -301,8 +302,8 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-                   overwrite: bool = False, time_chunk: int = 8, precision: str = "auto"
-                   ) -> EncodeJob:
+                   overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
+                   break_lock: bool = False) -> EncodeJob:
     """Check everything, then create the store (or open it to resume): a job ready to run."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
@@ -317,6 +318,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
+    if is_store(out):
+        check_unlocked(out, break_lock)
     if os.path.exists(out) and not overwrite:
         if not is_store(out):
             raise StoreError(f"{out} exists and is not a latent store; choose another --out or "
@@ -333,11 +336,20 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
-           progress: Progress | None = None) -> EncodeResult:
-    """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible)."""
+           break_lock: bool = False, progress: Progress | None = None) -> EncodeResult:
+    """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).
+
+    The store's lock file is held throughout, so a second encode into the same store is refused
+    rather than interleaved; a lock left by a killed process on this host is cleared.
+    """
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
-                         time_chunk=time_chunk, precision=precision)
+                         time_chunk=time_chunk, precision=precision, break_lock=break_lock)
+    with writer_lock(out, break_lock):
+        return _run(job, out, progress)
+
+
+def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     todo = job.todo()
     total = len(job.spec.times) * job.samples_per_step
     finished = total - sum(job.chunk_samples(i) for i in todo)
@@ -372,6 +384,7 @@ class DecodeResult:
     samples: int
     seconds: float
     channels: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # filled with NaN under allow_corrupt
 
 
 def select_store_channels(store: LatentStore, subset: tuple[Channel, ...] | None
@@ -390,7 +403,7 @@ def select_store_channels(store: LatentStore, subset: tuple[Channel, ...] | None
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-           overwrite: bool = False, precision: str = "auto",
+           overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
            progress: Progress | None = None) -> DecodeResult:
     """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
     from era5latent import fields  # the ERA5-layout output writer
@@ -432,9 +445,28 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         progress(0, total)
     start_t = time.perf_counter()
 
-    def read(a: int) -> tuple[int, dict[str, np.ndarray]]:
+    corrupt: list[str] = []
+
+    def read(a: int) -> tuple[int, dict[str, np.ndarray | None]]:
+        """Codes for output times [a, a + step): whole store chunks, checksum-verified."""
         b = min(a + step, hi)
-        return a, {g: np.asarray(store.codes(g)[a:b]) for g in groups}
+        out_: dict[str, np.ndarray | None] = {}
+        for g in groups:
+            parts: list[np.ndarray] | None = []
+            for c in range(a // step, (b - 1) // step + 1):
+                try:
+                    chunk = store.read_chunk(g, c)
+                except CorruptChunkError as err:
+                    if not allow_corrupt:
+                        raise
+                    c0, c1 = store.chunk_bounds(c)
+                    corrupt.append(f"group {g} times {_iso(times[c0])}..{_iso(times[c1 - 1])}")
+                    parts = None
+                    break
+                c0 = store.chunk_bounds(c)[0]
+                parts.append(chunk[max(a, c0) - c0:min(b, c0 + chunk.shape[0]) - c0])
+            out_[g] = None if parts is None else np.concatenate(parts)
+        return a, out_
 
     done_samples = 0
     try:
@@ -442,6 +474,12 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
             block: dict[Channel, np.ndarray] = {}
             for g, chs in groups.items():
                 p = packed[g]
+                if p is None:  # corrupt chunk, allowed: NaN fields
+                    nt = min(a + step, hi) - a
+                    shape = (nt, *[len(v) for v in sample_coords.values()], len(lat), len(lon))
+                    for ch in chs:
+                        block[ch] = np.full(shape, np.nan, dtype=np.float32)
+                    continue
                 lead = p.shape[:-3]
                 with autocast(dev, prec):
                     y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]),
@@ -459,4 +497,4 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         raise
     writer.close()
     return DecodeResult(out, writer.variables, hi - lo, total, time.perf_counter() - start_t,
-                        [c.code for chs in groups.values() for c in chs])
+                        [c.code for chs in groups.values() for c in chs], corrupt)

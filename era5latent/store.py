@@ -14,8 +14,13 @@ This module also holds the generic helpers used by decode for ERA5-layout output
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +41,24 @@ TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 
 def codes_name(group: str) -> str:
     return f"codes_{group}"
+
+
+def checksum_name(group: str) -> str:
+    return f"sha256_{group}"
+
+
+def _sha256(a: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest()
+
+
+class CorruptChunkError(StoreError):
+    """A time chunk's codes cannot be read or do not match the checksum written with them."""
+
+    def __init__(self, path: str, group: str, chunk: int, why: str) -> None:
+        self.group, self.chunk, self.why = group, chunk, why
+        super().__init__(f"{path}: time chunk {chunk} of group {group} is corrupt ({why}); "
+                         "re-encode that time range, or decode with --allow-corrupt to fill it "
+                         "with NaN")
 
 
 @dataclass(frozen=True)
@@ -136,6 +159,14 @@ def write_time_coord(group: zarr.Group, times: np.ndarray) -> None:
 
 def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> None:
     """Lay out a complete, empty latent store at ``path`` (atomically)."""
+    try:
+        _create(path, spec, overwrite)
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror or err}; free space or choose a "
+                         "writable --out") from None
+
+
+def _create(path: str, spec: StoreSpec, overwrite: bool) -> None:
     with atomic_dir(path, overwrite) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=3)
         write_time_coord(root, spec.times)
@@ -160,6 +191,11 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
                 attributes={"group": g.name, "channels": list(g.channels),
                             "code_bits": g.code_bits, "bit_order": "big",
                             "description": "packed sign bits of the WLA binary latent codes"})
+            root.create_array(
+                checksum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32), dtype="uint8",
+                dimension_names=("time_chunk", "sha256"), compressors=None, fill_value=0,
+                attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
+                                           "(C-order bytes, before compression), set at write time"})
         root.create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                           dimension_names=("time_chunk",), compressors=None, fill_value=False,
                           attributes={"description": "True once the time chunk is fully written"})
@@ -209,13 +245,34 @@ class LatentStore:
         return self.root[codes_name(group)]  # type: ignore[return-value]
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
-        """Write time chunk ``i`` for every group, then mark it done (in that order)."""
+        """Write time chunk ``i`` for every group with its checksum, then mark it done."""
         a, b = self.chunk_bounds(i)
-        for g, packed in codes.items():
-            self.codes(g)[a:b] = packed
-        faults.point("encode.codes-written")
-        self.root[DONE][i] = True
+        try:
+            for g, packed in codes.items():
+                packed = np.ascontiguousarray(packed, dtype=np.uint8)
+                self.codes(g)[a:b] = packed
+                self.root[checksum_name(g)][i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
+            faults.point("encode.codes-written")
+            self.root[DONE][i] = True
+        except OSError as err:
+            raise StoreError(
+                f"cannot write time chunk {i} of {self.path}: {err.strerror or err}; free space "
+                "(or fix permissions) and re-run the same command to resume") from None
         faults.point("encode.chunk-done")
+
+    def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:
+        """The packed codes of time chunk ``i``; with ``check``, verified against its checksum."""
+        a, b = self.chunk_bounds(i)
+        try:
+            packed = np.ascontiguousarray(self.codes(group)[a:b], dtype=np.uint8)
+        except Exception as err:  # a damaged chunk can fail to decompress
+            raise CorruptChunkError(self.path, group, i,
+                                    f"unreadable: {type(err).__name__}") from None
+        if check:
+            want = bytes(np.asarray(self.root[checksum_name(group)][i], dtype=np.uint8))
+            if want != _sha256(packed):
+                raise CorruptChunkError(self.path, group, i, "checksum mismatch")
+        return packed
 
     def mark_complete(self) -> None:
         if not self.done().all():
@@ -223,9 +280,13 @@ class LatentStore:
             raise StoreError(f"{self.path}: time chunks {missing[:10]} are not written yet")
         faults.point("encode.before-complete")
         meta = dict(self.meta, complete=True)
-        self.root.attrs[ATTR] = meta
+        try:
+            self.root.attrs[ATTR] = meta
+            consolidate(self.path)
+        except OSError as err:
+            raise StoreError(f"cannot finish {self.path}: {err.strerror or err}; free space and "
+                             "re-run the same command") from None
         self.meta = meta
-        consolidate(self.path)
 
     def nbytes_on_disk(self) -> dict[str, int]:
         """Bytes on disk per codes array (local stores) or stored bytes reported by zarr."""
@@ -314,3 +375,139 @@ def summary(path: str) -> dict[str, Any]:
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
         "compression_ratio": raw_total / disk_total if disk_total else None,
     }
+
+
+# -- writer lock -------------------------------------------------------------------------------
+
+LOCK = "era5latent.lock"
+
+
+class StoreLockedError(StoreError):
+    """Another live process is writing the store."""
+
+
+def _lock_holder(lock: str) -> dict[str, Any] | None:
+    try:
+        with open(lock) as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
+    if holder is None:  # half-written by a process killed while taking it (allow a moment)
+        try:
+            return os.path.getmtime(lock) < time.time() - 10
+        except OSError:
+            return True
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell: only the user can say that process is gone
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def check_unlocked(path: str, break_lock: bool = False) -> None:
+    """Refuse when a live writer holds ``path``; clear a stale lock left by a killed one."""
+    lock = os.path.join(path, LOCK)
+    if not os.path.exists(lock):
+        return
+    holder = _lock_holder(lock)
+    if break_lock or _is_stale(lock, holder):
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        return
+    who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+    raise StoreLockedError(
+        f"{path} is being written by {who} (lock file {lock}); wait for it to finish, or if that "
+        "process is gone, pass --break-lock")
+
+
+@contextmanager
+def writer_lock(path: str, break_lock: bool = False) -> Iterator[None]:
+    """Hold the store's lock file for the duration (local stores; URLs are not locked)."""
+    if "://" in path:
+        yield
+        return
+    lock = os.path.join(path, LOCK)
+    while True:
+        check_unlocked(path, break_lock)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue  # raced with another writer: look again (it raises if that one is live)
+        break
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+    try:
+        yield
+    finally:
+        if (_lock_holder(lock) or {}).get("pid") == os.getpid():
+            os.unlink(lock)
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def verify(path: str, model_sha256: str | None = None) -> list[Check]:
+    """Every integrity check ``era5latent verify`` prints, in order."""
+    checks: list[Check] = []
+    try:
+        store = open_latent_store(path)
+    except StoreError as err:
+        return [Check("format", False, str(err))]
+    meta = store.meta
+    checks.append(Check("format", True, f"{meta['format']} version {meta['format_version']}"))
+    problems = []
+    n_t = store.root["time"].shape[0]
+    n_chunks = -(-n_t // store.time_chunk)
+    names = set(store.root.array_keys())
+    for g, spec in store.groups.items():
+        for arr in (codes_name(g), checksum_name(g)):
+            if arr not in names:
+                problems.append(f"array {arr} missing")
+        if codes_name(g) in names:
+            shape = store.codes(g).shape
+            want = (n_t, *[store.root[d].shape[0] for d in store.sample_dims], *spec.token_grid,
+                    spec.nbytes)
+            if tuple(shape) != want:
+                problems.append(f"{codes_name(g)} has shape {tuple(shape)}, attributes say {want}")
+    if DONE not in names or store.root[DONE].shape != (n_chunks,):
+        problems.append(f"{DONE} missing or not {n_chunks} long")
+    checks.append(Check("attributes", not problems,
+                        "; ".join(problems) or f"{len(store.groups)} groups, {n_t} times, "
+                                                f"{n_chunks} time chunks consistent"))
+    if problems:
+        return checks
+    done = store.done()
+    checks.append(Check("build", bool(done.all()) and store.complete,
+                        f"{int(done.sum())} of {done.size} time chunks done"
+                        + ("" if store.complete else ", store not marked complete")))
+    bad = []
+    for i in np.flatnonzero(done):
+        for g in store.groups:
+            try:
+                store.read_chunk(g, int(i))
+            except CorruptChunkError as err:
+                bad.append(f"chunk {i} of group {g} ({err.why})")
+    checks.append(Check("checksums", not bad,
+                        "; ".join(bad) or f"{int(done.sum()) * len(store.groups)} chunks match"))
+    if model_sha256 is not None:
+        have = meta["model"]["sha256"]
+        checks.append(Check("model", have == model_sha256,
+                            "sha256 matches" if have == model_sha256 else
+                            f"store was made with {have[:12]}, --model is {model_sha256[:12]}"))
+    return checks

@@ -1,0 +1,114 @@
+"""Store integrity: checksums, verify, --allow-corrupt, the writer lock, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from era5latent.store import LOCK
+
+from .conftest import assert_clean_error, run_cli
+
+
+@pytest.fixture
+def store(tmp_path: Path, sample_zarr: Path, tiny_model: Path) -> Path:
+    out = tmp_path / "latent.zarr"
+    res = run_cli("encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out",
+                  out, "--time-chunk", "8", "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    return out
+
+
+def _flip_a_byte(store: Path, array: str, chunk: int) -> None:
+    files = sorted(p for p in (store / array / "c").rglob("*") if p.is_file()
+                   and p.relative_to(store / array / "c").parts[0] == str(chunk))
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+
+
+def test_verify_passes_then_names_a_corrupt_chunk(store: Path, tiny_model: Path) -> None:
+    ok = run_cli("verify", store, "--model", tiny_model)
+    assert ok.exit_code == 0, ok.stdout
+    assert [ln.split()[0] for ln in ok.stdout.splitlines()] == ["PASS"] * 5
+    _flip_a_byte(store, "codes_z", 1)
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3
+    line = next(ln for ln in bad.stdout.splitlines() if "checksums" in ln)
+    assert line.startswith("FAIL") and "chunk 1 of group z" in line
+
+
+def test_decode_refuses_corruption_or_fills_nan_and_says_where(store: Path, tiny_model: Path,
+                                                               tmp_path: Path) -> None:
+    _flip_a_byte(store, "codes_surface", 2)
+    res = run_cli("decode", store, "--model", tiny_model, "--out", tmp_path / "r.zarr")
+    assert_clean_error(res, "time chunk 2", "surface", "--allow-corrupt")
+    assert not (tmp_path / "r.zarr").exists()
+    res = run_cli("decode", store, "--model", tiny_model, "--out", tmp_path / "r.zarr",
+                  "--allow-corrupt")
+    assert res.exit_code == 0 and "2020-01-05T00:00:00..2020-01-06T18:00:00" in res.stderr
+    t2m = xr.open_zarr(tmp_path / "r.zarr")["2m_temperature"].values
+    assert np.isnan(t2m[16:24]).all() and np.isfinite(t2m[:16]).all()
+    assert np.isfinite(xr.open_zarr(tmp_path / "r.zarr")["geopotential"].values).all()
+
+
+def test_a_live_writer_lock_refuses_a_second_encode(store: Path, sample_zarr: Path,
+                                                    tiny_model: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (store / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out",
+                store, "--device", "cpu"]
+        before = sorted(p.name for p in store.iterdir())
+        assert_clean_error(run_cli(*args), f"pid {sleeper.pid}", "--break-lock")
+        assert_clean_error(run_cli(*args, "--overwrite"), "being written")
+        assert sorted(p.name for p in store.iterdir()) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the writer is gone now: its lock is stale and the same command goes through
+    assert run_cli(*args).exit_code == 0
+    assert not (store / LOCK).exists()
+
+
+def test_full_disk_gives_a_clear_error_and_resumes(tmp_path: Path, sample_zarr: Path,
+                                                   tiny_model: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,z850,t850,t2m",
+            "--time-chunk", "2", "--device", "cpu"]
+    ref = tmp_path / "ref.zarr"
+    assert run_cli(*args, "--out", ref).exit_code == 0
+    need = sum(-(-p.stat().st_size // 4096) * 4096 for p in ref.rglob("*") if p.is_file())
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    size = need * 2 + (1 << 20)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        ballast = mnt / "ballast"
+        out = mnt / "latent.zarr"
+        ballast.write_bytes(b"\0" * (size - need // 2))  # room for about half the store
+        res = run_cli(*args, "--out", out)
+        assert_clean_error(res, "no space left", "re-run")
+        done = json.loads(run_cli("info", out, "--json").stdout)["chunks_done"]
+        assert 0 < done < 12
+        ballast.unlink()
+        res = run_cli(*args, "--out", out)
+        assert res.exit_code == 0, res.stderr
+        assert run_cli("verify", out).exit_code == 0
+        for name in ("codes_z", "codes_surface"):  # the resumed store holds what a clean run does
+            np.testing.assert_array_equal(xr.open_zarr(out)[name].values,
+                                          xr.open_zarr(ref)[name].values)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
