@@ -119,18 +119,16 @@ def sample_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
 ) -> None:
     """Write ERA5-like sample data (calibrated against real ERA5) in WeatherBench 2 layout."""
-    from era5latent.errors import OptionError, StoreExistsError
+    from era5latent.errors import OptionError
     from era5latent.sample import parse_grid, write_sample
 
-    if out.exists() and not overwrite:
-        raise StoreExistsError(f"{out} already exists; pass --overwrite to replace it")
     try:
         levs = tuple(int(x) for x in levels.split(",") if x.strip())
     except ValueError:
         raise OptionError(f"--levels {levels!r}: expected comma-separated integers (hPa)") from None
     vars_ = tuple(v.strip() for v in variables.split(",") if v.strip())
     ds = write_sample(str(out), grid=parse_grid(grid), times=times, start=start, freq=freq,
-                      variables=vars_, levels=levs, seed=seed)
+                      variables=vars_, levels=levs, seed=seed, overwrite=overwrite)
     _echo(f"wrote {out}: {len(ds.data_vars)} variables, {ds.sizes['time']} times, grid "
           f"{ds.sizes['latitude']}x{ds.sizes['longitude']}")
 
