@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from era5latent import faults
 from era5latent.errors import EmbedMapError, OptionError
 
 # --- the grid -------------------------------------------------------------------------------
@@ -1083,6 +1084,7 @@ def build_embed_map(
             vm[local] = True
             valid[r0:r1, c0:c1] = vm.reshape(r1 - r0, c1 - c0)
             emb_arr[r0:r1, c0:c1, :] = block.reshape(r1 - r0, c1 - c0, channels)
+            faults.point("embedmap.chunk-written")
 
         _run_pool(write_chunk, todo, workers, lambda i: prog("write", i, len(todo)))
         arrays["valid"][...] = valid

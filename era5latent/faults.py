@@ -17,6 +17,7 @@ POINTS = (
     "encode.before-complete", # every chunk done, the 'complete' attribute not yet written
     "store.created",          # the store skeleton is laid out at its temporary path
     "decode.block-written",   # a decoded block is written to the temporary output
+    "embedmap.chunk-written", # one output chunk of the embedding map is written
 )
 
 _counts: dict[str, int] = {}
