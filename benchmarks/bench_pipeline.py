@@ -1,0 +1,210 @@
+"""Encode/decode throughput against its two bounds: reading the source and running the model.
+
+For each configuration (preset, batch size, time-range length) three things are timed in one
+fresh process each, so peak RSS belongs to that measurement alone:
+
+  read     read (and decompress) every time chunk of the source, nothing else
+  compute  the model on batches already in memory (normalise, encode, pack / unpack, decode)
+  pipeline the real `encode` / `decode` (reader thread, model, writer), to a temporary store
+
+efficiency = pipeline throughput / min(read, compute). The last two lines are
+`encode efficiency X.XX` and `decode efficiency X.XX`: the worst over the configurations run.
+
+    python benchmarks/bench_pipeline.py            # CPU: tiny and small presets
+    python benchmarks/bench_pipeline.py --quick    # a smaller, faster set
+    python benchmarks/bench_pipeline.py --device cuda --grid 721x1440 --presets small,paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SUBSET = "z500,z850,t500,t850,t2m"
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement in this process; prints one JSON line."""
+    import numpy as np
+    import torch
+
+    from era5latent.model.checkpoint import load_checkpoint
+    from era5latent.pipeline import (autocast, decode, decode_block, encode, encode_block,
+                                     resolve_device, resolve_precision)
+    from era5latent.sources import open_source
+    from era5latent.store import open_latent_store
+    from era5latent.variables import parse_channel, parse_subset
+
+    torch.set_num_threads(args.threads)
+    chs = parse_subset(SUBSET)
+    src = open_source(args.data)
+    t_range = f"/{np.datetime_as_string(src.times[args.times - 1], unit='s')}"
+    loaded = load_checkpoint(args.model)
+    dev = resolve_device(args.device)
+    prec = resolve_precision("auto", dev)
+    loaded.model.to(dev).eval()
+    step = args.time_chunk
+    n = args.times
+    src_bytes = n * len(chs) * src.grid[0] * src.grid[1] * 4
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if args.what == "encode-read":
+        for a in range(0, n, step):
+            x = src.read(chs, a, min(a + step, n))
+            assert np.isfinite(x).all()
+    elif args.what == "encode-compute":
+        x = src.read(chs, 0, min(n, 4 * step)).reshape(-1, len(chs), *src.grid)
+        reps = -(-n // x.shape[0])
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            with autocast(dev, prec):
+                encode_block(loaded, chs, x, args.batch_size, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        n = reps * x.shape[0]
+    elif args.what == "encode":
+        encode(src, loaded, chs, args.out, time_range=t_range, batch_size=args.batch_size,
+               device=args.device, time_chunk=step, overwrite=True)
+    elif args.what == "decode-read":
+        store = open_latent_store(args.latent)
+        for g in store.groups:
+            for c in range(-(-n // store.time_chunk)):
+                store.read_chunk(g, c)
+    elif args.what == "decode-compute":
+        store = open_latent_store(args.latent)
+        packed = {g: store.read_chunk(g, 0).reshape(-1, *spec.token_grid, spec.nbytes)
+                  for g, spec in store.groups.items()}
+        groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
+        reps = -(-n // next(iter(packed.values())).shape[0])
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for g, chs_g in groups.items():
+                with autocast(dev, prec):
+                    decode_block(loaded, g, chs_g, packed[g], store.groups[g].code_bits,
+                                 args.batch_size, dev)
+        n = reps * next(iter(packed.values())).shape[0]
+    elif args.what == "decode":
+        decode(args.latent, loaded, args.out, batch_size=args.batch_size, device=args.device,
+               overwrite=True)
+    else:
+        raise SystemExit(f"unknown measurement {args.what}")
+    secs = time.perf_counter() - t0
+    out.update(seconds=secs, samples_per_s=n / secs, mb_per_s=src_bytes / secs / 1e6 * n / args.times,
+               peak_rss_mib=_rss_mib())
+    print(json.dumps(out))
+
+
+def run(what: str, cfg: dict[str, object], paths: dict[str, str]) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", what, "--data", paths["data"],
+           "--model", paths[f"model_{cfg['preset']}"], "--latent", paths[f"latent_{cfg['preset']}"],
+           "--out", paths["scratch"] + f"/{what}.zarr", "--times", str(cfg["times"]),
+           "--batch-size", str(cfg["batch"]), "--time-chunk", str(cfg["chunk"]),
+           "--device", str(cfg["device"]), "--threads", str(cfg["threads"])]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def prepare(tmp: str, grid: str, times: int, presets: list[str]) -> dict[str, str]:
+    from typer.testing import CliRunner
+
+    from era5latent.cli import app
+
+    def cli(*args: str) -> None:
+        r = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        if r.exit_code:
+            raise SystemExit(r.stderr)
+
+    paths = {"data": f"{tmp}/data.zarr", "scratch": tmp}
+    cli("sample", paths["data"], "--grid", grid, "--times", str(times), "--variables", "z,t,t2m",
+        "--levels", "500,850")
+    for p in presets:
+        paths[f"model_{p}"] = f"{tmp}/{p}.safetensors"
+        paths[f"latent_{p}"] = f"{tmp}/{p}-latent.zarr"
+        cli("train", paths["data"], "--subset", SUBSET, "--preset", p, "--steps", "2",
+            "--batch-size", "2", "--out", paths[f"model_{p}"], "--time", "/2020-01-02",
+            "--device", "cpu")
+        cli("encode", paths["data"], "--model", paths[f"model_{p}"], "--subset", SUBSET, "--out",
+            paths[f"latent_{p}"], "--time-chunk", "8", "--device", "cpu")
+    return paths
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--worker")
+    ap.add_argument("--data"); ap.add_argument("--model"); ap.add_argument("--latent")
+    ap.add_argument("--out"); ap.add_argument("--times", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--time-chunk", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--grid", default="73x144")
+    ap.add_argument("--presets", default="tiny,small")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.worker:
+        args.what = args.worker
+        worker(args)
+        return
+
+    presets = args.presets.split(",")
+    long_ = 200 if args.quick else 1000
+    configs = []
+    for p in presets:
+        for batch in ((8,) if args.quick else (2, 8, 32)):
+            configs.append({"preset": p, "batch": batch, "times": 100})
+        configs.append({"preset": p, "batch": 8, "times": long_})
+    for c in configs:
+        c.update(chunk=8, device=args.device, threads=args.threads)
+    print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, device {args.device}, "
+          f"{os.cpu_count()} CPU threads, grid {args.grid}, subset {SUBSET}", flush=True)
+    worst = {"encode": 1e9, "decode": 1e9}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="era5latent-bench-") as tmp:
+        paths = prepare(tmp, args.grid, long_, presets)
+        for c in configs:
+            for verb in ("encode", "decode"):
+                rd = run(f"{verb}-read", c, paths)
+                cp = run(f"{verb}-compute", c, paths)
+                pl = run(verb, c, paths)
+                bound = min(rd["samples_per_s"], cp["samples_per_s"])
+                eff = pl["samples_per_s"] / bound
+                worst[verb] = min(worst[verb], eff)
+                rows.append((verb, c["preset"], c["batch"], c["times"], pl["samples_per_s"],
+                             pl["mb_per_s"], rd["samples_per_s"], cp["samples_per_s"], eff,
+                             pl["peak_rss_mib"]))
+                print("| " + " | ".join(_fmt(v) for v in rows[-1]) + " |", flush=True)
+    print()
+    print("| verb | preset | batch | times | samples/s | source MB/s | read bound | compute bound "
+          "| efficiency | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(_fmt(v) for v in r) + " |")
+    for verb in ("encode", "decode"):
+        rss = {r[3]: r[9] for r in rows if r[0] == verb and r[2] == 8 and r[1] == presets[0]}
+        if len(rss) == 2:
+            a, b = sorted(rss)
+            print(f"peak RSS {verb} ({presets[0]}, batch 8): {rss[a]:.0f} MiB at {a} steps, "
+                  f"{rss[b]:.0f} MiB at {b} steps ({100 * (rss[b] / rss[a] - 1):+.1f}%)")
+    print(f"encode efficiency {worst['encode']:.2f}")
+    print(f"decode efficiency {worst['decode']:.2f}")
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    main()
