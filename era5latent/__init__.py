@@ -1,3 +1,65 @@
-"""era5latent: ERA5 to binary latent codes with a Weather Latent Autoencoder, and back."""
+"""era5latent: ERA5 to binary latent codes with a Weather Latent Autoencoder, and back.
+
+The Python API (docs/python-api.md) is exported lazily, so ``import era5latent`` and the CLI's
+``--help`` stay free of torch, xarray and zarr until a function is first used::
+
+    import era5latent
+
+    model = era5latent.load_model("wla.safetensors")
+    latent = era5latent.encode(ds, model, "z500,t850,t2m")   # ds: an xarray Dataset
+    fields = era5latent.decode(latent, model)
+    codes = era5latent.LatentDataset("latent.zarr", lead_times=1)  # for torch DataLoaders
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it (imported on first access)
+_EXPORTS: dict[str, str] = {
+    "open_latent": "era5latent.api",
+    "load_model": "era5latent.api",
+    "encode": "era5latent.api",
+    "decode": "era5latent.api",
+    "encode_to_store": "era5latent.api",
+    "decode_to_file": "era5latent.api",
+    "info": "era5latent.api",
+    "train_model": "era5latent.api",  # not "train"/"evaluate": those are submodules' names
+    "evaluate_reconstruction": "era5latent.api",
+    "LatentDataset": "era5latent.torch",
+    "LoadedModel": "era5latent.model.checkpoint",
+    "Era5LatentError": "era5latent.errors",
+    "make_sample": "era5latent.sample",
+    "write_sample": "era5latent.sample",
+}
+
+__all__ = [  # spelled out for type checkers; a test keeps it equal to _EXPORTS
+    "__version__", "open_latent", "load_model", "encode", "decode", "encode_to_store",
+    "decode_to_file", "info", "train_model", "evaluate_reconstruction", "LatentDataset",
+    "LoadedModel", "Era5LatentError", "make_sample", "write_sample",
+]
+
+if TYPE_CHECKING:
+    from era5latent.api import (decode, decode_to_file, encode, encode_to_store,
+                                evaluate_reconstruction, info, load_model, open_latent,
+                                train_model)
+    from era5latent.errors import Era5LatentError
+    from era5latent.model.checkpoint import LoadedModel
+    from era5latent.sample import make_sample, write_sample
+    from era5latent.torch import LatentDataset
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'era5latent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

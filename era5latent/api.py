@@ -1,0 +1,484 @@
+"""The Python API: everything the CLI does, as functions on typed inputs and xarray Datasets.
+
+Import it as ``import era5latent`` (the names below are exported lazily, so importing the package
+stays free of torch until one is used)::
+
+    latent = era5latent.encode(ds, model, "z500,t850,t2m")   # xr.Dataset of packed codes
+    fields = era5latent.decode(latent, model)                # xr.Dataset in WB2 layout
+    latent = era5latent.open_latent("latent.zarr")           # a store on disk, lazily
+
+A *latent Dataset* is the in-memory form of a latent store (docs/format.md): one uint8 variable
+``codes_<group>`` per group with dims ``(time, *sample_dims, token_lat, token_lon, byte)`` and
+the store's attribute ``era5latent``; coordinates ``time``, the sample dims (e.g. ``number``),
+the source grid ``latitude``/``longitude`` (what decode returns to) and ``token_lat``/
+``token_lon``, the centre of each token's patch. :func:`encode` returns one, :func:`open_latent`
+reads one, :func:`decode` accepts either.
+
+Work is cut into the store's time chunks (``time_chunk`` steps, batches counted from each
+chunk's start) exactly as ``era5latent encode``/``decode`` do, so results are bitwise the ones
+the CLI writes for the same options, whatever the input's dask chunking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from era5latent.errors import Era5LatentError, OptionError, StoreError
+from era5latent.evaluate import EvalReport
+from era5latent.fields import FieldWriter, _coord_attrs
+from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
+from era5latent.model.wla import WLAConfig
+from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, autocast, check_grid,
+                                 check_model_channels, decode_block, encode_block,
+                                 resolve_device, resolve_precision, select_store_channels)
+from era5latent.sources import Source, SourceLayout, check_finite, normalise, open_source
+from era5latent.store import (ATTR, GroupSpec, LatentStore, _jsonable, codes_name,
+                              open_latent_store)
+from era5latent.train import TrainOptions, TrainResult
+from era5latent.variables import Channel, parse_subset
+
+__all__ = [
+    "Channels",
+    "DataLike",
+    "ModelLike",
+    "decode",
+    "decode_to_file",
+    "encode",
+    "encode_to_store",
+    "evaluate_reconstruction",
+    "info",
+    "load_model",
+    "open_latent",
+    "train_model",
+]
+
+#: a subset: ``"z500,t850,t2m"``, ``["z500", "t2m"]`` or parsed channels
+Channels = str | Sequence[str] | Sequence[Channel]
+#: ERA5 data: an xarray Dataset (any layout ``open_source`` accepts) or a path/URL to open
+DataLike = xr.Dataset | str | os.PathLike[str]
+#: a model: loaded, or the path of a checkpoint to load (on the CPU)
+ModelLike = LoadedModel | str | os.PathLike[str]
+#: progress(done_samples, total_samples)
+Progress = Callable[[int, int], None]
+
+_IN_MEMORY = "<xarray.Dataset>"
+_TIME_ATTRS = {"standard_name": "time"}  # what a stored time coordinate opens with
+
+
+# -- small conversions ---------------------------------------------------------------------------
+
+def _channels(subset: Channels) -> tuple[Channel, ...]:
+    if isinstance(subset, str):
+        return parse_subset(subset)
+    items = list(subset)
+    if items and all(isinstance(c, Channel) for c in items):
+        return tuple(cast(list[Channel], items))
+    return parse_subset([str(c) for c in items])
+
+
+def _model(model: ModelLike) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def _source(data: DataLike) -> Source:
+    if isinstance(data, xr.Dataset):
+        label = str(data.encoding.get("source") or _IN_MEMORY)
+        return normalise(data, label, "xarray")
+    return open_source(data)
+
+
+def _windows(n: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def _is_dask(data: Any) -> bool:
+    from dask.base import is_dask_collection
+
+    return bool(is_dask_collection(data))
+
+
+def _store_values(root: zarr.Group, name: str) -> np.ndarray:
+    """A whole coordinate array of a store."""
+    arr = root[name]
+    if not isinstance(arr, zarr.Array):
+        raise StoreError(f"{root.store}: {name} is a group; expected a coordinate array")
+    return np.asarray(arr[...])
+
+
+# -- models --------------------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel:
+    """Load a checkpoint written by :func:`train_model` (strictly; see docs/format.md).
+
+    ``device`` is where the weights go (``cpu``, ``cuda``, ``cuda:N``); :func:`encode` and
+    :func:`decode` move the model to their own ``device`` when it differs.
+    """
+    return load_checkpoint(os.fspath(path), device)
+
+
+# -- the latent Dataset --------------------------------------------------------------------------
+
+def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray
+                  ) -> dict[str, tuple[str, np.ndarray, dict[str, str]]]:
+    """Centre of each token's patch: index ``i * stride - padding + (kernel - 1) / 2``."""
+    try:
+        cfg = WLAConfig.from_dict(meta["model"]["config"])
+    except (KeyError, TypeError, Era5LatentError):
+        return {}
+    out: dict[str, tuple[str, np.ndarray, dict[str, str]]] = {}
+    for dim, axis, n, k, name in (("token_lat", lat, cfg.token_grid[0], cfg.kernel[0], "latitude"),
+                                  ("token_lon", lon, cfg.token_grid[1], cfg.kernel[1], "longitude")):
+        if axis.size < 2:
+            continue
+        centre = np.arange(n) * cfg.patch_stride - cfg.patch_padding + (k - 1) / 2.0
+        step = (float(axis[-1]) - float(axis[0])) / (axis.size - 1)
+        values = float(axis[0]) + centre * step
+        if name == "latitude":
+            values = np.clip(values, -90.0, 90.0)
+        elif abs(abs(step) * axis.size - 360.0) < abs(step) / 2:  # global: wrap like the grid
+            values = np.mod(values, 360.0)
+        units = "degrees_north" if name == "latitude" else "degrees_east"
+        out[dim] = (dim, values, {"units": units, "long_name": f"{name} of the token's patch centre"})
+    return out
+
+
+def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
+                    sample_coords: Mapping[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
+                    array_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> xr.Dataset:
+    """Assemble a latent Dataset from packed codes per group (numpy or dask)."""
+    dims = ("time", *sample_coords, "token_lat", "token_lon", "byte")
+    groups = {g: GroupSpec.from_dict(g, d) for g, d in meta["groups"].items()}
+    data_vars = {}
+    for g, arr in codes.items():
+        spec = groups[g]
+        attrs = dict(array_attrs[g]) if array_attrs and g in array_attrs else {
+            "group": g, "channels": list(spec.channels), "code_bits": spec.code_bits,
+            "bit_order": "big", "description": "packed sign bits of the WLA binary latent codes"}
+        data_vars[codes_name(g)] = xr.Variable(dims, arr, attrs)
+    coords: dict[str, Any] = {"time": ("time", np.asarray(times).astype("datetime64[ns]"),
+                                       _TIME_ATTRS),
+                              **{d: (d, np.asarray(v)) for d, v in sample_coords.items()},
+                              "latitude": ("latitude", lat, _coord_attrs("latitude")),
+                              "longitude": ("longitude", lon, _coord_attrs("longitude")),
+                              **_token_coords(meta, lat, lon)}
+    return xr.Dataset(data_vars, coords=coords, attrs={ATTR: dict(meta)})
+
+
+def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> xr.Dataset:
+    """Open a latent store as a lazy Dataset (dask-backed codes, one dask chunk per store chunk).
+
+    The Dataset has the store's attribute ``era5latent`` (groups, channels, model, source
+    layout, ...) and coordinates ``time`` (datetime64), the sample dims, ``latitude``/``longitude``
+    (the source grid) and ``token_lat``/``token_lon`` (token patch centres). An unfinished store
+    is refused unless ``allow_incomplete`` (its unwritten chunks read as zeros).
+    """
+    import dask.array as dsa
+
+    p = os.fspath(path)
+    store = open_latent_store(p)
+    if not store.complete and not allow_incomplete:
+        done = store.done()
+        raise StoreError(f"{p} is unfinished ({int(done.sum())} of {done.size} time chunks written); "
+                         "re-run the same encode command to finish it, or pass allow_incomplete=True")
+    codes: dict[str, Any] = {}
+    attrs: dict[str, dict[str, Any]] = {}
+    for g in store.groups:
+        arr = store.codes(g)
+        codes[g] = dsa.from_zarr(arr, chunks=arr.chunks)  # type: ignore[no-untyped-call]
+        attrs[g] = dict(arr.attrs)
+    ds = _latent_dataset(codes, store.meta, store.times,
+                         {d: _store_values(store.root, d) for d in store.sample_dims},
+                         _store_values(store.root, "latitude"),
+                         _store_values(store.root, "longitude"), attrs)
+    ds.encoding["source"] = p if "://" in p else os.path.abspath(p)
+    return ds
+
+
+def _grid(latent: xr.Dataset, meta: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The source grid: the coordinates, or (when a selection such as ``latent[["codes_z"]]``
+    dropped them) the regular grid the metadata describes."""
+    if "latitude" in latent.coords and "longitude" in latent.coords:
+        return np.asarray(latent["latitude"].values), np.asarray(latent["longitude"].values)
+    grid = meta["source"]["grid"]
+    n_lat, n_lon = grid["shape"]
+    (lat0, lat1), (lon0, lon1) = grid["latitude"], grid["longitude"]
+    return (np.linspace(float(lat0), float(lat1), int(n_lat)),
+            np.linspace(float(lon0), float(lon1), int(n_lon)))
+
+
+def _latent_meta(latent: xr.Dataset) -> dict[str, Any]:
+    meta = latent.attrs.get(ATTR)
+    if not isinstance(meta, dict) or "groups" not in meta or "model" not in meta:
+        raise StoreError(f"this Dataset has no '{ATTR}' attribute with groups and model; expected a "
+                         "latent Dataset from era5latent.encode or era5latent.open_latent")
+    return meta
+
+
+# -- encode --------------------------------------------------------------------------------------
+
+def _encode_window(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], a: int,
+                   b: int, batch_size: int, device: Any, precision: str) -> dict[str, np.ndarray]:
+    """Time steps ``[a, b)`` of the source -> packed codes per group ``(nt, *sample, h, w, B)``.
+
+    What ``EncodeJob.read_chunk`` + ``encode_chunk`` do, without a store.
+    """
+    x = source.read(channels, a, b)
+    t = np.datetime_as_string(source.times[[a, b - 1]], unit="s")
+    check_finite(x, f"{source.path} between {t[0]} and {t[1]}")
+    lead = x.shape[:-3]
+    with autocast(device, precision):
+        codes = encode_block(loaded, channels, x.reshape(-1, *x.shape[-3:]), batch_size, device)
+    return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
+
+
+def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: int = 8,
+           device: str = "auto", precision: str = "auto", time_chunk: int = 8,
+           progress: Progress | None = None) -> xr.Dataset:
+    """Encode ``subset`` of ERA5 ``data`` into a latent Dataset (codes in memory).
+
+    ``data`` is an xarray Dataset in any layout ``era5latent encode`` reads (WB2, CDS, GRIB via
+    cfgrib; in memory or dask-backed) or a path. It is read ``time_chunk`` steps at a time, so
+    memory holds one window of fields plus the codes (``code_bits / 8`` bytes per token). Select
+    times first (``ds.sel(time=...)``). The codes equal, bit for bit, what ``era5latent encode``
+    writes with the same ``--batch-size`` and ``--time-chunk``. Raises
+    :class:`~era5latent.errors.Era5LatentError` subclasses for bad input, as the CLI does.
+    """
+    if batch_size < 1:
+        raise OptionError(f"batch_size {batch_size}: expected a positive integer")
+    if time_chunk < 1:
+        raise OptionError(f"time_chunk {time_chunk}: expected a positive integer")
+    loaded = _model(model)
+    channels = _channels(subset)
+    source = _source(data)
+    source.check_channels(channels)
+    check_model_channels(channels, loaded)
+    check_grid(source, loaded)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loaded.model.to(dev).eval()
+    n = len(source.times)
+    spec = _store_spec(source, loaded, channels, 0, n, time_chunk)
+    if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
+        spec = dataclasses.replace(spec, source={**spec.source, "path": source.path})
+    meta = _jsonable(spec.attrs()) | {"complete": True}
+    per_step = int(np.prod(source.sample_shape, dtype=np.int64))
+    parts: dict[str, list[np.ndarray]] = {g.name: [] for g in spec.groups}
+    if progress:
+        progress(0, n * per_step)
+    for a, b in _windows(n, time_chunk):
+        for g, c in _encode_window(source, loaded, channels, a, b, batch_size, dev, prec).items():
+            parts[g].append(c)
+        if progress:
+            progress(b * per_step, n * per_step)
+    codes = {g: np.concatenate(p, axis=0) for g, p in parts.items()}
+    return _latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
+                           source.longitude)
+
+
+# -- decode --------------------------------------------------------------------------------------
+
+def _decode_window(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
+                   specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray],
+                   batch_size: int, device: Any, precision: str) -> dict[Channel, np.ndarray]:
+    """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
+
+    The body of ``pipeline.decode``'s loop.
+    """
+    block: dict[Channel, np.ndarray] = {}
+    for g, chs in groups.items():
+        p = np.asarray(packed[g])
+        lead = p.shape[:-3]
+        with autocast(device, precision):
+            y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
+                             batch_size, device)
+        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+        for k, ch in enumerate(chs):
+            block[ch] = y[..., k, :, :]
+    return block
+
+
+class _MemoryFields(FieldWriter):
+    """``FieldWriter`` in its in-memory (NetCDF) mode, handing back a Dataset instead of a file."""
+
+    def __init__(self, times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: np.ndarray,
+                 lon: np.ndarray, groups: dict[str, tuple[Channel, ...]], layout: SourceLayout,
+                 attrs: dict[str, Any]) -> None:
+        # a name that never exists: nothing is written (close() is never called)
+        super().__init__("\0in-memory.nc", times, sample_coords, lat, lon, groups, layout, attrs)
+
+    def dataset(self, data: Mapping[str, Any] | None = None, times: np.ndarray | None = None
+                ) -> xr.Dataset:
+        """The fields as ``decode`` writes them (what ``_write_netcdf`` builds, attrs unflattened).
+
+        ``data`` (arrays by output name) and ``times`` replace the writer's own, for lazy output.
+        """
+        coords: dict[str, Any] = {"time": ("time", self.times if times is None else times,
+                                           _TIME_ATTRS),
+                                  **self.sample_coords,
+                                  "latitude": ("latitude", self.lat, _coord_attrs("latitude")),
+                                  "longitude": ("longitude", self.lon, _coord_attrs("longitude"))}
+        if self.levels:
+            coords["level"] = ("level", np.asarray(self.levels, dtype=np.int64),
+                               _coord_attrs("level"))
+        arrays = data if data is not None else {self.out_name(v): self._mem[v] for v in self.vars}
+        return xr.Dataset({self.out_name(v): (self._dims(v), arrays[self.out_name(v)],
+                                              self._var_attrs(v)) for v in self.vars},
+                          coords=coords, attrs={"era5latent": dict(self.attrs)})
+
+
+def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
+           subset: Channels | None = None, batch_size: int = 8, device: str = "auto",
+           precision: str = "auto") -> xr.Dataset:
+    """Decode a latent Dataset (or store path) into ERA5 fields, as ``era5latent decode`` writes them.
+
+    Returns WeatherBench 2 layout with the source's own variable names, units, latitude
+    orientation and longitude convention; pressure variables share one ascending ``level`` axis
+    (levels not decoded for a variable are NaN). When the codes are dask-backed (as from
+    :func:`open_latent`) the result is lazy: one dask task per time chunk decodes every variable
+    of that chunk; ``.load()`` it or write it with ``.to_zarr()``. Otherwise it is computed now.
+    Select times with ``latent.sel(time=...)``; ``subset`` picks channels. Values equal, bit for
+    bit, those ``era5latent decode`` writes with the same ``--batch-size``.
+    """
+    import dask.array as dsa
+    from dask.delayed import delayed
+
+    if batch_size < 1:
+        raise OptionError(f"batch_size {batch_size}: expected a positive integer")
+    if not isinstance(latent, xr.Dataset):
+        latent = open_latent(latent)
+    loaded = _model(model)
+    meta = _latent_meta(latent)
+    label = str(latent.encoding.get("source") or "the latent Dataset")
+    check_same_model(loaded, meta["model"]["sha256"], label)
+    present = {g: d for g, d in meta["groups"].items() if codes_name(g) in latent.data_vars}
+    if not present:
+        raise StoreError(f"{label} holds no codes_<group> variable; expected one of "
+                         f"{', '.join(codes_name(g) for g in meta['groups'])}")
+    view = LatentStore(label, cast(Any, None), {**meta, "groups": present})
+    groups = select_store_channels(view, _channels(subset) if subset is not None else None)
+    specs = view.groups
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loaded.model.to(dev).eval()
+    layout = SourceLayout.from_dict(meta["source"]["layout"])
+    times = np.asarray(latent["time"].values).astype("datetime64[ns]")
+    sample_coords = {d: np.asarray(latent[d].values) for d in meta.get("sample_dims", [])}
+    lat, lon = _grid(latent, meta)
+    attrs = {"decoded_from": label, "model_sha256": loaded.sha256}
+    windows = _windows(len(times), int(meta.get("time_chunk", 8)))
+    codes = {g: latent[codes_name(g)].data for g in groups}
+
+    if not any(_is_dask(c) for c in codes.values()):
+        writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
+        for a, b in windows:
+            packed = {g: np.asarray(c[a:b]) for g, c in codes.items()}
+            writer.write(a, _decode_window(loaded, groups, specs, packed, batch_size, dev, prec))
+        return writer.dataset()
+
+    # lazy: one task per time chunk, each filling a FieldWriter of its own
+    template = _MemoryFields(times[:0], sample_coords, lat, lon, groups, layout, attrs)
+    pieces: dict[str, list[Any]] = {template.out_name(v): [] for v in template.vars}
+    for a, b in windows:
+        task = delayed(_lazy_window, pure=False)(
+            times[a:b], sample_coords, lat, lon, groups, layout, attrs,
+            {g: c[a:b] for g, c in codes.items()}, loaded, specs, batch_size, dev, prec)
+        for v in template.vars:
+            name = template.out_name(v)
+            shape = (b - a, *template._shape(v)[1:])
+            pieces[name].append(dsa.from_delayed(  # type: ignore[no-untyped-call]
+                task[name], shape=shape, dtype=np.float32))
+    data = {name: dsa.concatenate(p, axis=0)  # type: ignore[no-untyped-call]
+            for name, p in pieces.items()}
+    return template.dataset(data, times)
+
+
+def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: np.ndarray,
+                 lon: np.ndarray, groups: dict[str, tuple[Channel, ...]], layout: SourceLayout,
+                 attrs: dict[str, Any], packed: Mapping[str, np.ndarray], loaded: LoadedModel,
+                 specs: Mapping[str, GroupSpec], batch_size: int, device: Any,
+                 precision: str) -> dict[str, np.ndarray]:
+    writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
+    writer.write(0, _decode_window(loaded, groups, specs, packed, batch_size, device, precision))
+    return {writer.out_name(v): writer._mem[v] for v in writer.vars}
+
+
+# -- the CLI's other commands ----------------------------------------------------------------------
+
+def encode_to_store(data: DataLike, model: ModelLike, subset: Channels,
+                    out: str | os.PathLike[str], *, time_range: str | None = None,
+                    batch_size: int = 8, device: str = "auto", overwrite: bool = False,
+                    time_chunk: int = 8, precision: str = "auto", break_lock: bool = False,
+                    progress: Progress | None = None) -> EncodeResult:
+    """``era5latent encode``: write a latent store at ``out`` (resumable; see docs/cli.md)."""
+    from era5latent.pipeline import encode as pipeline_encode
+
+    return pipeline_encode(_source(data), _model(model), _channels(subset), os.fspath(out),
+                           time_range=time_range, batch_size=batch_size, device=device,
+                           overwrite=overwrite, time_chunk=time_chunk, precision=precision,
+                           break_lock=break_lock, progress=progress)
+
+
+def decode_to_file(latent: str | os.PathLike[str], model: ModelLike, out: str | os.PathLike[str],
+                   *, subset: Channels | None = None, time_range: str | None = None,
+                   batch_size: int = 8, device: str = "auto", overwrite: bool = False,
+                   precision: str = "auto", progress: Progress | None = None) -> DecodeResult:
+    """``era5latent decode``: write decoded fields to ``out`` (Zarr, or NetCDF for ``.nc``)."""
+    from era5latent.pipeline import decode as pipeline_decode
+
+    return pipeline_decode(os.fspath(latent), _model(model), os.fspath(out),
+                           subset=_channels(subset) if subset is not None else None,
+                           time_range=time_range, batch_size=batch_size, device=device,
+                           overwrite=overwrite, precision=precision, progress=progress)
+
+
+def info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``era5latent info --json``: groups, channels, times, bytes, ratios and build progress."""
+    from era5latent.store import summary
+
+    return summary(os.fspath(path))
+
+
+def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *, preset: str = "tiny",
+          steps: int = 300, batch_size: int = 8, lr: float | None = None, device: str = "auto",
+          time_range: str | None = None, val_fraction: float = 0.1, checkpoint_every: int = 100,
+          patch_stride: int | None = None, seed: int = 0, resume: bool = False,
+          progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
+    """``era5latent train``: train a WLA on ``subset`` of ``data`` and write it to ``out``.
+
+    (Not named ``train``: that is the ``era5latent.train`` module, which would shadow it.)
+    """
+    from era5latent.train import train as run_train
+
+    opts = TrainOptions(preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device,
+                        time_range=time_range, val_fraction=val_fraction, resume=resume,
+                        seed=seed, checkpoint_every=checkpoint_every,
+                        overrides={"patch_stride": patch_stride} if patch_stride else {})
+    return run_train(_source(data), _channels(subset), os.fspath(out), opts, progress=progress)
+
+
+def evaluate_reconstruction(truth: DataLike, recon: DataLike, *, latent: str | os.PathLike[str] | None = None,
+             subset: Channels | None = None, time_range: str | None = None,
+             baselines: Sequence[str] = ("bitround", "zfp"), sweep: Sequence[float] | None = None,
+             climatology: DataLike | None = None, plot_dir: str | os.PathLike[str] | None = None
+             ) -> EvalReport:
+    """``era5latent evaluate``: score ``recon`` against ``truth`` beside classical codecs.
+
+    ``recon`` may be the Dataset :func:`decode` returns. The baselines are sized to the WLA's
+    bytes per value, which needs the latent store (``latent``); without it only the
+    reconstruction is scored. (Not named ``evaluate``: that is the ``era5latent.evaluate`` module.)
+    """
+    from era5latent.evaluate import evaluate as run_evaluate
+
+    return run_evaluate(
+        _source(truth), _source(recon), subset=_channels(subset) if subset is not None else None,
+        time_range=time_range, latent=open_latent_store(os.fspath(latent)) if latent else None,
+        climatology=_source(climatology) if climatology is not None else None,
+        baselines=list(baselines), sweep=list(sweep) if sweep is not None else None,
+        plot_dir=os.fspath(plot_dir) if plot_dir is not None else None)
