@@ -102,6 +102,20 @@ Precision = Annotated[str, typer.Option(
     help="Model arithmetic: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
 TimeRange = Annotated[Optional[str], typer.Option(
     "--time", help="Inclusive ISO range START/END; either side may be empty.")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="Run on this dask.distributed cluster: scheduler address (tcp://HOST:8786) or scheduler "
+         "file (*.json). Paths must be readable on every worker.", show_default=False)]
+Workers = Annotated[Optional[int], typer.Option(
+    min=1, help="Run on a local Dask cluster of N worker processes started here (one worker per "
+                "GPU, at most N, when dask-cuda and GPUs are present).", show_default=False)]
+ChunksPerTask = Annotated[int, typer.Option(
+    min=0, help="With --scheduler/--workers: time chunks per Dask task (0: about 4 tasks per "
+                "worker).")]
+
+
+def _cluster_bar(bar: _Bar) -> Callable[[int, int, int, int], None]:
+    """Progress of a Dask run: samples (and samples/s across the cluster) and tasks done."""
+    return lambda done, total, k, n: bar.update(done, total, f"{k}/{n} tasks" if n else "")
 
 
 @command("sample")
@@ -185,6 +199,14 @@ def encode_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
     break_lock: Annotated[bool, typer.Option(
         "--break-lock", help="Clear the store's lock although its writer may be alive.")] = False,
+    parts: Annotated[Optional[str], typer.Option(
+        help="Encode only part I of N (I/N, 1-based: the I-th contiguous share of the time "
+             "chunks) and leave the store unfinished; parts may run at once, from separate "
+             "processes or batch jobs. Finish with 'era5latent finalize' (or encode without "
+             "--parts).", metavar="I/N", show_default=False)] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    chunks_per_task: ChunksPerTask = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Encode ERA5 fields into a latent store (re-run the same command to resume)."""
@@ -194,22 +216,43 @@ def encode_cmd(
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import encode
     from era5latent.sources import open_source
+    from era5latent.store import parse_part
     from era5latent.variables import parse_subset
 
     channels = parse_subset(subset)
+    part = parse_part(parts) if parts is not None else None
     source = open_source(data)
     loaded = load_checkpoint(str(model))
     with _Bar("encode", "samples") as bar:
-        res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
-                     device=device, overwrite=overwrite, time_chunk=time_chunk,
-                     precision=precision, break_lock=break_lock, progress=bar.update)
+        if scheduler is not None or workers is not None:
+            from era5latent.distributed import encode_distributed
+
+            res = encode_distributed(
+                source, loaded, channels, out, time_range=time, batch_size=batch_size,
+                device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
+                break_lock=break_lock, part=part, scheduler=scheduler, workers=workers,
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+        else:
+            res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
+                         device=device, overwrite=overwrite, time_chunk=time_chunk,
+                         precision=precision, break_lock=break_lock, progress=bar.update,
+                         part=part)
     if json_out:
         print(json.dumps(dataclasses.asdict(res)))
         return
     how = f"resumed, {res.chunks_skipped} chunk(s) already done; " if res.resumed else ""
     groups = "; ".join(g + "=" + ",".join(c) for g, c in res.groups.items())
-    _echo(f"wrote {out}: {res.times} times, groups {groups} ({how}"
+    what = f"part {part[0]}/{part[1]} of {out}" if part else str(out)
+    _echo(f"wrote {what}: {res.times} times, groups {groups} ({how}"
           f"{res.samples} samples in {res.seconds:.1f} s, {res.samples_per_second:.1f} samples/s)")
+    if part:
+        from era5latent.store import open_latent_store
+
+        store = open_latent_store(out)
+        if not store.complete:
+            done = store.done()
+            _echo(f"{out}: {int(done.sum())} of {done.size} time chunks written; when every part "
+                  f"is done, run 'era5latent finalize {out}'")
 
 
 @command("decode")
@@ -226,6 +269,9 @@ def decode_cmd(
     allow_corrupt: Annotated[bool, typer.Option(
         "--allow-corrupt", help="Fill time chunks that fail their checksum with NaN (and say "
         "where) instead of refusing the store.")] = False,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    chunks_per_task: ChunksPerTask = 0,
 ) -> None:
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
     from era5latent.model.checkpoint import load_checkpoint
@@ -235,26 +281,61 @@ def decode_cmd(
     channels = parse_subset(subset) if subset else None
     loaded = load_checkpoint(str(model))
     with _Bar("decode", "samples") as bar:
-        res = decode(latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
-                     device=device, overwrite=overwrite, precision=precision,
-                     allow_corrupt=allow_corrupt, progress=bar.update)
+        if scheduler is not None or workers is not None:
+            from era5latent.distributed import decode_distributed
+
+            res = decode_distributed(
+                latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
+                device=device, overwrite=overwrite, precision=precision,
+                allow_corrupt=allow_corrupt, scheduler=scheduler, workers=workers,
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+        else:
+            res = decode(latent, loaded, out, subset=channels, time_range=time,
+                         batch_size=batch_size, device=device, overwrite=overwrite,
+                         precision=precision, allow_corrupt=allow_corrupt, progress=bar.update)
     for where in res.corrupt:
         sys.stderr.write(f"warning: corrupt chunk filled with NaN: {where}\n")
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 
 
+PartsCount = Annotated[Optional[int], typer.Option(
+    "--parts", min=1, metavar="N", show_default=False,
+    help="Report build progress as N parts (default: the N of the 'encode --parts I/N' run "
+         "that created the store, if any).")]
+
+
+@command("finalize")
+def finalize_cmd(
+    store: Annotated[str, typer.Argument(help="Latent store written by 'encode --parts I/N' runs.")],
+    parts: PartsCount = None,
+    break_lock: Annotated[bool, typer.Option(
+        "--break-lock", help="Clear writers' locks although they may be alive.")] = False,
+) -> None:
+    """Mark a latent store complete once every time chunk is written (after 'encode --parts').
+
+    Refuses, naming the parts and time chunks still missing, while any is unwritten, and while
+    any writer of the store is alive.
+    """
+    from era5latent.distributed import finalize
+
+    res = finalize(store, parts, break_lock)
+    _echo(f"{store}: {'already complete' if res.already else 'complete'} "
+          f"({res.chunks} time chunks)")
+
+
 @command("info")
 def info_cmd(
     store: Annotated[str, typer.Argument(help="Latent store.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    parts: PartsCount = None,
 ) -> None:
     """Show a latent store: groups, channels, times, bytes, compression, build progress."""
     import json
 
     from era5latent.store import summary
 
-    info = summary(store)
+    info = summary(store, parts)
     if json_out:
         print(json.dumps(info, indent=2))
         return
@@ -270,6 +351,11 @@ def info_cmd(
              + "".join(f", {d}: {n}" for d, n in info["sample_dims"].items()),
              f"model: {info['model_preset']} sha256 {info['model_sha256'][:16]}",
              f"source: {info['source']}"]
+    if "parts" in info:
+        p, n = info["parts"], info["parts"]["count"]
+        missing = ", ".join(f"{i}/{n}" for i in p["missing"])
+        lines.append(f"parts: {len(p['done'])} of {n} done" + (f" (missing {missing})"
+                                                               if missing else ""))
     table = Table("group", "channels", "tokens", "bits", "on disk", "float32", "ratio")
     for g in info["groups"]:
         table.add_row(g["group"], ",".join(g["channels"]), "x".join(map(str, g["token_grid"])),

@@ -7,13 +7,56 @@ failure the temporary is removed and an existing target is untouched.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from era5latent.errors import StoreError, StoreExistsError
+
+
+# -- URLs (fsspec: s3://, gs://, ...) --------------------------------------------------------------
+# Object stores have no atomic rename: outputs there are created in place (see store.py).
+# Credentials and endpoints come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL, ...), as fsspec and botocore read them.
+
+def is_url(path: str) -> bool:
+    """``scheme://...`` (an fsspec URL), as opposed to a local path."""
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", os.fspath(path)))
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path within it."""
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url)
+
+
+def exists(path: str) -> bool:
+    """``os.path.exists`` for local paths and fsspec URLs alike."""
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, p = url_fs(path)
+    return bool(fs.exists(p))
+
+
+def full_path(path: str) -> str:
+    """An absolute local path, or the URL unchanged (what provenance attributes record)."""
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory or an object-store prefix, if present."""
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, p = url_fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
 
 
 def umask() -> int:
@@ -23,6 +66,9 @@ def umask() -> int:
 
 
 def _parent(path: str) -> str:
+    if is_url(path):
+        raise StoreError(f"cannot write {path}: this output must be a local path (object storage "
+                         "has no atomic rename); write it locally and copy it up")
     parent = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(parent):
         raise StoreError(f"cannot create {path}: directory {parent} does not exist; create it first")
@@ -46,13 +92,20 @@ def atomic_dir(path: str, overwrite: bool) -> Iterator[str]:
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
     try:
         yield tmp
-        if os.path.exists(path):
+        if overwrite and os.path.exists(path):
             trash = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
             os.rename(path, os.path.join(trash, "old"))
             os.rename(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)  # fails on a non-empty directory: never replaces one
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # another process made it while we built ours (concurrent creators): theirs wins
+                raise StoreExistsError(f"{path} already exists (made by another process "
+                                       "meanwhile); pass --overwrite to replace it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,14 +22,16 @@ import numpy as np
 import torch
 
 from era5latent import faults
-from era5latent.errors import GridMismatchError, OptionError, StoreError, SubsetError
+from era5latent.errors import (GridMismatchError, OptionError, StoreError, StoreExistsError,
+                               SubsetError)
+from era5latent.fsutil import exists, full_path, is_url
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info,
                                 parse_time_range)
 from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               check_unlocked, create_latent_store, is_store, open_latent_store,
-                              writer_lock)
+                              part_range, writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
 
 T = TypeVar("T")
@@ -198,8 +200,16 @@ def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ..
     )
 
 
-def _open_for_resume(out: str, spec: StoreSpec) -> LatentStore:
-    store = open_latent_store(out, mode="r+")
+def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStore:
+    deadline = time.monotonic() + wait
+    while True:  # ``wait``: another process may still be laying the store out in place (URLs)
+        try:
+            store = open_latent_store(out, mode="r+")
+            break
+        except StoreError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     have = {k: store.meta.get(k) for k in spec.identity() if k != "model_sha256"}
     have["model_sha256"] = store.meta.get("model", {}).get("sha256")
     want = spec.identity()
@@ -236,14 +246,22 @@ class EncodeJob:
     device: torch.device
     precision: str = "fp32"
     resumed: bool = False
+    part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
 
     @property
     def samples_per_step(self) -> int:
         return int(np.prod(self.source.sample_shape, dtype=np.int64))
 
+    def chunk_range(self) -> range:
+        """The time chunks this job owns: all of them, or its part's contiguous share."""
+        return part_range(self.spec.n_chunks, self.part)
+
+    def total_samples(self) -> int:
+        return sum(self.chunk_samples(i) for i in self.chunk_range())
+
     def todo(self) -> list[int]:
         done = self.store.done()
-        return [i for i in range(self.spec.n_chunks) if not done[i]]
+        return [i for i in self.chunk_range() if not done[i]]
 
     def chunk_samples(self, i: int) -> int:
         a, b = self.spec.chunk_bounds(i)
@@ -275,7 +293,8 @@ class EncodeJob:
         return self.chunk_samples(i)
 
     def finish(self) -> None:
-        if not self.store.complete:
+        """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
+        if self.part is None and not self.store.complete:
             self.store.mark_complete()
 
 
@@ -303,8 +322,16 @@ def autocast(device: torch.device, precision: str) -> Any:
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
                    overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
-                   break_lock: bool = False) -> EncodeJob:
-    """Check everything, then create the store (or open it to resume): a job ready to run."""
+                   break_lock: bool = False, part: tuple[int, int] | None = None) -> EncodeJob:
+    """Check everything, then create the store (or open it to resume): a job ready to run.
+
+    With ``part`` ``(I, N)`` the job owns only the I-th of N contiguous shares of the time chunks
+    (``store.part_range``) and never marks the store complete. Processes that create the same
+    store at once are safe: the one that loses the race opens the winner's store and resumes.
+    """
+    if part is not None and overwrite:
+        raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
+                          "delete the store first, or encode without --parts")
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if time_chunk < 1:
@@ -319,39 +346,51 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
     if is_store(out):
-        check_unlocked(out, break_lock)
-    if os.path.exists(out) and not overwrite:
+        check_unlocked(out, break_lock, part)
+    wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
+    if exists(out) and not overwrite:
         if not is_store(out):
             raise StoreError(f"{out} exists and is not a latent store; choose another --out or "
                              "pass --overwrite")
-        store = _open_for_resume(out, spec)
-        spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
+        store = _open_for_resume(out, spec, wait)
         resumed = True
     else:
-        create_latent_store(out, spec, overwrite=overwrite)
-        store = open_latent_store(out, mode="r+")
-    return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed)
+        try:
+            create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
+                                overwrite=overwrite)
+            store = open_latent_store(out, mode="r+")
+        except StoreExistsError:  # another process (e.g. a concurrent part) created it first
+            store = _open_for_resume(out, spec, wait)
+            resumed = True
+    if resumed:
+        spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
+    return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed,
+                     part)
 
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
-           break_lock: bool = False, progress: Progress | None = None) -> EncodeResult:
+           break_lock: bool = False, progress: Progress | None = None,
+           part: tuple[int, int] | None = None) -> EncodeResult:
     """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).
 
     The store's lock file is held throughout, so a second encode into the same store is refused
-    rather than interleaved; a lock left by a killed process on this host is cleared.
+    rather than interleaved; a lock left by a killed process on this host is cleared. With
+    ``part`` ``(I, N)``, only that part's time chunks are encoded, under that part's own lock,
+    and the store is left for ``finalize`` (or an encode without parts) to mark complete.
     """
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
-                         time_chunk=time_chunk, precision=precision, break_lock=break_lock)
-    with writer_lock(out, break_lock):
+                         time_chunk=time_chunk, precision=precision, break_lock=break_lock,
+                         part=part)
+    with writer_lock(out, break_lock, part):
         return _run(job, out, progress)
 
 
 def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     todo = job.todo()
-    total = len(job.spec.times) * job.samples_per_step
+    total = job.total_samples()
     finished = total - sum(job.chunk_samples(i) for i in todo)
     if progress:
         progress(finished, total)
@@ -365,9 +404,10 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     seconds = time.perf_counter() - start
     job.finish()
     spec = job.spec
+    owned = len(job.chunk_range())
     return EncodeResult(out, {g.name: list(g.channels) for g in spec.groups}, len(spec.times),
-                        sum(job.chunk_samples(i) for i in todo), spec.n_chunks, len(todo),
-                        spec.n_chunks - len(todo), seconds, job.resumed)
+                        sum(job.chunk_samples(i) for i in todo), owned, len(todo),
+                        owned - len(todo), seconds, job.resumed)
 
 
 def _iso(t: np.datetime64) -> str:
@@ -434,7 +474,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     lat = np.asarray(store.root["latitude"][...])
     lon = np.asarray(store.root["longitude"][...])
     writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
-                                attrs={"decoded_from": os.path.abspath(store_path),
+                                attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
                                 overwrite=overwrite)
     specs = store.groups

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -29,8 +30,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from era5latent import __version__, faults
-from era5latent.errors import StoreError
-from era5latent.fsutil import atomic_dir
+from era5latent.errors import OptionError, StoreError
+from era5latent.fsutil import atomic_dir, is_url, remove_tree, url_fs
 
 FORMAT = "era5latent.latent"
 FORMAT_VERSION = 1
@@ -55,10 +56,13 @@ class CorruptChunkError(StoreError):
     """A time chunk's codes cannot be read or do not match the checksum written with them."""
 
     def __init__(self, path: str, group: str, chunk: int, why: str) -> None:
-        self.group, self.chunk, self.why = group, chunk, why
+        self.path, self.group, self.chunk, self.why = path, group, chunk, why
         super().__init__(f"{path}: time chunk {chunk} of group {group} is corrupt ({why}); "
                          "re-encode that time range, or decode with --allow-corrupt to fill it "
                          "with NaN")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt intact where Dask hands it back
+        return (type(self), (self.path, self.group, self.chunk, self.why))
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class StoreSpec:
     model: dict[str, Any]  # sha256, preset, config
     normalisation: dict[str, dict[str, float]]
     source: dict[str, Any]  # path, format, layout, grid
+    parts: int | None = None  # recorded when an ``encode --parts I/N`` run creates the store
 
     @property
     def n_chunks(self) -> int:
@@ -123,7 +128,7 @@ class StoreSpec:
             "time_range": [_iso(t[0]), _iso(t[-1])] if len(t) else [],
             "time_chunk": self.time_chunk,
             "complete": False,
-        }
+        } | ({"parts": self.parts} if self.parts else {})
 
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this store rather than be refused."""
@@ -141,66 +146,147 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+# -- parts: a store's time chunks cut into N contiguous shares ----------------------------------
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` (1-based) -> ``(I, N)``."""
+    a, sep, b = text.strip().partition("/")
+    try:
+        i, n = int(a), int(b)
+    except ValueError:
+        i = n = 0
+    if not sep or n < 1 or not 1 <= i <= n:
+        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N, e.g. 2/8")
+    return i, n
+
+
+def part_range(n_chunks: int, part: tuple[int, int] | None) -> range:
+    """The time chunks of part ``(I, N)``: the I-th of N contiguous, near-equal shares."""
+    if part is None:
+        return range(n_chunks)
+    i, n = part
+    return range((i - 1) * n_chunks // n, i * n_chunks // n)
+
+
+def parts_status(done: np.ndarray, n: int) -> dict[str, Any]:
+    """Which of ``n`` parts have every time chunk written (what ``info`` and ``finalize`` say)."""
+    finished = [i for i in range(1, n + 1) if done[list(part_range(done.size, (i, n)))].all()]
+    return {"count": n, "done": finished,
+            "missing": [i for i in range(1, n + 1) if i not in finished]}
+
+
+def chunk_ranges(chunks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out: list[str] = []
+    for c in chunks:
+        if out and c == int(out[-1].rpartition("-")[2]) + 1:
+            out[-1] = f"{out[-1].partition('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ", ".join(out)
+
+
+def zarr_store(path: str, read_only: bool = False) -> Any:
+    """What zarr opens: the local path itself, or an fsspec store for a URL."""
+    if not is_url(path):
+        return path
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(path, read_only=read_only)
+
+
 # -- creation --------------------------------------------------------------------------------
 
 def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str,
-           attrs: dict[str, Any] | None = None) -> None:
-    arr = group.create_array(name, shape=values.shape, chunks=values.shape or (1,),
-                             dtype=values.dtype, dimension_names=(dim,), compressors=None,
-                             fill_value=0, attributes=attrs or {})
+           attrs: dict[str, Any] | None = None, *, exist_ok: bool = False) -> None:
+    from zarr.errors import ContainsArrayError
+
+    try:
+        arr = group.create_array(name, shape=values.shape, chunks=values.shape or (1,),
+                                 dtype=values.dtype, dimension_names=(dim,), compressors=None,
+                                 fill_value=0, attributes=attrs or {})
+    except ContainsArrayError:  # in-place creation racing another creator of the same store
+        if not exist_ok:
+            raise
+        arr = group[name]  # type: ignore[assignment]
     arr[...] = values
 
 
-def write_time_coord(group: zarr.Group, times: np.ndarray) -> None:
+def write_time_coord(group: zarr.Group, times: np.ndarray, *, exist_ok: bool = False) -> None:
     secs = times.astype("datetime64[s]").astype(np.int64)
     _coord(group, "time", secs, "time",
-           {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"})
+           {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"},
+           exist_ok=exist_ok)
 
 
 def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> None:
-    """Lay out a complete, empty latent store at ``path`` (atomically)."""
+    """Lay out a complete, empty latent store at ``path``.
+
+    Local stores are built at a temporary name and renamed (atomically); when another process
+    renames its own into place first, this one gets :class:`StoreExistsError` (and should open
+    that one). On object storage (URLs) there is no rename: the store is laid out in place,
+    idempotently (existing arrays are kept, nothing is deleted) and root attributes last, so a
+    store whose root holds the ``era5latent`` attribute is fully laid out, and processes that
+    create the same store at the same moment all succeed with the same result.
+    """
     try:
-        _create(path, spec, overwrite)
+        if is_url(path):
+            if overwrite:
+                remove_tree(path)
+            _create(zarr_store(path), spec, in_place=True)
+        else:
+            with atomic_dir(path, overwrite) as tmp:
+                _create(tmp, spec)
     except OSError as err:
         raise StoreError(f"cannot create {path}: {err.strerror or err}; free space or choose a "
                          "writable --out") from None
 
 
-def _create(path: str, spec: StoreSpec, overwrite: bool) -> None:
-    with atomic_dir(path, overwrite) as tmp:
-        root = zarr.open_group(tmp, mode="w", zarr_format=3)
-        write_time_coord(root, spec.times)
-        for dim, vals in spec.sample_coords.items():
-            _coord(root, dim, np.asarray(vals), dim)
-        _coord(root, "latitude", spec.latitude.astype(np.float64), "latitude",
-               {"units": "degrees_north", "standard_name": "latitude",
-                "description": "source grid latitude (decode target)"})
-        _coord(root, "longitude", spec.longitude.astype(np.float64), "longitude",
-               {"units": "degrees_east", "standard_name": "longitude",
-                "description": "source grid longitude (decode target)"})
-        sample_dims = tuple(spec.sample_coords)
-        sample_shape = tuple(len(v) for v in spec.sample_coords.values())
-        for g in spec.groups:
-            h, w = g.token_grid
-            shape = (len(spec.times), *sample_shape, h, w, g.nbytes)
-            root.create_array(
-                codes_name(g.name), shape=shape, chunks=(spec.time_chunk, *shape[1:]),
-                dtype="uint8", dimension_names=("time", *sample_dims, "token_lat", "token_lon",
-                                                "byte"),
-                compressors=ZstdCodec(level=3), fill_value=0,
-                attributes={"group": g.name, "channels": list(g.channels),
-                            "code_bits": g.code_bits, "bit_order": "big",
-                            "description": "packed sign bits of the WLA binary latent codes"})
-            root.create_array(
-                checksum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32), dtype="uint8",
-                dimension_names=("time_chunk", "sha256"), compressors=None, fill_value=0,
-                attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
-                                           "(C-order bytes, before compression), set at write time"})
-        root.create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
-                          dimension_names=("time_chunk",), compressors=None, fill_value=False,
-                          attributes={"description": "True once the time chunk is fully written"})
-        root.attrs[ATTR] = _jsonable(spec.attrs())
-        faults.point("store.created")
+def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
+    root = zarr.open_group(where, mode="a" if in_place else "w", zarr_format=3)
+
+    def create_array(name: str, **kw: Any) -> zarr.Array:
+        from zarr.errors import ContainsArrayError
+
+        try:
+            return root.create_array(name, **kw)
+        except ContainsArrayError:  # in place: a concurrent creator made it (same spec)
+            if not in_place:
+                raise
+            return root[name]  # type: ignore[return-value]
+
+    write_time_coord(root, spec.times, exist_ok=in_place)
+    for dim, vals in spec.sample_coords.items():
+        _coord(root, dim, np.asarray(vals), dim, exist_ok=in_place)
+    _coord(root, "latitude", spec.latitude.astype(np.float64), "latitude",
+           {"units": "degrees_north", "standard_name": "latitude",
+            "description": "source grid latitude (decode target)"}, exist_ok=in_place)
+    _coord(root, "longitude", spec.longitude.astype(np.float64), "longitude",
+           {"units": "degrees_east", "standard_name": "longitude",
+            "description": "source grid longitude (decode target)"}, exist_ok=in_place)
+    sample_dims = tuple(spec.sample_coords)
+    sample_shape = tuple(len(v) for v in spec.sample_coords.values())
+    for g in spec.groups:
+        h, w = g.token_grid
+        shape = (len(spec.times), *sample_shape, h, w, g.nbytes)
+        create_array(
+            codes_name(g.name), shape=shape, chunks=(spec.time_chunk, *shape[1:]),
+            dtype="uint8", dimension_names=("time", *sample_dims, "token_lat", "token_lon",
+                                            "byte"),
+            compressors=ZstdCodec(level=3), fill_value=0,
+            attributes={"group": g.name, "channels": list(g.channels),
+                        "code_bits": g.code_bits, "bit_order": "big",
+                        "description": "packed sign bits of the WLA binary latent codes"})
+        create_array(
+            checksum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32), dtype="uint8",
+            dimension_names=("time_chunk", "sha256"), compressors=None, fill_value=0,
+            attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
+                                       "(C-order bytes, before compression), set at write time"})
+    create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
+                      dimension_names=("time_chunk",), compressors=None, fill_value=False,
+                      attributes={"description": "True once the time chunk is fully written"})
+    root.attrs[ATTR] = _jsonable(spec.attrs())
+    faults.point("store.created")
 
 
 # -- opening and build state -------------------------------------------------------------------
@@ -234,8 +320,9 @@ class LatentStore:
     def complete(self) -> bool:
         return bool(self.meta.get("complete", False))
 
-    def done(self) -> np.ndarray:
-        return np.asarray(self.root[DONE][...], dtype=bool)
+    def done(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Done flags of time chunks ``[lo, hi)`` (all by default; one small read per chunk)."""
+        return np.asarray(self.root[DONE][lo:hi], dtype=bool)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         n = self.root["time"].shape[0]
@@ -280,6 +367,7 @@ class LatentStore:
             raise StoreError(f"{self.path}: time chunks {missing[:10]} are not written yet")
         faults.point("encode.before-complete")
         meta = dict(self.meta, complete=True)
+        meta.pop("parts", None)  # build state only: a finished store is the same however built
         try:
             self.root.attrs[ATTR] = meta
             consolidate(self.path)
@@ -308,19 +396,24 @@ def consolidate(path: str) -> None:
 
     with warnings.catch_warnings():  # zarr notes that v3 consolidation is not in the spec yet
         warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(path, zarr_format=3)
+        zarr.consolidate_metadata(zarr_store(path), zarr_format=3)
 
 
 def is_store(path: str) -> bool:
+    """Whether ``path`` (a local path or a URL) holds a Zarr group or array."""
+    if is_url(path):
+        fs, p = url_fs(path)
+        return bool(fs.isfile(p.rstrip("/") + "/zarr.json"))
     return os.path.isfile(os.path.join(path, "zarr.json"))
 
 
 def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     """Open a latent store; refuse anything else, or a format version this package cannot read."""
-    if not os.path.exists(path) and "://" not in path:
+    if not (is_store(path) if is_url(path) else os.path.exists(path)):
         raise StoreError(f"no such latent store: {path}; check the path")
     try:
-        root = zarr.open_group(path, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+        root = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode,  # type: ignore[arg-type]
+                               zarr_format=3)
     except Exception as err:
         raise StoreError(f"{path} is not a Zarr v3 store ({type(err).__name__}); expected a latent "
                          "store written by 'era5latent encode'") from None
@@ -336,8 +429,12 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     return LatentStore(path, root, meta)
 
 
-def summary(path: str) -> dict[str, Any]:
-    """What ``info`` shows: groups, channels, times, bytes, ratios, build progress (JSON-safe)."""
+def summary(path: str, parts: int | None = None) -> dict[str, Any]:
+    """What ``info`` shows: groups, channels, times, bytes, ratios, build progress (JSON-safe).
+
+    With ``parts`` N (default: the N recorded by the ``encode --parts I/N`` run that created the
+    store, if any) the result has ``parts``: ``{count, done, missing}`` (1-based part numbers).
+    """
     store = open_latent_store(path)
     meta = store.meta
     times = store.times
@@ -374,12 +471,32 @@ def summary(path: str) -> dict[str, Any]:
         "groups": groups,
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
         "compression_ratio": raw_total / disk_total if disk_total else None,
-    }
+    } | ({"parts": parts_status(done, n_parts)}
+         if (n_parts := parts or meta.get("parts")) else {})
 
 
 # -- writer lock -------------------------------------------------------------------------------
 
 LOCK = "era5latent.lock"
+
+
+def lock_name(part: tuple[int, int] | None = None) -> str:
+    """``era5latent.lock`` for whole-store writers, ``era5latent.lock.part-I-of-N`` for parts."""
+    return LOCK if part is None else f"{LOCK}.part-{part[0]}-of-{part[1]}"
+
+
+def _lock_part(name: str) -> tuple[int, int] | None:
+    if name == LOCK:
+        return None
+    i, _, n = name[len(LOCK) + len(".part-"):].partition("-of-")
+    return int(i), int(n)
+
+
+def _conflicts(mine: tuple[int, int] | None, theirs: tuple[int, int] | None) -> bool:
+    """Whole-store writers exclude everyone; parts exclude the same part and other part counts."""
+    if mine is None or theirs is None:
+        return True
+    return mine == theirs or mine[1] != theirs[1]
 
 
 class StoreLockedError(StoreError):
@@ -412,33 +529,58 @@ def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
     return False
 
 
-def check_unlocked(path: str, break_lock: bool = False) -> None:
-    """Refuse when a live writer holds ``path``; clear a stale lock left by a killed one."""
-    lock = os.path.join(path, LOCK)
-    if not os.path.exists(lock):
+def _lock_files(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return sorted(n for n in names
+                  if n == LOCK or re.fullmatch(re.escape(LOCK) + r"\.part-\d+-of-\d+", n))
+
+
+def check_unlocked(path: str, break_lock: bool = False, part: tuple[int, int] | None = None,
+                   *, ignore: str | None = None) -> None:
+    """Refuse when a live writer that conflicts with ours holds ``path``; clear stale locks.
+
+    A whole-store writer (``part`` None) conflicts with every lock; part ``(I, N)`` with the
+    whole-store lock, the same part's lock and parts of another count. Object-store URLs have
+    no lock files.
+    """
+    if is_url(path):
         return
-    holder = _lock_holder(lock)
-    if break_lock or _is_stale(lock, holder):
-        try:
-            os.unlink(lock)
-        except FileNotFoundError:
-            pass
-        return
-    who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-    raise StoreLockedError(
-        f"{path} is being written by {who} (lock file {lock}); wait for it to finish, or if that "
-        "process is gone, pass --break-lock")
+    for name in _lock_files(path):
+        if name == ignore or not _conflicts(part, _lock_part(name)):
+            continue
+        lock = os.path.join(path, name)
+        holder = _lock_holder(lock)
+        if not os.path.exists(lock):
+            continue
+        if break_lock or _is_stale(lock, holder):
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+            continue
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
+        raise StoreLockedError(
+            f"{path} is being written by {who} (lock file {lock}); wait for it to finish, or if "
+            "that process is gone, pass --break-lock")
 
 
 @contextmanager
-def writer_lock(path: str, break_lock: bool = False) -> Iterator[None]:
-    """Hold the store's lock file for the duration (local stores; URLs are not locked)."""
-    if "://" in path:
+def writer_lock(path: str, break_lock: bool = False,
+                part: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold the store's lock file (or part ``(I, N)``'s) for the duration.
+
+    Local stores only: object-store URLs are not locked (see docs/distributed.md).
+    """
+    if is_url(path):
         yield
         return
-    lock = os.path.join(path, LOCK)
+    name = lock_name(part)
+    lock = os.path.join(path, name)
     while True:
-        check_unlocked(path, break_lock)
+        check_unlocked(path, break_lock, part)
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -447,6 +589,9 @@ def writer_lock(path: str, break_lock: bool = False) -> Iterator[None]:
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
     try:
+        # a conflicting writer may have taken its own lock between our look and our create:
+        # look again now that ours is visible (then at worst both back off, never both write)
+        check_unlocked(path, False, part, ignore=name)
         yield
     finally:
         if (_lock_holder(lock) or {}).get("pid") == os.getpid():
