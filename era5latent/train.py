@@ -167,7 +167,9 @@ def train(source: Source, channels: tuple[Channel, ...], out: str, opts: TrainOp
                           grid=grid_info(source.latitude, source.longitude))
 
     gen = torch.Generator().manual_seed(opts.seed)
-    model = WLA(config)
+    with torch.random.fork_rng(devices=[]):  # the seed fixes the initial weights too
+        torch.manual_seed(opts.seed)
+        model = WLA(config)
     lr = opts.lr if opts.lr is not None else DEFAULT_LR[opts.preset]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
