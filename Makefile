@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# one OpenMP thread per process: the suite runs subprocesses and Dask workers side by side, and
+# spinning OpenMP threads on an oversubscribed 2-core machine made model steps ~20x slower
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) -m era5latent.demo --out $(DEMO_DIR)
