@@ -13,13 +13,15 @@ DEMO_DIR ?= demo-out
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, so a CPU machine never pulls multi-GB CUDA wheels: a local wheel (--no-index
-# honours pip's find-links), else the CPU wheel index where no NVIDIA driver is present.
+# torch first, so a CPU machine never pulls multi-GB CUDA wheels: a local wheel if pip's
+# find-links has one (installed alone, then its own dependencies from the index, torch pinned),
+# else the CUDA build where an NVIDIA driver is present, else the PyTorch CPU index.
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || \
-	  $(PIP) install -q --no-index "torch>=2.2" 2>/dev/null || \
-	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
-	  else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi
+	if $(PIP) install -q --no-index --no-deps "torch>=2.2" 2>/dev/null; then \
+	  $(PIP) install -q "torch==$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
+	else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi
 	$(PIP) install -q -e ".[dev]"
 	@touch $(STAMP)
 

@@ -43,11 +43,11 @@ from era5latent import faults
 from era5latent.errors import (CheckpointError, Era5LatentError, OptionError, SourceError,
                                StoreError)
 from era5latent.fsutil import full_path
-from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
+from era5latent.model.checkpoint import LoadedModel, load_checkpoint
 from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _iso, _prefetch,
-                                 _store_spec, autocast, decode_block, prepare_encode,
-                                 resolve_device, resolve_precision, select_store_channels)
-from era5latent.sources import Source, SourceLayout, open_source, parse_time_range
+                                 _store_spec, autocast, decode_block, plan_decode, prepare_encode,
+                                 resolve_device, resolve_precision)
+from era5latent.sources import Source, open_source
 from era5latent.store import (CorruptChunkError, LatentStore, chunk_ranges, open_latent_store,
                               parts_status, writer_lock)
 from era5latent.variables import Channel, parse_channel
@@ -555,38 +555,15 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                        chunks_per_task: int = 0,
                        progress: ClusterProgress | None = None) -> DecodeResult:
     """``pipeline.decode`` on a Dask cluster: the same output bytes (Zarr or NetCDF)."""
-    from era5latent import fields
-
     check_cluster_options(client, scheduler, workers)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
-    store = open_latent_store(store_path)
-    if not store.complete:
-        done = store.done()
-        raise StoreError(f"{store_path} is unfinished ({int(done.sum())} of {done.size} time chunks "
-                         "written); re-run the same encode command (or 'era5latent finalize') "
-                         "to finish it")
-    check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     if client is None and scheduler is None:  # workers on this machine: check the device here
         resolve_precision(precision, resolve_device(device))
-    groups = select_store_channels(store, subset)
-    times = store.times
-    lo, hi = 0, len(times)
-    if time_range is not None:
-        start, end = parse_time_range(time_range)
-        lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
-        hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
-        if hi <= lo:
-            raise OptionError(f"--time {time_range} selects no time step; {store_path} covers "
-                              f"{_iso(times[0])} to {_iso(times[-1])}")
-    layout = SourceLayout.from_dict(store.meta["source"]["layout"])
-    sample_coords = {d: np.asarray(store.root[d][...]) for d in store.sample_dims}
-    lat = np.asarray(store.root["latitude"][...])
-    lon = np.asarray(store.root["longitude"][...])
-    writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
-                                attrs={"decoded_from": full_path(store_path),
-                                       "model_sha256": loaded.sha256},
-                                overwrite=overwrite)
+    plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
+                       overwrite=overwrite)
+    store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
+    sample_coords = plan.sample_coords
     step = store.time_chunk
     per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
     total = (hi - lo) * per_step

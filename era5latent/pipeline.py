@@ -441,24 +441,34 @@ def select_store_channels(store: LatentStore, subset: tuple[Channel, ...] | None
             if any(c in subset for c in chs)}
 
 
-def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
-           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-           overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
-           progress: Progress | None = None) -> DecodeResult:
-    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+@dataclass
+class DecodePlan:
+    """Everything both decoders (here and on a cluster) settle before decoding a single block."""
+
+    store: LatentStore
+    groups: dict[str, tuple[Channel, ...]]
+    times: np.ndarray
+    lo: int
+    hi: int
+    sample_coords: dict[str, np.ndarray]
+    lat: np.ndarray
+    lon: np.ndarray
+    writer: Any  # fields.FieldWriter, laid out at its temporary path
+
+
+def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
+                subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
+                overwrite: bool = False) -> DecodePlan:
+    """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
-    if batch_size < 1:
-        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     store = open_latent_store(store_path)
     if not store.complete:
         done = store.done()
         raise StoreError(f"{store_path} is unfinished ({int(done.sum())} of {done.size} time chunks "
-                         "written); re-run the same encode command to finish it")
+                         "written); re-run the same encode command (or 'era5latent finalize') "
+                         "to finish it")
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    loaded.model.to(dev).eval()
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = 0, len(times)
@@ -477,6 +487,24 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
                                 overwrite=overwrite)
+    return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer)
+
+
+def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
+           time_range: str | None = None, batch_size: int = 8, device: str = "auto",
+           overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
+           progress: Progress | None = None) -> DecodeResult:
+    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
+    plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
+                       overwrite=overwrite)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loaded.model.to(dev).eval()
+    store, groups, times, lo, hi, writer = (plan.store, plan.groups, plan.times, plan.lo, plan.hi,
+                                            plan.writer)
+    sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
     specs = store.groups
     step = store.time_chunk
     per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
@@ -496,7 +524,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
             for c in range(a // step, (b - 1) // step + 1):
                 try:
                     chunk = store.read_chunk(g, c)
-                except CorruptChunkError as err:
+                except CorruptChunkError:
                     if not allow_corrupt:
                         raise
                     c0, c1 = store.chunk_bounds(c)
