@@ -25,12 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 SUBSET = "z500,z850,t500,t850,t2m"
 
 
 def _rss_mib() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage: Linux carries ru_maxrss over from the
+    parent across fork/exec, so every child would report the benchmark driver's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -160,7 +165,7 @@ def main() -> None:
         return
 
     presets = args.presets.split(",")
-    long_ = 200 if args.quick else 1000
+    long_ = 400 if args.quick else 1000
     configs = []
     for p in presets:
         for batch in ((8,) if args.quick else (2, 8, 32)):

@@ -120,6 +120,40 @@ def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 th.join(0.05)
 
 
+class _Writer:
+    """Run writes on one background thread, at most ``depth`` behind; errors re-raised here.
+
+    Writes happen in submission order (one thread), so a chunk's done flag still follows its
+    codes; ``drain`` waits for all of them.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="era5latent-writer")
+        self._pending: list[Future[None]] = []
+        self._depth = depth
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        try:
+            while self._pending:
+                self._pending.pop(0).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def drain_quietly(self) -> None:
+        """Wait for writes in flight, ignoring their errors (an error is already on its way)."""
+        for f in self._pending:
+            f.exception()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+
 # -- encode ------------------------------------------------------------------------------------
 
 @dataclass
@@ -395,12 +429,18 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     if progress:
         progress(finished, total)
     start = time.perf_counter()
-    for i, x in _prefetch((i, job.read_chunk(i)) for i in todo):
-        faults.point("encode.chunk-read")
-        job.write_chunk(i, job.encode_chunk(x))
-        finished += job.chunk_samples(i)
-        if progress:
-            progress(finished, total)
+    writer = _Writer()  # reading, computing and writing overlap
+    try:
+        for i, x in _prefetch((i, job.read_chunk(i)) for i in todo):
+            faults.point("encode.chunk-read")
+            writer.submit(job.write_chunk, i, job.encode_chunk(x))
+            finished += job.chunk_samples(i)
+            if progress:
+                progress(finished, total)
+        writer.drain()
+    except BaseException:
+        writer.drain_quietly()
+        raise
     seconds = time.perf_counter() - start
     job.finish()
     spec = job.spec
@@ -536,7 +576,12 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
             out_[g] = None if parts is None else np.concatenate(parts)
         return a, out_
 
+    def write(offset: int, block: dict[Channel, np.ndarray]) -> None:
+        writer.write(offset, block)
+        faults.point("decode.block-written")
+
     done_samples = 0
+    background = _Writer()  # reading, computing and writing overlap
     try:
         for a, packed in _prefetch(read(a) for a in range(lo, hi, step)):
             block: dict[Channel, np.ndarray] = {}
@@ -555,12 +600,13 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
                 y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
                 for k, ch in enumerate(chs):
                     block[ch] = y[..., k, :, :]
-            writer.write(a - lo, block)
-            faults.point("decode.block-written")
+            background.submit(write, a - lo, block)
             done_samples += next(iter(block.values())).shape[0] * per_step
             if progress:
                 progress(done_samples, total)
+        background.drain()
     except BaseException:
+        background.drain_quietly()
         writer.abort()
         raise
     writer.close()
