@@ -90,7 +90,7 @@ def local_cluster(workers: int, device: str = "auto") -> Any:
 
         n = min(workers, gpus)
         return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1,
-                                dashboard_address=None, silence_logs=logging.ERROR)
+                                dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     from distributed import LocalCluster
 
     # torch reads OMP_NUM_THREADS when it is imported, which a spawned worker may do before Dask
@@ -101,7 +101,7 @@ def local_cluster(workers: int, device: str = "auto") -> Any:
     os.environ.update({k: str(max(1, (os.cpu_count() or 1) // workers)) for k in keys})
     try:
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address=None,
+                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
                             silence_logs=logging.ERROR)
     finally:
         for k, v in saved.items():

@@ -412,8 +412,8 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     if not (is_store(path) if is_url(path) else os.path.exists(path)):
         raise StoreError(f"no such latent store: {path}; check the path")
     try:
-        root = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode,  # type: ignore[arg-type]
-                               zarr_format=3)
+        where = zarr_store(path, read_only=mode == "r")
+        root = zarr.open_group(where, mode=mode, zarr_format=3)  # type: ignore[arg-type]
     except Exception as err:
         raise StoreError(f"{path} is not a Zarr v3 store ({type(err).__name__}); expected a latent "
                          "store written by 'era5latent encode'") from None

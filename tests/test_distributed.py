@@ -49,7 +49,7 @@ def cluster() -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as lc, \
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as lc, \
             Client(lc) as client:
         yield client
 
@@ -141,6 +141,16 @@ def test_decode_on_the_cluster_is_byte_identical(cluster: Any, reference: Path,
     a, b = xr.open_dataset(tmp_path / "single.nc"), xr.open_dataset(tmp_path / "dask.nc")
     for v in a.data_vars:
         np.testing.assert_array_equal(a[v].values, b[v].values)
+
+
+@pytest.mark.slow
+def test_local_cluster_from_the_cli(reference: Path, sample_zarr: Path, tiny_model: Path,
+                                    tmp_path: Path) -> None:
+    """``--workers 2``: a LocalCluster started for the run (and torch threads = cores / 2)."""
+    out = tmp_path / "latent.zarr"
+    res = run_cli(*encode_args(sample_zarr, tiny_model, out), "--workers", "2")
+    assert res.exit_code == 0, res.stderr
+    assert tree_bytes(out) == tree_bytes(reference)
 
 
 def test_cluster_errors_are_one_line(cluster: Any, reference: Path, sample_zarr: Path,
@@ -258,8 +268,9 @@ def test_bad_parts_are_refused(sample_zarr: Path, tiny_model: Path, tmp_path: Pa
 
 # -- object storage: a real S3 server (moto) on loopback -----------------------------------------
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """One server for the module (moto keeps its buckets process-wide, s3fs caches clients)."""
     moto_server = pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
     sock = socket.socket()
@@ -271,15 +282,16 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     import fsspec
 
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("era5")
-    try:
-        yield env
-    finally:
-        server.stop()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("era5")
+        try:
+            yield env
+        finally:
+            server.stop()
 
 
 def _s3_tree(url: str) -> dict[str, bytes]:
@@ -329,3 +341,20 @@ def test_s3_round_trip(s3: dict[str, str], cluster: Any, reference: Path, sample
     res = run_cli("decode", url, "--model", tiny_model, "--out", "s3://era5/recon.zarr",
                   "--device", "cpu")
     assert_clean_error(res, "local path")
+
+
+def test_s3_parts_created_concurrently_in_place(s3: dict[str, str], reference: Path,
+                                                sample_zarr: Path, tiny_model: Path) -> None:
+    """No rename on S3: two parts lay the store out in place at once, then fill their shares."""
+    url = "s3://era5/parts.zarr"
+    args = encode_args(sample_zarr, tiny_model, url)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda p: cli_subprocess(*args, "--parts", p, env=s3), ["1/2", "2/2"]))
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    info = json.loads(run_cli("info", url, "--json").stdout)
+    assert info["parts"]["done"] == [1, 2] and not info["complete"]
+    assert run_cli("finalize", url).exit_code == 0
+    remote, local = _s3_tree(url), tree_bytes(reference)
+    assert set(remote) == set(local)
+    assert all(remote[k] == local[k] for k in local if k != "zarr.json")
