@@ -35,9 +35,9 @@ from era5latent.evaluate import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
-from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, autocast, check_grid,
-                                 check_model_channels, decode_block, encode_block,
-                                 resolve_device, resolve_precision, select_store_channels)
+from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, autocast,
+                                 decode_block, encode_block, ready_to_encode, resolve_device,
+                                 resolve_precision, select_store_channels)
 from era5latent.sources import Source, SourceLayout, check_finite, normalise, open_source
 from era5latent.store import (ATTR, GroupSpec, LatentStore, _jsonable, codes_name,
                               open_latent_store)
@@ -250,19 +250,11 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
     writes with the same ``--batch-size`` and ``--time-chunk``. Raises
     :class:`~era5latent.errors.Era5LatentError` subclasses for bad input, as the CLI does.
     """
-    if batch_size < 1:
-        raise OptionError(f"batch_size {batch_size}: expected a positive integer")
-    if time_chunk < 1:
-        raise OptionError(f"time_chunk {time_chunk}: expected a positive integer")
     loaded = _model(model)
     channels = _channels(subset)
     source = _source(data)
-    source.check_channels(channels)
-    check_model_channels(channels, loaded)
-    check_grid(source, loaded)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    loaded.model.to(dev).eval()
+    dev, prec = ready_to_encode(source, loaded, channels, batch_size=batch_size,
+                                time_chunk=time_chunk, device=device, precision=precision)
     n = len(source.times)
     spec = _store_spec(source, loaded, channels, 0, n, time_chunk)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path

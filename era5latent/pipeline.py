@@ -353,6 +353,23 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
+def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], *,
+                    batch_size: int, time_chunk: int, device: str, precision: str
+                    ) -> tuple[torch.device, str]:
+    """Every check before encoding (options, channels, grid); the model placed on its device."""
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
+    if time_chunk < 1:
+        raise OptionError(f"--time-chunk {time_chunk}: expected a positive integer")
+    source.check_channels(channels)
+    check_model_channels(channels, loaded)
+    check_grid(source, loaded)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loaded.model.to(dev).eval()
+    return dev, prec
+
+
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
                    overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
@@ -366,16 +383,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
                           "delete the store first, or encode without --parts")
-    if batch_size < 1:
-        raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
-    if time_chunk < 1:
-        raise OptionError(f"--time-chunk {time_chunk}: expected a positive integer")
-    source.check_channels(channels)
-    check_model_channels(channels, loaded)
-    check_grid(source, loaded)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    loaded.model.to(dev).eval()
+    dev, prec = ready_to_encode(source, loaded, channels, batch_size=batch_size,
+                                time_chunk=time_chunk, device=device, precision=precision)
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
