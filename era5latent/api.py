@@ -39,7 +39,7 @@ from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, autoca
                                  decode_block, encode_block, ready_to_encode, resolve_device,
                                  resolve_precision, select_store_channels)
 from era5latent.sources import Source, SourceLayout, check_finite, normalise, open_source
-from era5latent.store import (ATTR, GroupSpec, LatentStore, _jsonable, codes_name,
+from era5latent.store import (ATTR, GroupSpec, LatentStore, jsonable, codes_name,
                               open_latent_store)
 from era5latent.train import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
@@ -259,7 +259,7 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
     spec = _store_spec(source, loaded, channels, 0, n, time_chunk)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
         spec = dataclasses.replace(spec, source={**spec.source, "path": source.path})
-    meta = _jsonable(spec.attrs()) | {"complete": True}
+    meta = jsonable(spec.attrs()) | {"complete": True}
     per_step = int(np.prod(source.sample_shape, dtype=np.int64))
     parts: dict[str, list[np.ndarray]] = {g.name: [] for g in spec.groups}
     if progress:

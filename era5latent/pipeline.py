@@ -28,9 +28,9 @@ from era5latent.fsutil import exists, full_path, is_url
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info,
-                                parse_time_range)
+                                time_index_range)
 from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
-                              check_unlocked, create_latent_store, is_store, open_latent_store,
+                              check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
 
@@ -247,18 +247,13 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
     have = {k: store.meta.get(k) for k in spec.identity() if k != "model_sha256"}
     have["model_sha256"] = store.meta.get("model", {}).get("sha256")
     want = spec.identity()
-    diff = [k for k in want if _canon(want[k]) != _canon(have.get(k))]
+    diff = [k for k in want if jsonable(want[k]) != jsonable(have.get(k))]
     if diff:
         raise StoreError(
             f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
             "subset, time range or source); pass --overwrite to replace it, or choose another --out")
     return store
 
-
-def _canon(x: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
 @dataclass
@@ -520,14 +515,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     groups = select_store_channels(store, subset)
     times = store.times
-    lo, hi = 0, len(times)
-    if time_range is not None:
-        start, end = parse_time_range(time_range)
-        lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
-        hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
-        if hi <= lo:
-            raise OptionError(f"--time {time_range} selects no time step; {store_path} covers "
-                              f"{_iso(times[0])} to {_iso(times[-1])}")
+    lo, hi = time_index_range(times, time_range, store_path)
     layout = SourceLayout.from_dict(store.meta["source"]["layout"])
     sample_coords = {d: np.asarray(store.root[d][...]) for d in store.sample_dims}
     lat = np.asarray(store.root["latitude"][...])

@@ -122,17 +122,7 @@ class Source:
     # -- time ----------------------------------------------------------------------------
     def time_indices(self, time_range: str | None) -> tuple[int, int]:
         """Half-open index range ``[start, stop)`` of an inclusive ISO ``START/END`` range."""
-        times = self.times
-        if time_range is None:
-            return 0, len(times)
-        start, end = parse_time_range(time_range)
-        lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
-        hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
-        if hi <= lo:
-            raise OptionError(
-                f"--time {time_range} selects no time step; {self.path} covers "
-                f"{_iso(times[0])} to {_iso(times[-1])}")
-        return lo, hi
+        return time_index_range(self.times, time_range, self.path)
 
     # -- data ----------------------------------------------------------------------------
     def read(self, channels: tuple[Channel, ...], start: int, stop: int) -> np.ndarray:
@@ -154,6 +144,20 @@ def grid_info(lat: np.ndarray, lon: np.ndarray) -> dict[str, Any]:
     return {"shape": [int(lat.size), int(lon.size)],
             "latitude": [float(lat[0]), float(lat[-1])],
             "longitude": [float(lon[0]), float(lon[-1])]}
+
+
+def time_index_range(times: np.ndarray, time_range: str | None, where: str) -> tuple[int, int]:
+    """Half-open index range ``[start, stop)`` of sorted ``times`` inside an inclusive ISO
+    ``START/END`` range (``None``: all of them); ``where`` names the data in the error."""
+    if time_range is None:
+        return 0, len(times)
+    start, end = parse_time_range(time_range)
+    lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
+    hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
+    if hi <= lo:
+        raise OptionError(f"--time {time_range} selects no time step; {where} covers "
+                          f"{_iso(times[0])} to {_iso(times[-1])}")
+    return lo, hi
 
 
 def parse_time_range(text: str) -> tuple[np.datetime64 | None, np.datetime64 | None]:

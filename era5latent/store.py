@@ -142,7 +142,8 @@ def _iso(t: np.datetime64) -> str:
     return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """``x`` as it reads back from JSON (arrays as lists): the form stored in attributes."""
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
@@ -285,7 +286,7 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                       dimension_names=("time_chunk",), compressors=None, fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
-    root.attrs[ATTR] = _jsonable(spec.attrs())
+    root.attrs[ATTR] = jsonable(spec.attrs())
     faults.point("store.created")
 
 

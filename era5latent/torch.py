@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from era5latent.api import _latent_dataset, _store_values
 from era5latent.errors import OptionError, StoreError
-from era5latent.sources import parse_time_range
+from era5latent.sources import time_index_range
 from era5latent.store import GroupSpec, codes_name, open_latent_store
 
 __all__ = ["LatentDataset"]
@@ -256,11 +256,4 @@ def _time_bounds(times: np.ndarray, time: str | slice | None, path: str) -> tupl
         if stop <= start:
             raise OptionError(f"time={time!r} selects no time step of {path} ({n} steps)")
         return start, stop
-    first, last = parse_time_range(time)
-    lo = 0 if first is None else int(np.searchsorted(times, first, side="left"))
-    hi = n if last is None else int(np.searchsorted(times, last, side="right"))
-    if hi <= lo:
-        raise OptionError(f"time={time!r} selects no time step of {path}; it covers "
-                          f"{np.datetime_as_string(times[0], unit='s')} to "
-                          f"{np.datetime_as_string(times[-1], unit='s')}")
-    return lo, hi
+    return time_index_range(times, time, path)
