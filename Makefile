@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: install test demo bench docs clean
+.PHONY: install test demo bench docs typecheck clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 docs: $(STAMP)
 	$(PY) -m era5latent.cli_docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md

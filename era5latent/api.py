@@ -28,17 +28,16 @@ from typing import Any, cast
 
 import numpy as np
 import xarray as xr
-import zarr
 
 from era5latent.errors import Era5LatentError, OptionError, StoreError
 from era5latent.evaluate import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
-from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, autocast,
-                                 decode_block, encode_block, ready_to_encode, resolve_device,
+from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode_fields,
+                                 encode_fields, read_fields, ready_to_encode, resolve_device,
                                  resolve_precision, select_store_channels)
-from era5latent.sources import Source, SourceLayout, check_finite, normalise, open_source
+from era5latent.sources import Source, SourceLayout, normalise, open_source
 from era5latent.store import (ATTR, GroupSpec, LatentStore, jsonable, codes_name,
                               open_latent_store)
 from era5latent.train import TrainOptions, TrainResult
@@ -102,14 +101,6 @@ def _is_dask(data: Any) -> bool:
     from dask.base import is_dask_collection
 
     return bool(is_dask_collection(data))
-
-
-def _store_values(root: zarr.Group, name: str) -> np.ndarray:
-    """A whole coordinate array of a store."""
-    arr = root[name]
-    if not isinstance(arr, zarr.Array):
-        raise StoreError(f"{root.store}: {name} is a group; expected a coordinate array")
-    return np.asarray(arr[...])
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -183,10 +174,8 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
 
     p = os.fspath(path)
     store = open_latent_store(p)
-    if not store.complete and not allow_incomplete:
-        done = store.done()
-        raise StoreError(f"{p} is unfinished ({int(done.sum())} of {done.size} time chunks written); "
-                         "re-run the same encode command to finish it, or pass allow_incomplete=True")
+    if not allow_incomplete:
+        store.require_complete(", or pass allow_incomplete=True")
     codes: dict[str, Any] = {}
     attrs: dict[str, dict[str, Any]] = {}
     for g in store.groups:
@@ -194,9 +183,8 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
         codes[g] = dsa.from_zarr(arr, chunks=arr.chunks)  # type: ignore[no-untyped-call]
         attrs[g] = dict(arr.attrs)
     ds = _latent_dataset(codes, store.meta, store.times,
-                         {d: _store_values(store.root, d) for d in store.sample_dims},
-                         _store_values(store.root, "latitude"),
-                         _store_values(store.root, "longitude"), attrs)
+                         {d: store.coord(d) for d in store.sample_dims},
+                         store.coord("latitude"), store.coord("longitude"), attrs)
     ds.encoding["source"] = p if "://" in p else os.path.abspath(p)
     return ds
 
@@ -222,21 +210,6 @@ def _latent_meta(latent: xr.Dataset) -> dict[str, Any]:
 
 
 # -- encode --------------------------------------------------------------------------------------
-
-def _encode_window(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], a: int,
-                   b: int, batch_size: int, device: Any, precision: str) -> dict[str, np.ndarray]:
-    """Time steps ``[a, b)`` of the source -> packed codes per group ``(nt, *sample, h, w, B)``.
-
-    What ``EncodeJob.read_chunk`` + ``encode_chunk`` do, without a store.
-    """
-    x = source.read(channels, a, b)
-    t = np.datetime_as_string(source.times[[a, b - 1]], unit="s")
-    check_finite(x, f"{source.path} between {t[0]} and {t[1]}")
-    lead = x.shape[:-3]
-    with autocast(device, precision):
-        codes = encode_block(loaded, channels, x.reshape(-1, *x.shape[-3:]), batch_size, device)
-    return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
-
 
 def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: int = 8,
            device: str = "auto", precision: str = "auto", time_chunk: int = 8,
@@ -265,7 +238,8 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
     if progress:
         progress(0, n * per_step)
     for a, b in _windows(n, time_chunk):
-        for g, c in _encode_window(source, loaded, channels, a, b, batch_size, dev, prec).items():
+        x = read_fields(source, channels, a, b)
+        for g, c in encode_fields(loaded, channels, x, batch_size, dev, prec).items():
             parts[g].append(c)
         if progress:
             progress(b * per_step, n * per_step)
@@ -275,26 +249,6 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
 
 
 # -- decode --------------------------------------------------------------------------------------
-
-def _decode_window(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
-                   specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray],
-                   batch_size: int, device: Any, precision: str) -> dict[Channel, np.ndarray]:
-    """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
-
-    The body of ``pipeline.decode``'s loop.
-    """
-    block: dict[Channel, np.ndarray] = {}
-    for g, chs in groups.items():
-        p = np.asarray(packed[g])
-        lead = p.shape[:-3]
-        with autocast(device, precision):
-            y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
-                             batch_size, device)
-        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
-        for k, ch in enumerate(chs):
-            block[ch] = y[..., k, :, :]
-    return block
-
 
 class _MemoryFields(FieldWriter):
     """``FieldWriter`` in its in-memory (NetCDF) mode, handing back a Dataset instead of a file."""
@@ -371,7 +325,7 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
         writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
         for a, b in windows:
             packed = {g: np.asarray(c[a:b]) for g, c in codes.items()}
-            writer.write(a, _decode_window(loaded, groups, specs, packed, batch_size, dev, prec))
+            writer.write(a, decode_fields(loaded, groups, specs, packed, batch_size, dev, prec))
         return writer.dataset()
 
     # lazy: one task per time chunk, each filling a FieldWriter of its own
@@ -397,7 +351,7 @@ def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: n
                  specs: Mapping[str, GroupSpec], batch_size: int, device: Any,
                  precision: str) -> dict[str, np.ndarray]:
     writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
-    writer.write(0, _decode_window(loaded, groups, specs, packed, batch_size, device, precision))
+    writer.write(0, decode_fields(loaded, groups, specs, packed, batch_size, device, precision))
     return {writer.out_name(v): writer._mem[v] for v in writer.vars}
 
 

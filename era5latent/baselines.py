@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, cast
 
 import numpy as np
 
@@ -122,7 +122,7 @@ class BitRoundZstd(_Codec):
         raw = Zstd().decode(buf)
         if self.shuffle:
             raw = Shuffle(elementsize=FLOAT32_BYTES).decode(raw)
-        return np.frombuffer(bytes(raw), dtype=np.float32).reshape(shape).copy()
+        return cast(np.ndarray, np.frombuffer(bytes(raw), dtype=np.float32).reshape(shape).copy())
 
 
 def _zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -153,7 +153,7 @@ def zfp_min_rate(ndim: int) -> float:
 
     (Below it zfpy 1.0.1 corrupts memory; the rate is clamped here, never passed on.)
     """
-    return 9.0 / 4**ndim
+    return float(9.0 / 4**ndim)
 
 
 #: The highest fixed rate worth asking for float32: 32 bits per value, near lossless.
@@ -242,7 +242,7 @@ class SZ3(_Codec):
         conf.errorBoundMode = pysz.szErrorBoundMode.ABS
         conf.absErrorBound = float(self.abs_error_bound)
         out, _ratio = pysz.sz.compress(x, conf)
-        return out.tobytes()
+        return cast(bytes, out.tobytes())
 
     def decode(self, buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
         pysz = _require("pysz", "pysz", self.method)
@@ -254,7 +254,7 @@ class SZ3(_Codec):
 Codec = BitRoundZstd | ZFPFixedRate | ZFPFixedAccuracy | SZ3
 
 #: Method name -> (codec class, module it needs, pip package).
-METHODS: dict[str, tuple[type, str | None, str | None]] = {
+METHODS: dict[str, tuple[type[Codec], str | None, str | None]] = {
     "bitround": (BitRoundZstd, None, None),
     "zfp": (ZFPFixedRate, "zfpy", "zfpy"),
     "zfp-accuracy": (ZFPFixedAccuracy, "zfpy", "zfpy"),
@@ -270,7 +270,7 @@ def codec_from_dict(data: dict[str, Any]) -> Codec:
         raise OptionError(
             f"unknown codec {name!r}: expected one of {', '.join(sorted(by_name))}; "
             "pass a dict made by a codec's to_dict()")
-    return by_name[name].from_dict(data)
+    return cast(Codec, by_name[name].from_dict(data))
 
 
 def available_methods() -> list[str]:
@@ -410,7 +410,7 @@ def _closest(cands: list[tuple[Codec, np.ndarray, int]], target_bytes: float
 def _match_bitround(stack: np.ndarray, target_bytes: float, per_field: bool, level: int
                     ) -> tuple[Codec, np.ndarray, int, bool]:
     # sizes grow with keepbits: scan upwards and stop at the first size above the target
-    cands = []
+    cands: list[tuple[Codec, np.ndarray, int]] = []
     for k in range(24):
         c = BitRoundZstd(k, level)
         recon, nb = _roundtrip_stack(c, stack, per_field)

@@ -445,7 +445,7 @@ def _print_eval(records: list[dict[str, object]], acc_reference: str) -> None:
     from rich.table import Table
 
     def f(v: object, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)  # type: ignore[arg-type]
+        return "-" if v is None else format(v, fmt)
 
     table = Table("channel", "method", "RMSE", "bias", "MAE", "max |err|", f"ACC ({acc_reference})",
                   "small-scale power", "bytes/value", "ratio vs f32", "ratio vs source",

@@ -44,11 +44,11 @@ from era5latent.errors import (CheckpointError, Era5LatentError, OptionError, So
                                StoreError)
 from era5latent.fsutil import full_path
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
-from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _iso, _prefetch,
-                                 _store_spec, autocast, decode_block, plan_decode, prepare_encode,
-                                 resolve_device, resolve_precision)
-from era5latent.sources import Source, open_source
-from era5latent.store import (CorruptChunkError, LatentStore, chunk_ranges, open_latent_store,
+from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetch,
+                                 _store_spec, decode_fields, plan_decode, prepare_encode,
+                                 read_codes, resolve_device, resolve_precision)
+from era5latent.sources import Source, iso, open_source
+from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
                               parts_status, writer_lock)
 from era5latent.variables import Channel, parse_channel
 
@@ -298,7 +298,7 @@ class EncodeTask:
     def job(self) -> EncodeJob:
         source = open_source(self.source)
         times = source.times
-        if len(times) < self.t1 or _iso(times[self.t0]) != self.first_time:
+        if len(times) < self.t1 or iso(times[self.t0]) != self.first_time:
             raise SourceError(
                 f"{self.source} on worker {socket.gethostname()} is not the data the client "
                 f"opened (expected time {self.first_time} at index {self.t0}); give every worker "
@@ -363,7 +363,7 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                 run_id=uuid.uuid4().hex, source=full_path(source.path),
                 model=os.path.abspath(loaded.path), model_sha256=loaded.sha256,
                 channels=tuple(c.code for c in channels), out=full_path(out), t0=job.t0,
-                t1=job.t0 + len(spec.times), first_time=_iso(spec.times[0]),
+                t1=job.t0 + len(spec.times), first_time=iso(spec.times[0]),
                 time_chunk=spec.time_chunk, batch_size=batch_size, device=device,
                 precision=precision)
             with dask_client(client, scheduler, workers, device) as c:
@@ -473,54 +473,25 @@ def _writer_state(writer: Any) -> dict[str, Any] | None:
     return {k: v for k, v in vars(writer).items() if k not in ("_ctx", "_root", "_mem")}
 
 
+def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
+                ) -> tuple[int, dict[str, np.ndarray | None]]:
+    """Codes for output times [a, a + step): whole store chunks, checksum-verified."""
+    codes, lost = read_codes(st.store, st.groups, a, min(a + task.step, task.hi),
+                             allow_corrupt=task.allow_corrupt)
+    corrupt.extend((a, msg) for msg in lost)
+    return a, codes
+
+
 def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
                   packed: dict[str, np.ndarray | None]) -> dict[Channel, np.ndarray]:
     """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)."""
     store = st.store
-    block: dict[Channel, np.ndarray] = {}
-    for g, chs in st.groups.items():
-        p = packed[g]
-        if p is None:  # corrupt chunk, allowed: NaN fields
-            nt = min(a + task.step, task.hi) - a
-            shape = (nt, *[store.root[d].shape[0] for d in store.sample_dims],
-                     store.root["latitude"].shape[0], store.root["longitude"].shape[0])
-            for ch in chs:
-                block[ch] = np.full(shape, np.nan, dtype=np.float32)
-            continue
-        lead = p.shape[:-3]
-        with autocast(st.device, st.precision):
-            y = decode_block(st.loaded, g, chs, p.reshape(-1, *p.shape[-3:]),
-                             store.groups[g].code_bits, task.batch_size, st.device)
-        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
-        for k, ch in enumerate(chs):
-            block[ch] = y[..., k, :, :]
-    return block
-
-
-def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
-                ) -> tuple[int, dict[str, np.ndarray | None]]:
-    """Codes for output times [a, a + step): whole store chunks, checksum-verified."""
-    store, step = st.store, task.step
-    b = min(a + step, task.hi)
-    times = store.times
-    out: dict[str, np.ndarray | None] = {}
-    for g in st.groups:
-        parts: list[np.ndarray] | None = []
-        for c in range(a // step, (b - 1) // step + 1):
-            try:
-                chunk = store.read_chunk(g, c)
-            except CorruptChunkError:
-                if not task.allow_corrupt:
-                    raise
-                c0, c1 = store.chunk_bounds(c)
-                corrupt.append((a, f"group {g} times {_iso(times[c0])}..{_iso(times[c1 - 1])}"))
-                parts = None
-                break
-            c0 = store.chunk_bounds(c)[0]
-            assert parts is not None
-            parts.append(chunk[max(a, c0) - c0:min(b, c0 + chunk.shape[0]) - c0])
-        out[g] = None if parts is None else np.concatenate(parts)
-    return a, out
+    fill: tuple[int, ...] = ()
+    if any(p is None for p in packed.values()):  # a damaged chunk, allowed: NaN fields
+        fill = (min(a + task.step, task.hi) - a, *[store.coord(d).size for d in store.sample_dims],
+                store.coord("latitude").size, store.coord("longitude").size)
+    return decode_fields(st.loaded, st.groups, store.groups, packed, task.batch_size, st.device,
+                         st.precision, fill)
 
 
 def decode_task(task: DecodeTask, starts: tuple[int, ...]

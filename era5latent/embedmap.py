@@ -39,11 +39,17 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from era5latent import faults
 from era5latent.errors import EmbedMapError, OptionError
+
+if TYPE_CHECKING:
+    import zarr
+
+_ZarrFormat = Literal[2, 3]  # what zarr.open_group accepts as zarr_format
 
 # --- the grid -------------------------------------------------------------------------------
 
@@ -167,7 +173,7 @@ def parse_grid_id(text: object, *, trust: str = "check",
     code, cell, detail = _classify_id(text, trust, id_table)
     if code != _OK:
         raise EmbedMapError(f"grid_id_coord {_short(text)}: {REASONS[code]}; {detail}")
-    m = _ID_RE.fullmatch(text)  # type: ignore[arg-type]
+    m = _ID_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:  # unreachable: _classify_id accepted it
         raise EmbedMapError(f"grid_id_coord {_short(text)}: malformed id; expected {_ID_FORMAT}")
     lon = float(f"{m['lons']}{m['loni']}.{m['lonf']}")
@@ -180,7 +186,8 @@ def _short(text: object, limit: int = 60) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def _classify_ids(ids, trust: str, id_table: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _classify_ids(ids: Any, trust: str, id_table: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :func:`_classify_id` over an Arrow string array: (codes int8, cells int64)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -279,7 +286,8 @@ class Grid:
         """The grid a store's coordinates describe (any orientation / longitude convention)."""
         lat = np.asarray(lat, dtype=np.float64).ravel()
         lon = np.asarray(lon, dtype=np.float64).ravel()
-        step = lambda v: float(np.median(np.abs(np.diff(v)))) if len(v) > 1 else float("nan")  # noqa: E731
+        step: Callable[[np.ndarray], float] = \
+            lambda v: float(np.median(np.abs(np.diff(v)))) if len(v) > 1 else float("nan")  # noqa: E731
         if lat.shape != (N_LAT,) or lon.shape != (N_LON,):
             raise EmbedMapError(
                 f"{source}: grid is {lat.size} latitudes x {lon.size} longitudes (step "
@@ -308,7 +316,7 @@ class Grid:
         cells = np.asarray(cells, dtype=np.int64)
         return self.row_of_i[cells // N_LON], self.col_of_j[cells % N_LON]
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, float]:
         return {
             "resolution_degrees": RESOLUTION,
             "latitude_first": float(self.latitude[0]), "latitude_last": float(self.latitude[-1]),
@@ -317,11 +325,11 @@ class Grid:
         }
 
 
-def _zarr_coord_dim(arr, default: str) -> str:
+def _zarr_coord_dim(arr: zarr.Array[Any], default: str) -> str:
     names = getattr(arr.metadata, "dimension_names", None)
     if names and names[0]:
         return str(names[0])
-    dims = arr.attrs.get("_ARRAY_DIMENSIONS")
+    dims: Any = arr.attrs.get("_ARRAY_DIMENSIONS")  # any JSON a user's store holds
     return str(dims[0]) if dims else default
 
 
@@ -339,13 +347,24 @@ def grid_from_store(path: Path | str, what: str = "--like") -> Grid:
         ) from None
     for la, lo in (("latitude", "longitude"), ("lat", "lon")):
         if la in names and lo in names:
-            lat_a, lon_a = g[la], g[lo]
-            return Grid.from_coords("like", lat_a[...], lon_a[...], f"{what} {path}",
+            lat_a, lon_a = _zarr_array(g, la, what, path), _zarr_array(g, lo, what, path)
+            return Grid.from_coords("like", np.asarray(lat_a[...]), np.asarray(lon_a[...]),
+                                    f"{what} {path}",
                                     _zarr_coord_dim(lat_a, la), _zarr_coord_dim(lon_a, lo))
     raise EmbedMapError(
         f"{what} {path}: no latitude/longitude coordinate arrays (found "
         f"{', '.join(sorted(names)) or 'no arrays'}); expected a WeatherBench2-style ERA5 store"
     )
+
+
+def _zarr_array(g: zarr.Group, name: str, what: str, path: Path | str) -> zarr.Array[Any]:
+    """The array ``name`` of a user's store (listed by ``array_keys``, so never a group)."""
+    import zarr
+
+    a = g[name]
+    if not isinstance(a, zarr.Array):
+        raise EmbedMapError(f"{what} {path}: {name!r} is a group, expected a coordinate array")
+    return a
 
 
 def _one_line(err: BaseException) -> str:
@@ -450,14 +469,14 @@ class EmbedMapResult:
     duplicate_rows: int
     skipped: dict[str, int]
     first_skipped: dict[str, str]
-    sources: tuple[dict, ...]
+    sources: tuple[dict[str, Any], ...]
     seconds: float
 
     @property
     def rows_skipped(self) -> int:
         return sum(self.skipped.values())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rows_skipped"] = self.rows_skipped
         return d
@@ -585,7 +604,7 @@ class _Reader:
         self.modalities_seen: set[str] = set()
 
     # parquet -------------------------------------------------------------------------------
-    def parquet_schema_check(self, src: _Source):
+    def parquet_schema_check(self, src: _Source) -> Any:  # a pyarrow ParquetFile
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -662,7 +681,8 @@ class _Reader:
                     continue
             yield self._parquet_batch(src, ids, emb, rows)
 
-    def _parquet_batch(self, src: _Source, ids, emb, rows: np.ndarray):
+    def _parquet_batch(self, src: _Source, ids: Any, emb: Any, rows: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -720,7 +740,8 @@ class _Reader:
             keep = np.flatnonzero(good)
         return cells[keep], vecs, rows[keep]
 
-    def _detail(self, code: int, k: int, ids, lengths: np.ndarray, vecs, good) -> str:
+    def _detail(self, code: int, k: int, ids: Any, lengths: np.ndarray, vecs: np.ndarray,
+                good: np.ndarray) -> str:
         if code <= 5:
             text = ids[k].as_py()
             return f"grid_id_coord {_short(text)}: {_classify_id(text, self.opts.trust, self.id_table)[2]}"
@@ -770,9 +791,9 @@ class _open_npy_member:
 
     def __init__(self, src: _Source) -> None:
         self.src = src
-        self._stack: list = []
+        self._stack: list[zipfile.ZipFile | IO[bytes]] = []
 
-    def __enter__(self):
+    def __enter__(self) -> tuple[IO[bytes], tuple[int, ...], np.dtype[Any]]:
         src = self.src
         try:
             if src.kind == "npz":
@@ -805,7 +826,7 @@ class _open_npy_member:
                                 "float array of shape (721, 1440, D) as in embed_map_310k.npz")
         return f, shape, dtype
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         while self._stack:
             try:
                 self._stack.pop().close()
@@ -835,7 +856,7 @@ class _Spill:
 
     def chunk_of(self, cells: np.ndarray) -> np.ndarray:
         r, c = self.grid.place(cells)
-        return (r // self.cl) * self.n_cc + c // self.cw
+        return cast(np.ndarray, (r // self.cl) * self.n_cc + c // self.cw)
 
     def bounds(self, k: int) -> tuple[int, int, int, int]:
         r0, c0 = (k // self.n_cc) * self.cl, (k % self.n_cc) * self.cw
@@ -870,7 +891,8 @@ class _Spill:
                 yield idx[:, 0].astype(np.int64), idx[:, 1].astype(np.int64), vec
 
 
-def _group_mean(keys: np.ndarray, counts: np.ndarray, vecs: np.ndarray):
+def _group_mean(keys: np.ndarray, counts: np.ndarray, vecs: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unique keys, summed counts, count-weighted sums float64) of rows sharing a key."""
     order = np.argsort(keys, kind="stable")
     ks = keys[order]
@@ -1042,7 +1064,7 @@ def build_embed_map(
 
         # ---- 3. write ----------------------------------------------------------------------
         store_path = work / "store.zarr"
-        zarr_format = _zarr_format(target) if attach_to is not None else 3
+        zarr_format: _ZarrFormat = _zarr_format(target) if attach_to is not None else 3
         cl, cw = spill.cl, spill.cw
         attrs = {
             "era5latent_embedmap_version": FORMAT_VERSION,
@@ -1170,7 +1192,8 @@ def build_embed_map(
 
 
 def _dedupe(cells: np.ndarray, vecs: np.ndarray, rows: np.ndarray, si: int,
-            first_at: np.ndarray, policy: str, sources: Sequence[_Source]):
+            first_at: np.ndarray, policy: str, sources: Sequence[_Source]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply the duplicate policy to one batch: (cells, counts, vectors)."""
     tag = (np.int64(si) << 40) | rows
     uniq, first_idx = np.unique(cells, return_index=True)
@@ -1233,7 +1256,7 @@ class _Assembler:
         return local, (acc[local] / cnt[local, None]).astype(np.float32)
 
 
-def _fit_pca(asm: _Assembler, k: int, prog: ProgressFn) -> dict:
+def _fit_pca(asm: _Assembler, k: int, prog: ProgressFn) -> dict[str, Any]:
     """Exact PCA from a streamed, shifted D x D covariance over every valid cell."""
     dim = asm.dim
     todo = [c for c in range(asm.spill.n_chunks) if asm.spill.sizes[c]]
@@ -1274,7 +1297,7 @@ def _run_pool(fn: Callable[[int], None], items: Sequence[int], workers: int,
         return
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        inflight: list[Future] = []
+        inflight: list[Future[None]] = []
         for it in items:
             inflight.append(ex.submit(fn, it))
             while len(inflight) >= 2 * workers:
@@ -1290,14 +1313,14 @@ def _run_pool(fn: Callable[[int], None], items: Sequence[int], workers: int,
 # --- zarr output ------------------------------------------------------------------------------
 
 
-def _jsonable(obj):
+def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-def _zarr_format(path: Path) -> int:
+def _zarr_format(path: Path) -> _ZarrFormat:
     import zarr
 
-    return int(zarr.open_group(str(path), mode="r").metadata.zarr_format)
+    return zarr.open_group(str(path), mode="r").metadata.zarr_format
 
 
 def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool) -> None:
@@ -1314,17 +1337,19 @@ def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool
             raise OptionError(f"--prefix makes {dim!r}, a dimension of the store; pick another")
 
 
-def _create_arrays(path: Path, zarr_format: int, names: dict[str, str], grid: Grid,
+def _create_arrays(path: Path, zarr_format: _ZarrFormat, names: dict[str, str], grid: Grid,
                    channels: int, dim: int, chunks: tuple[int, int], o: EmbedMapOptions,
-                   attach: bool) -> dict:
+                   attach: bool) -> dict[str, zarr.Array[Any]]:
     import zarr
 
     g = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
     la, lo = grid.lat_dim, grid.lon_dim
     ch = names["channel"]
 
-    def make(key: str, shape, dims, dtype, fill, chunk_shape=None, attrs=None):
-        kw: dict = {"attributes": dict(attrs or {})}
+    def make(key: str, shape: tuple[int, ...], dims: list[str], dtype: str, fill: float | None,
+             chunk_shape: tuple[int, ...] | None = None,
+             attrs: dict[str, str] | None = None) -> zarr.Array[Any]:
+        kw: dict[str, Any] = {"attributes": dict(attrs or {})}
         if zarr_format == 3:
             kw["dimension_names"] = list(dims)
         else:
@@ -1337,7 +1362,7 @@ def _create_arrays(path: Path, zarr_format: int, names: dict[str, str], grid: Gr
         return g.create_array(names.get(key, key), shape=shape, dtype=dtype, fill_value=fill,
                               chunks=chunk_shape or shape, **kw)
 
-    arrays: dict = {}
+    arrays: dict[str, zarr.Array[Any]] = {}
     if not attach:
         lat = make("latitude", (N_LAT,), [la], "float64", np.nan,
                    attrs={"units": "degrees_north", "long_name": "latitude",
@@ -1421,8 +1446,8 @@ def _move_arrays(src_group: Path, store: Path, names: list[str], zarr_format: in
         _consolidate(store)
 
 
-def _write_npz(emb_arr, valid: np.ndarray, grid: Grid, path: Path, dtype: np.dtype,
-               prog: ProgressFn) -> None:
+def _write_npz(emb_arr: zarr.Array[Any], valid: np.ndarray, grid: Grid, path: Path,
+               dtype: np.dtype, prog: ProgressFn) -> None:
     """Stream ``arr_0`` (721, 1440, C) in the upstream layout, zeros where invalid."""
     channels = emb_arr.shape[2]
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,

@@ -106,7 +106,7 @@ class FieldWriter:
                 data = np.full((*first.shape[:-2], len(self.levels), *first.shape[-2:]), np.nan,
                                dtype=np.float32)
                 for c in chs:
-                    data[..., self.levels.index(c.level), :, :] = block[c]
+                    data[..., self.levels.index(c.pressure_level), :, :] = block[c]
             else:
                 data = first
             data = data[..., self.lat_index, :][..., self.lon_index]
@@ -142,7 +142,7 @@ class FieldWriter:
             ds.to_netcdf(tmp, engine="h5netcdf")
 
 
-def _coord_attrs(name: str) -> dict[str, str]:
+def _coord_attrs(name: str) -> dict[str, Any]:
     return {"latitude": {"units": "degrees_north", "standard_name": "latitude"},
             "longitude": {"units": "degrees_east", "standard_name": "longitude"},
             "level": {"units": "hPa", "long_name": "pressure level"}}.get(name, {})

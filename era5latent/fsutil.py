@@ -33,7 +33,8 @@ def url_fs(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path within it."""
     from fsspec.core import url_to_fs
 
-    return url_to_fs(url)
+    fs, path = url_to_fs(url)
+    return fs, str(path)
 
 
 def exists(path: str) -> bool:

@@ -21,7 +21,7 @@ Accumulation is in float64 whatever the input dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -154,7 +154,7 @@ def latitude_weights(lat_deg: Any) -> np.ndarray:
     area = np.diff(np.sin(np.deg2rad(edges)))
     out = np.empty_like(area)
     out[order] = area
-    return out / out.mean()
+    return cast(np.ndarray, out / out.mean())
 
 
 def weighted_spatial_mean(field: Any, lat: Any = None) -> np.ndarray:
@@ -169,7 +169,7 @@ def weighted_spatial_mean(field: Any, lat: Any = None) -> np.ndarray:
 
 def _wmean(f: np.ndarray, w: np.ndarray) -> np.ndarray:
     # mean of w is 1, so the weighted mean is the plain mean of w * f
-    return np.mean(f * w[:, None], axis=(-2, -1))
+    return cast(np.ndarray, np.mean(f * w[:, None], axis=(-2, -1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def zonal_power_spectrum(field: Any, lat: Any = None) -> np.ndarray:
         p[..., 1:] *= 2
     # weighted mean over latitude rows (w has mean 1), then over all leading dims
     p = np.mean(p * w[:, None], axis=-2)
-    return p.reshape(-1, p.shape[-1]).mean(axis=0)
+    return cast(np.ndarray, p.reshape(-1, p.shape[-1]).mean(axis=0))
 
 
 def _small_scale_slice(nk: int, fraction: float) -> slice:

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from era5latent.errors import (GridMismatchError, OptionError, StoreError, Store
 from era5latent.fsutil import exists, full_path, is_url
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
-from era5latent.sources import (Source, SourceLayout, check_finite, grid_info,
+from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, iso,
                                 time_index_range)
 from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
@@ -209,7 +209,82 @@ def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], pack
                            code_bits)
         parts.append(loaded.model.decode(group, bits, meta).float().cpu().numpy())
     z = np.concatenate(parts, axis=0)
-    return (z * std + mean).astype(np.float32)
+    return np.asarray(z * std + mean, dtype=np.float32)
+
+
+def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -> np.ndarray:
+    """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked finite."""
+    x = source.read(channels, a, b)
+    check_finite(x, f"{source.path} between {iso(source.times[a])} and {iso(source.times[b - 1])}")
+    return x
+
+
+def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                  batch_size: int, device: torch.device, precision: str) -> dict[str, np.ndarray]:
+    """Fields ``(nt, *sample, C, H, W)`` -> packed codes per group ``(nt, *sample, h, w, B)``.
+
+    The one encode step every path runs (CLI, Python API, Dask workers), so all give equal bits.
+    """
+    lead = x.shape[:-3]
+    with autocast(device, precision):
+        codes = encode_block(loaded, channels, x.reshape(-1, *x.shape[-3:]), batch_size, device)
+    return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
+
+
+def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
+                  specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
+                  batch_size: int, device: torch.device, precision: str,
+                  fill_shape: tuple[int, ...] = ()) -> dict[Channel, np.ndarray]:
+    """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
+
+    A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
+    The one decode step every path runs (CLI, Python API, Dask workers).
+    """
+    block: dict[Channel, np.ndarray] = {}
+    for g, chs in groups.items():
+        p = packed[g]
+        if p is None:
+            for ch in chs:
+                block[ch] = np.full(fill_shape, np.nan, dtype=np.float32)
+            continue
+        p = np.asarray(p)
+        lead = p.shape[:-3]
+        with autocast(device, precision):
+            y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
+                             batch_size, device)
+        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+        for k, ch in enumerate(chs):
+            block[ch] = y[..., k, :, :]
+    return block
+
+
+def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
+               allow_corrupt: bool = False) -> tuple[dict[str, np.ndarray | None], list[str]]:
+    """Packed codes of store times ``[a, b)`` per group, checksum-verified, and the damaged chunks.
+
+    A damaged chunk raises :class:`CorruptChunkError`; with ``allow_corrupt`` its group's codes
+    are None instead and the second value says which group and times were lost.
+    """
+    step, times = store.time_chunk, None
+    out: dict[str, np.ndarray | None] = {}
+    corrupt: list[str] = []
+    for g in groups:
+        parts: list[np.ndarray] = []
+        for c in range(a // step, (b - 1) // step + 1):
+            c0, c1 = store.chunk_bounds(c)
+            try:
+                chunk = store.read_chunk(g, c)
+            except CorruptChunkError:
+                if not allow_corrupt:
+                    raise
+                times = store.times if times is None else times
+                corrupt.append(f"group {g} times {iso(times[c0])}..{iso(times[c1 - 1])}")
+                out[g] = None
+                break
+            parts.append(chunk[max(a, c0) - c0:min(b, c1) - c0])
+        else:
+            out[g] = np.concatenate(parts)
+    return out, corrupt
 
 
 def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
@@ -299,17 +374,11 @@ class EncodeJob:
     def read_chunk(self, i: int) -> np.ndarray:
         """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked finite."""
         a, b = self.spec.chunk_bounds(i)
-        x = self.source.read(self.channels, self.t0 + a, self.t0 + b)
-        check_finite(x, f"{self.source.path} between {_iso(self.spec.times[a])} and "
-                        f"{_iso(self.spec.times[b - 1])}")
-        return x
+        return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
 
     def encode_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        lead = x.shape[:-3]  # (nt, *sample)
-        flat = x.reshape(-1, *x.shape[-3:])
-        with autocast(self.device, self.precision):
-            codes = encode_block(self.loaded, self.channels, flat, self.batch_size, self.device)
-        return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
+        return encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
+                             self.precision)
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
         self.store.write_chunk(i, codes)
@@ -454,10 +523,6 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
                         owned - len(todo), seconds, job.resumed)
 
 
-def _iso(t: np.datetime64) -> str:
-    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
-
-
 # -- decode ------------------------------------------------------------------------------------
 
 @dataclass
@@ -507,19 +572,15 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     from era5latent import fields  # the ERA5-layout output writer
 
     store = open_latent_store(store_path)
-    if not store.complete:
-        done = store.done()
-        raise StoreError(f"{store_path} is unfinished ({int(done.sum())} of {done.size} time chunks "
-                         "written); re-run the same encode command (or 'era5latent finalize') "
-                         "to finish it")
+    store.require_complete()
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = time_index_range(times, time_range, store_path)
     layout = SourceLayout.from_dict(store.meta["source"]["layout"])
-    sample_coords = {d: np.asarray(store.root[d][...]) for d in store.sample_dims}
-    lat = np.asarray(store.root["latitude"][...])
-    lon = np.asarray(store.root["longitude"][...])
+    sample_coords = {d: store.coord(d) for d in store.sample_dims}
+    lat = store.coord("latitude")
+    lon = store.coord("longitude")
     writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
@@ -539,8 +600,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
-    store, groups, times, lo, hi, writer = (plan.store, plan.groups, plan.times, plan.lo, plan.hi,
-                                            plan.writer)
+    store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
     specs = store.groups
     step = store.time_chunk
@@ -551,27 +611,12 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     start_t = time.perf_counter()
 
     corrupt: list[str] = []
+    sample_shape = tuple(len(v) for v in sample_coords.values())
 
     def read(a: int) -> tuple[int, dict[str, np.ndarray | None]]:
-        """Codes for output times [a, a + step): whole store chunks, checksum-verified."""
-        b = min(a + step, hi)
-        out_: dict[str, np.ndarray | None] = {}
-        for g in groups:
-            parts: list[np.ndarray] | None = []
-            for c in range(a // step, (b - 1) // step + 1):
-                try:
-                    chunk = store.read_chunk(g, c)
-                except CorruptChunkError:
-                    if not allow_corrupt:
-                        raise
-                    c0, c1 = store.chunk_bounds(c)
-                    corrupt.append(f"group {g} times {_iso(times[c0])}..{_iso(times[c1 - 1])}")
-                    parts = None
-                    break
-                c0 = store.chunk_bounds(c)[0]
-                parts.append(chunk[max(a, c0) - c0:min(b, c0 + chunk.shape[0]) - c0])
-            out_[g] = None if parts is None else np.concatenate(parts)
-        return a, out_
+        codes, lost = read_codes(store, groups, a, min(a + step, hi), allow_corrupt=allow_corrupt)
+        corrupt.extend(lost)
+        return a, codes
 
     def write(offset: int, block: dict[Channel, np.ndarray]) -> None:
         writer.write(offset, block)
@@ -581,22 +626,8 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     background = _Writer()  # reading, computing and writing overlap
     try:
         for a, packed in _prefetch(read(a) for a in range(lo, hi, step)):
-            block: dict[Channel, np.ndarray] = {}
-            for g, chs in groups.items():
-                p = packed[g]
-                if p is None:  # corrupt chunk, allowed: NaN fields
-                    nt = min(a + step, hi) - a
-                    shape = (nt, *[len(v) for v in sample_coords.values()], len(lat), len(lon))
-                    for ch in chs:
-                        block[ch] = np.full(shape, np.nan, dtype=np.float32)
-                    continue
-                lead = p.shape[:-3]
-                with autocast(dev, prec):
-                    y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]),
-                                     specs[g].code_bits, batch_size, dev)
-                y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
-                for k, ch in enumerate(chs):
-                    block[ch] = y[..., k, :, :]
+            block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec,
+                                  (min(a + step, hi) - a, *sample_shape, len(lat), len(lon)))
             background.submit(write, a - lo, block)
             done_samples += next(iter(block.values())).shape[0] * per_step
             if progress:

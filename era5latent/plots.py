@@ -51,8 +51,8 @@ def _lon_sorted(lon: np.ndarray, *fields: np.ndarray) -> tuple[np.ndarray, list[
     return lon[order], [f[..., order] for f in fields]
 
 
-def plot_maps(truth: Any, recon: Any, channel_name: str, lat: Any, lon: Any, path: str | os.PathLike,
-              *, units: str = "", land_mask: Any = None) -> str:
+def plot_maps(truth: Any, recon: Any, channel_name: str, lat: Any, lon: Any,
+              path: str | os.PathLike[str], *, units: str = "", land_mask: Any = None) -> str:
     """Truth, reconstruction and error (recon - truth) side by side; returns the path written.
 
     Truth and reconstruction share one colour scale (the 0.5..99.5 percentiles of both); the
@@ -105,7 +105,7 @@ def plot_maps(truth: Any, recon: Any, channel_name: str, lat: Any, lon: Any, pat
     return str(path)
 
 
-def plot_rate_distortion(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
+def plot_rate_distortion(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *,
                          error_key: str = "rmse", x: str = "bytes_per_value",
                          title: str = "") -> str:
     """Error against size, one line per ``record["method"]``, log x; returns the path written.
@@ -163,7 +163,7 @@ def plot_rate_distortion(records: Sequence[Mapping[str, Any]], path: str | os.Pa
 
 
 def plot_spectra(truth: Any, recon_by_method: Mapping[str, Any], lat: Any,
-                 path: str | os.PathLike, *, channel_name: str = "") -> str:
+                 path: str | os.PathLike[str], *, channel_name: str = "") -> str:
     """Zonal power spectra (log-log, wavenumbers >= 1): truth in black, one line per method.
 
     Also shows the ratio recon / truth underneath, where 1 is perfect and a drop at high

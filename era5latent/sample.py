@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -251,7 +252,7 @@ def expected_lag1(name: str, level: int | None, step_hours: float) -> float:
 
 
 def _plateau(lat: np.ndarray, lat0: float, width: float) -> np.ndarray:
-    return 0.5 * (1.0 - np.tanh((np.abs(lat) - lat0) / width))
+    return cast(np.ndarray, 0.5 * (1.0 - np.tanh((np.abs(lat) - lat0) / width)))
 
 
 def _gauss(x: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -282,7 +283,7 @@ def _land_raw(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     lam = np.deg2rad(lon)[..., None]
     # cos(phi)^min(m, 2) makes every longitude-dependent term vanish at the poles.
     terms = amp * np.cos(phi) ** np.minimum(m, 2) * np.cos(m * lam + ph1) * np.cos(k * phi + ph2)
-    return terms.sum(-1)
+    return cast(np.ndarray, terms.sum(-1))
 
 
 @lru_cache(maxsize=1)
@@ -308,8 +309,8 @@ def _land(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 
 def _msl_shape(lat: np.ndarray) -> np.ndarray:
-    return (0.6 * _gauss(np.abs(lat), 32, 10) - _gauss(lat, -64, 8) - 0.5 * _gauss(lat, 60, 10)
-            + 0.25 * _gauss(np.abs(lat), 90, 12))
+    return cast(np.ndarray, 0.6 * _gauss(np.abs(lat), 32, 10) - _gauss(lat, -64, 8)
+                - 0.5 * _gauss(lat, 60, 10) + 0.25 * _gauss(np.abs(lat), 90, 12))
 
 
 def _linear_shapes(name: str, level: int | None, lat: np.ndarray,
@@ -357,7 +358,7 @@ def _linear_shapes(name: str, level: int | None, lat: np.ndarray,
     raise KeyError(name)  # catalogue invariant
 
 
-def _q_shape(level: int, lat: np.ndarray, season: float) -> np.ndarray:
+def _q_shape(level: int | None, lat: np.ndarray, season: float) -> np.ndarray:
     """Moisture shape: a tropical maximum following the ITCZ (5 S in January, 10 N in July)."""
     return _gauss(lat, 2.5 - 7.5 * season, _param("q", "width", level))
 
@@ -373,7 +374,8 @@ def _gshape(name: str, lat: np.ndarray, land: np.ndarray | None) -> np.ndarray:
 
 def _diurnal_amp(lat: np.ndarray, land: np.ndarray) -> np.ndarray:
     # sqrt(cos(lat)): no diurnal cycle at the poles, so pole rows stay single-valued
-    return _DIURNAL_K * (0.15 + 0.85 * land) * np.sqrt(np.maximum(np.cos(np.deg2rad(lat)), 0.0))
+    return cast(np.ndarray,
+                _DIURNAL_K * (0.15 + 0.85 * land) * np.sqrt(np.maximum(np.cos(np.deg2rad(lat)), 0.0)))
 
 
 _REF_LAT = np.linspace(90.0, -90.0, 181)[:, None]
@@ -415,6 +417,7 @@ def _calibration(name: str, level: int | None) -> _Calib:
     var_shape = float(((shape - e_shape) ** 2).mean() + 0.5 * np.mean(np.broadcast_to(s, shape.shape) ** 2))
     rem = std**2
     if name == "t2m":
+        assert land is not None
         rem -= 0.5 * float(np.mean(_diurnal_amp(lat, land) ** 2))
     a = math.sqrt(f * rem / var_shape) if f > 0 and var_shape > 1e-12 else 0.0
     if a == 0.0:
@@ -443,8 +446,9 @@ def parse_grid(text: str) -> tuple[int, int]:
 def _check_grid(grid: object, shown: object) -> tuple[int, int]:
     if isinstance(grid, str):
         return parse_grid(grid)
+    pair: Any = grid  # any 2-item iterable; the sizes are checked below
     try:
-        nlat, nlon = grid  # type: ignore[misc]
+        nlat, nlon = pair
     except (TypeError, ValueError):
         raise OptionError(f"grid {shown!r} is not a pair: expected (nlat, nlon), e.g. (73, 144)") from None
     if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in (nlat, nlon)):
@@ -601,6 +605,10 @@ class _Channelset:
             self.mix = None
 
 
+# (calibration, annual base, seasonal term, anomaly shape); the arrays are None for q
+_StaticRow = tuple[_Calib, np.ndarray | None, np.ndarray | None, np.ndarray | None]
+
+
 class _Engine:
     def __init__(self, spec: _Spec) -> None:
         self.spec = spec
@@ -627,9 +635,9 @@ class _Engine:
         self.state: dict[str, np.ndarray] = {}
         self._phi: dict[tuple[str, int | None, float], float] = {}
         # Deterministic parts on this grid.
-        self.static: dict[str, list[tuple]] = {}
+        self.static: dict[str, list[_StaticRow]] = {}
         for n in names:
-            rows = []
+            rows: list[_StaticRow] = []
             for lev in self.sets[n].levels:
                 cal = _calibration(n, lev)
                 land = self.land if n in ("t2m", "msl") else None
@@ -739,8 +747,10 @@ class _Engine:
                 clim = np.maximum(clim, 0.05 * cal.mean)
                 res[k] = clim * np.exp(cal.b * x[k] - 0.5 * cal.b**2)
                 continue
+            assert base is not None and seas is not None and gsh is not None  # all set unless q
             val = base + season * seas
             if n == "t2m":
+                assert self.diurnal is not None  # set whenever t2m is asked for
                 local = utc_h + self.spec.lon[None, :] / 15.0
                 val = val + self.diurnal * np.cos(2.0 * np.pi * (local - _DIURNAL_PEAK_H) / 24.0)
             res[k] = val + (cal.b * gsh * (1.0 + _WINTER * season * self.winter)) * x[k]
@@ -838,7 +848,8 @@ def write_sample(path: str | os.PathLike[str], *, overwrite: bool = False, **kwa
         import zarr
 
         group = zarr.open_group(path, mode="r+", zarr_format=3)
-        targets = {v.name: group[v.long_name] for v in spec.variables}
+        # arrays this function just wrote through to_zarr above
+        targets = {v.name: cast("zarr.Array[Any]", group[v.long_name]) for v in spec.variables}
         pressure = {v.name: v.pressure for v in spec.variables}
         buf: dict[str, np.ndarray] = {}
         for i, name, field in _Engine(spec).steps():
@@ -852,4 +863,4 @@ def write_sample(path: str | os.PathLike[str], *, overwrite: bool = False, **kwa
             buf[name][j] = field
             if j + 1 == block or i + 1 == nt:
                 targets[name][i - j: i + 1] = buf[name][: j + 1]
-    return xr.open_zarr(final)
+    return cast(xr.Dataset, xr.open_zarr(final))

@@ -156,7 +156,7 @@ def time_index_range(times: np.ndarray, time_range: str | None, where: str) -> t
     hi = len(times) if end is None else int(np.searchsorted(times, end, side="right"))
     if hi <= lo:
         raise OptionError(f"--time {time_range} selects no time step; {where} covers "
-                          f"{_iso(times[0])} to {_iso(times[-1])}")
+                          f"{iso(times[0])} to {iso(times[-1])}")
     return lo, hi
 
 
@@ -178,8 +178,9 @@ def parse_time_range(text: str) -> tuple[np.datetime64 | None, np.datetime64 | N
     return start, end
 
 
-def _iso(t: np.datetime64) -> str:
-    return str(np.datetime_as_string(t, unit="s"))
+def iso(t: Any) -> str:
+    """A time (numpy datetime64 of any unit) as ISO 8601 to the second: how messages show times."""
+    return str(np.datetime_as_string(np.asarray(t).astype("datetime64[s]"), unit="s"))
 
 
 def _is_url(path: str) -> bool:
@@ -215,8 +216,10 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
         if fmt == "zarr":
             with warnings.catch_warnings():  # unconsolidated stores are normal; no need to nag
                 warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
-                return xr.open_zarr(path, chunks=None, consolidated=None,
-                                    storage_options=storage_options, decode_timedelta=False)
+                opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
+                                                  storage_options=storage_options,
+                                                  decode_timedelta=False)
+                return opened
         if fmt == "netcdf":
             return xr.open_dataset(path, engine="h5netcdf", chunks=None, decode_timedelta=False)
         return _open_grib(path)
@@ -238,7 +241,8 @@ def _open_grib(path: str) -> xr.Dataset:
         parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
         parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
                               if c in p.coords]) for p in parts]
-        return xr.merge(parts, compat="override", join="exact")
+        merged: xr.Dataset = xr.merge(parts, compat="override", join="exact")
+        return merged
 
 
 def _canonical_name(name: str, da: xr.DataArray) -> str | None:
@@ -272,10 +276,10 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
     ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims], errors="ignore")
 
     renames: dict[str, str] = {}
-    for cands, canon in ((_LEVEL_DIMS, "level"), (_LAT_DIMS, "latitude"), (_LON_DIMS, "longitude")):
+    for cands, dim in ((_LEVEL_DIMS, "level"), (_LAT_DIMS, "latitude"), (_LON_DIMS, "longitude")):
         found = next((d for d in cands if d in ds.dims), None)
-        if found is not None and found != canon:
-            renames[found] = canon
+        if found is not None and found != dim:
+            renames[found] = dim
     ds = ds.rename(renames)
     for need in ("latitude", "longitude"):
         if need not in ds.dims or need not in ds.coords:
@@ -335,7 +339,8 @@ def _normalise_longitude(ds: xr.Dataset, lon: np.ndarray) -> xr.Dataset:
     else:
         new = lon
     ds = ds.assign_coords(longitude=new)
-    return ds.sortby("longitude")
+    out: xr.Dataset = ds.sortby("longitude")
+    return out
 
 
 def _check_time(path: str, ds: xr.Dataset) -> None:
@@ -346,11 +351,11 @@ def _check_time(path: str, ds: xr.Dataset) -> None:
         d = np.diff(t.astype("datetime64[ns]").astype(np.int64))
         if np.any(d == 0):
             i = int(np.argmax(d == 0)) + 1
-            raise SourceError(f"{path} has a duplicated time {_iso(t[i])} at index {i}; "
+            raise SourceError(f"{path} has a duplicated time {iso(t[i])} at index {i}; "
                               "de-duplicate the times first")
         if np.any(d < 0):
             i = int(np.argmax(d < 0)) + 1
-            raise SourceError(f"{path} has times out of order at index {i} ({_iso(t[i])}); "
+            raise SourceError(f"{path} has times out of order at index {i} ({iso(t[i])}); "
                               "sort the source by time first")
 
 

@@ -32,6 +32,7 @@ from zarr.codecs import ZstdCodec
 from era5latent import __version__, faults
 from era5latent.errors import OptionError, StoreError
 from era5latent.fsutil import atomic_dir, is_url, remove_tree, url_fs
+from era5latent.sources import iso
 
 FORMAT = "era5latent.latent"
 FORMAT_VERSION = 1
@@ -46,6 +47,19 @@ def codes_name(group: str) -> str:
 
 def checksum_name(group: str) -> str:
     return f"sha256_{group}"
+
+
+def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array ``name`` of ``group``; a :class:`StoreError` if it is missing or a group."""
+    try:
+        node = group[name]
+    except KeyError:
+        raise StoreError(f"{group.store}: array {name!r} is missing; the store is damaged or not "
+                         "an era5latent store") from None
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.store}: {name!r} is a group where an array was expected; the "
+                         "store is damaged or not an era5latent store")
+    return node
 
 
 def _sha256(a: np.ndarray) -> bytes:
@@ -125,7 +139,7 @@ class StoreSpec:
             "normalisation": self.normalisation,
             "source": self.source,
             "sample_dims": list(self.sample_coords),
-            "time_range": [_iso(t[0]), _iso(t[-1])] if len(t) else [],
+            "time_range": [iso(t[0]), iso(t[-1])] if len(t) else [],
             "time_chunk": self.time_chunk,
             "complete": False,
         } | ({"parts": self.parts} if self.parts else {})
@@ -136,10 +150,6 @@ class StoreSpec:
         return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
                                   "time_range")} | {
             "model_sha256": self.model["sha256"]}
-
-
-def _iso(t: np.datetime64) -> str:
-    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
 
 
 def jsonable(x: Any) -> Any:
@@ -246,7 +256,7 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
 def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
     root = zarr.open_group(where, mode="a" if in_place else "w", zarr_format=3)
 
-    def create_array(name: str, **kw: Any) -> zarr.Array:
+    def create_array(name: str, **kw: Any) -> zarr.Array[Any]:
         from zarr.errors import ContainsArrayError
 
         try:
@@ -254,7 +264,7 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
         except ContainsArrayError:  # in place: a concurrent creator made it (same spec)
             if not in_place:
                 raise
-            return root[name]  # type: ignore[return-value]
+            return array(root, name)
 
     write_time_coord(root, spec.times, exist_ok=in_place)
     for dim, vals in spec.sample_coords.items():
@@ -314,23 +324,39 @@ class LatentStore:
 
     @property
     def times(self) -> np.ndarray:
-        secs = np.asarray(self.root["time"][...], dtype=np.int64)
+        secs = np.asarray(array(self.root, "time")[...], dtype=np.int64)
         return secs.astype("datetime64[s]").astype("datetime64[ns]")
 
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete", False))
 
+    def require_complete(self, alternative: str = "") -> None:
+        """A :class:`StoreError` unless every time chunk is written and the store is finalised.
+
+        ``alternative`` names another way out for the caller's user (e.g. an option to pass).
+        """
+        if not self.complete:
+            done = self.done()
+            raise StoreError(
+                f"{self.path} is unfinished ({int(done.sum())} of {done.size} time chunks "
+                "written); re-run the same encode command (or 'era5latent finalize') to finish "
+                f"it{alternative}")
+
     def done(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Done flags of time chunks ``[lo, hi)`` (all by default; one small read per chunk)."""
-        return np.asarray(self.root[DONE][lo:hi], dtype=bool)
+        return np.asarray(array(self.root, DONE)[lo:hi], dtype=bool)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
-        n = self.root["time"].shape[0]
+        n = array(self.root, "time").shape[0]
         return i * self.time_chunk, min((i + 1) * self.time_chunk, n)
 
-    def codes(self, group: str) -> zarr.Array:
-        return self.root[codes_name(group)]  # type: ignore[return-value]
+    def coord(self, name: str) -> np.ndarray:
+        """All values of a coordinate array (``latitude``, ``longitude``, a sample dim, ...)."""
+        return np.asarray(array(self.root, name)[...])
+
+    def codes(self, group: str) -> zarr.Array[Any]:
+        return array(self.root, codes_name(group))
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
         """Write time chunk ``i`` for every group with its checksum, then mark it done."""
@@ -339,9 +365,9 @@ class LatentStore:
             for g, packed in codes.items():
                 packed = np.ascontiguousarray(packed, dtype=np.uint8)
                 self.codes(g)[a:b] = packed
-                self.root[checksum_name(g)][i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
+                array(self.root, checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
-            self.root[DONE][i] = True
+            array(self.root, DONE)[i] = True
         except OSError as err:
             raise StoreError(
                 f"cannot write time chunk {i} of {self.path}: {err.strerror or err}; free space "
@@ -357,7 +383,7 @@ class LatentStore:
             raise CorruptChunkError(self.path, group, i,
                                     f"unreadable: {type(err).__name__}") from None
         if check:
-            want = bytes(np.asarray(self.root[checksum_name(group)][i], dtype=np.uint8))
+            want = bytes(np.asarray(array(self.root, checksum_name(group))[i], dtype=np.uint8))
             if want != _sha256(packed):
                 raise CorruptChunkError(self.path, group, i, "checksum mismatch")
         return packed
@@ -439,12 +465,12 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     store = open_latent_store(path)
     meta = store.meta
     times = store.times
-    lat_n = int(store.root["latitude"].shape[0])
-    lon_n = int(store.root["longitude"].shape[0])
-    samples = int(np.prod([store.root[d].shape[0] for d in store.sample_dims], dtype=np.int64))
+    lat_n = int(array(store.root, "latitude").shape[0])
+    lon_n = int(array(store.root, "longitude").shape[0])
+    samples = int(np.prod([array(store.root, d).shape[0] for d in store.sample_dims], dtype=np.int64))
     on_disk = store.nbytes_on_disk()
     done = store.done()
-    groups = []
+    groups: list[dict[str, Any]] = []
     for name, g in store.groups.items():
         raw = len(times) * samples * len(g.channels) * lat_n * lon_n * 4
         code_raw = len(times) * samples * g.token_grid[0] * g.token_grid[1] * g.nbytes
@@ -464,8 +490,8 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "complete": store.complete,
         "chunks_done": int(done.sum()), "chunks_total": int(done.size),
         "times": len(times),
-        "time_range": [_iso(times[0]), _iso(times[-1])] if len(times) else [],
-        "sample_dims": {d: int(store.root[d].shape[0]) for d in store.sample_dims},
+        "time_range": [iso(times[0]), iso(times[-1])] if len(times) else [],
+        "sample_dims": {d: int(array(store.root, d).shape[0]) for d in store.sample_dims},
         "grid": [lat_n, lon_n],
         "model_sha256": meta["model"]["sha256"], "model_preset": meta["model"].get("preset"),
         "source": meta["source"].get("path"),
@@ -618,7 +644,7 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
     meta = store.meta
     checks.append(Check("format", True, f"{meta['format']} version {meta['format_version']}"))
     problems = []
-    n_t = store.root["time"].shape[0]
+    n_t = array(store.root, "time").shape[0]
     n_chunks = -(-n_t // store.time_chunk)
     names = set(store.root.array_keys())
     for g, spec in store.groups.items():
@@ -627,11 +653,11 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
                 problems.append(f"array {arr} missing")
         if codes_name(g) in names:
             shape = store.codes(g).shape
-            want = (n_t, *[store.root[d].shape[0] for d in store.sample_dims], *spec.token_grid,
+            want = (n_t, *[array(store.root, d).shape[0] for d in store.sample_dims], *spec.token_grid,
                     spec.nbytes)
             if tuple(shape) != want:
                 problems.append(f"{codes_name(g)} has shape {tuple(shape)}, attributes say {want}")
-    if DONE not in names or store.root[DONE].shape != (n_chunks,):
+    if DONE not in names or array(store.root, DONE).shape != (n_chunks,):
         problems.append(f"{DONE} missing or not {n_chunks} long")
     checks.append(Check("attributes", not problems,
                         "; ".join(problems) or f"{len(store.groups)} groups, {n_t} times, "

@@ -28,10 +28,10 @@ import xarray as xr
 import zarr
 from torch.utils.data import Dataset
 
-from era5latent.api import _latent_dataset, _store_values
-from era5latent.errors import OptionError, StoreError
+from era5latent.api import _latent_dataset
+from era5latent.errors import OptionError
 from era5latent.sources import time_index_range
-from era5latent.store import GroupSpec, codes_name, open_latent_store
+from era5latent.store import GroupSpec, array, codes_name, open_latent_store
 
 __all__ = ["LatentDataset"]
 
@@ -70,10 +70,7 @@ class LatentDataset(Dataset[Item]):
                  cache_mb: float = 64.0) -> None:
         self.path = os.fspath(store)
         opened = open_latent_store(self.path)
-        if not opened.complete:
-            done = opened.done()
-            raise StoreError(f"{self.path} is unfinished ({int(done.sum())} of {done.size} time "
-                             "chunks written); re-run the same encode command to finish it")
+        opened.require_complete()
         self.meta: dict[str, Any] = opened.meta
         specs = opened.groups
         names = list(specs) if groups is None else list(groups)
@@ -93,10 +90,10 @@ class LatentDataset(Dataset[Item]):
         self.code_bits, self.token_grid = next(iter(geometry))
         self.time_chunk = opened.time_chunk
         self.sample_dims = opened.sample_dims
-        self.sample_coords = {d: _store_values(opened.root, d) for d in self.sample_dims}
+        self.sample_coords = {d: opened.coord(d) for d in self.sample_dims}
         self.sample_shape = tuple(len(v) for v in self.sample_coords.values())
-        self.latitude = _store_values(opened.root, "latitude")
-        self.longitude = _store_values(opened.root, "longitude")
+        self.latitude = opened.coord("latitude")
+        self.longitude = opened.coord("longitude")
         all_times = opened.times
         self.start, self.stop = _time_bounds(all_times, time, self.path)
         self.times: np.ndarray = all_times[self.start:self.stop]
@@ -157,10 +154,7 @@ class LatentDataset(Dataset[Item]):
             root = zarr.open_group(self.path, mode="r", zarr_format=3)
             self._arrays = {}
             for g in self.specs:
-                arr = root[codes_name(g)]
-                if not isinstance(arr, zarr.Array):
-                    raise StoreError(f"{self.path}: {codes_name(g)} is not an array")
-                self._arrays[g] = arr
+                self._arrays[g] = array(root, codes_name(g))
             self._cache.clear()
             self._cached = 0
             self._pid = os.getpid()
@@ -184,7 +178,7 @@ class LatentDataset(Dataset[Item]):
         """Codes at time index ``t`` (of :attr:`times`): ``(group, bits, h, w)``."""
         ts = self.start + t
         c, r = divmod(ts, self.time_chunk)
-        packed = np.stack([self._chunk(g, c)[(r, *sample)] for g in self.specs])  # (G, h, w, B)
+        packed = np.stack([self._chunk(g, c)[(r,) + sample] for g in self.specs])  # (G, h, w, B)
         # unpack and convert in one table lookup, in numpy: element-wise torch ops on small
         # tensors wake torch's thread pool per item, which is slow in the main process
         lut, np_dtype = self._lookup()

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from era5latent.model.checkpoint import (CheckpointMeta, file_sha256, load_check
                                          load_train_state,
                                          optimizer_state_from, save_checkpoint, save_train_state)
 from era5latent.model.wla import WLA, preset_config
-from era5latent.sources import Source, check_finite, grid_info
+from era5latent.sources import Source, check_finite, grid_info, iso
 from era5latent.variables import Channel, group_channels
 
 #: progress(step, total_steps, loss)
@@ -119,7 +119,7 @@ class _Samples:
         return (self.t1 - self.t0) * self.per_time
 
     def _norm(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32)
+        return cast(np.ndarray, ((x - self.mean) / self.std).astype(np.float32))
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         if self.data is not None:
@@ -256,8 +256,7 @@ def train(source: Source, channels: tuple[Channel, ...], out: str, opts: TrainOp
 
 
 def _range(source: Source, a: int, b: int) -> list[str]:
-    t = source.times
-    return [str(np.datetime_as_string(t[a], unit="s")), str(np.datetime_as_string(t[b - 1], unit="s"))]
+    return [iso(source.times[a]), iso(source.times[b - 1])]
 
 
 @torch.no_grad()

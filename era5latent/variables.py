@@ -90,6 +90,13 @@ class Channel:
         return f"{self.name}{self.level}" if self.level is not None else self.name
 
     @property
+    def pressure_level(self) -> int:
+        """The level in hPa of a pressure-level channel (a :class:`SubsetError` otherwise)."""
+        if self.level is None:
+            raise SubsetError(f"{self.code} is a single-level field; it has no pressure level")
+        return self.level
+
+    @property
     def group(self) -> str:
         return self.var.group
 
@@ -137,9 +144,9 @@ def parse_channel(token: str) -> Channel:
         return Channel(direct.name)
     m = _SHORT.match(token)
     if m is not None:
-        v = lookup_variable(m.group(1))
-        if v is not None and v.pressure:
-            return Channel(v.name, _parse_level(m.group(2), raw))
+        short = lookup_variable(m.group(1))
+        if short is not None and short.pressure:
+            return Channel(short.name, _parse_level(m.group(2), raw))
     known = ", ".join(x.name for x in VARIABLES)
     raise SubsetError(
         f"cannot parse channel {raw!r}: expected a pressure variable with a level (z500, t850, "

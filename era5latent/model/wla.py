@@ -25,7 +25,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -304,7 +304,9 @@ def preset_config(preset: str, grid: tuple[int, int], groups: tuple[str, ...],
         stride, padding = base["patch_stride"], base["patch_padding"]
         token_grid = patch_geometry(tuple(grid), stride, padding)[0]  # type: ignore[arg-type]
         base["windows"] = _paper_windows(token_grid)
-    return WLAConfig(preset=preset, grid=tuple(grid), groups=tuple(groups), **base)
+    # callers may pass a list (e.g. read back from JSON); WLAConfig checks its length
+    return WLAConfig(preset=preset, grid=cast("tuple[int, int]", tuple(grid)),
+                     groups=tuple(groups), **base)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +352,7 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(b, n, D)  # (b, n, D)
         if self.window is not None:
             y = _window_merge(y, B, self.token_grid, self.window)  # (B, N, D)
-        return self.proj(y)
+        return cast(Tensor, self.proj(y))
 
 
 def _window_partition(x: Tensor, grid: tuple[int, int] | None, window: tuple[int, int]) -> Tensor:
@@ -379,7 +381,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., D) -> (..., D)
-        return self.proj(F.gelu(self.fc(x)))
+        return cast(Tensor, self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -538,7 +540,7 @@ class Encoder(nn.Module):
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
         for block in self.blocks:
             x = block(x)
-        return self.ln_f(x)  # (B, h*w, D)
+        return cast(Tensor, self.ln_f(x))  # (B, h*w, D)
 
 
 class Decoder(nn.Module):
@@ -564,7 +566,7 @@ class Decoder(nn.Module):
         x = F.gelu(self.expand(self.ln_f(x)))  # (B, h*w, 2D)
         x = x.transpose(1, 2).unflatten(2, (h, w))  # (B, 2D, h, w)
         x = self.unpatch(x)  # (B, F, H, W), exactly the data grid
-        return self.pvum(x, meta)  # (B, C, H, W)
+        return cast(Tensor, self.pvum(x, meta))  # (B, C, H, W)
 
 
 class GroupAutoencoder(nn.Module):
@@ -620,7 +622,7 @@ class WLA(nn.Module):
         ae = self._ae(group)
         meta = self._check_input(x, meta)
         u = ae.quantizer.latent(ae.encoder(x, meta))  # (B, h*w, K)
-        return u.unflatten(1, self.config.token_grid)  # (B, h, w, K)
+        return cast(Tensor, u.unflatten(1, self.config.token_grid))  # (B, h, w, K)
 
     def encode(self, group: str, x: Tensor, meta: Tensor | Sequence[float]) -> Tensor:
         """x (B, C, H, W) z-scored, meta (C,) -> bool bits (B, h, w, K). No gradient."""
@@ -640,7 +642,7 @@ class WLA(nn.Module):
                 f"(batch, {h}, {w}, {K}) for grid {self.config.grid}")
         meta = self._meta(meta, bits.device)
         codes = ae.quantizer.codes_from_bits(bits.bool()).flatten(1, 2)  # (B, h*w, K)
-        return ae.decoder(codes, meta)
+        return cast(Tensor, ae.decoder(codes, meta))
 
     # -- training ------------------------------------------------------------------------------
 
@@ -714,7 +716,7 @@ def pack_bits(bits: Tensor) -> Tensor:
         bits = F.pad(bits.to(torch.uint8), (0, 8 - n % 8)).bool()
     b = bits.unflatten(-1, (-1, 8)).to(torch.uint8)  # (..., n/8, 8)
     w = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=bits.device)
-    return (b * w).sum(-1, dtype=torch.uint8)  # distinct powers of two: no overflow
+    return cast(Tensor, (b * w).sum(-1, dtype=torch.uint8))  # distinct powers of two: no overflow
 
 
 def unpack_bits(packed: Tensor, nbits: int) -> Tensor:
