@@ -254,7 +254,14 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
 
 
 def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
-    root = zarr.open_group(where, mode="a" if in_place else "w", zarr_format=3)
+    from zarr.errors import ContainsGroupError
+
+    try:
+        root = zarr.open_group(where, mode="a" if in_place else "w", zarr_format=3)
+    except ContainsGroupError:  # in place: a concurrent creator made the root between our
+        if not in_place:        # look and our write (mode "a" is check-then-create)
+            raise
+        root = zarr.open_group(where, mode="r+", zarr_format=3)
 
     def create_array(name: str, **kw: Any) -> zarr.Array[Any]:
         from zarr.errors import ContainsArrayError
