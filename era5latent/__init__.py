@@ -29,6 +29,10 @@ _EXPORTS: dict[str, str] = {
     "info": "era5latent.api",
     "train_model": "era5latent.api",  # not "train"/"evaluate": those are submodules' names
     "evaluate_reconstruction": "era5latent.api",
+    "verify": "era5latent.api",
+    "finalize": "era5latent.api",
+    "build_embed_map": "era5latent.embedmap",
+    "EmbedMapOptions": "era5latent.embedmap",
     "LatentDataset": "era5latent.torch",
     "LoadedModel": "era5latent.model.checkpoint",
     "Era5LatentError": "era5latent.errors",
@@ -38,14 +42,16 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [  # spelled out for type checkers; a test keeps it equal to _EXPORTS
     "__version__", "open_latent", "load_model", "encode", "decode", "encode_to_store",
-    "decode_to_file", "info", "train_model", "evaluate_reconstruction", "LatentDataset",
+    "decode_to_file", "info", "train_model", "evaluate_reconstruction", "verify", "finalize",
+    "build_embed_map", "EmbedMapOptions", "LatentDataset",
     "LoadedModel", "Era5LatentError", "make_sample", "write_sample",
 ]
 
 if TYPE_CHECKING:
     from era5latent.api import (decode, decode_to_file, encode, encode_to_store,
-                                evaluate_reconstruction, info, load_model, open_latent,
-                                train_model)
+                                evaluate_reconstruction, finalize, info, load_model, open_latent,
+                                train_model, verify)
+    from era5latent.embedmap import EmbedMapOptions, build_embed_map
     from era5latent.errors import Era5LatentError
     from era5latent.model.checkpoint import LoadedModel
     from era5latent.sample import make_sample, write_sample

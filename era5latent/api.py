@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import xarray as xr
 
-from era5latent.errors import Era5LatentError, OptionError, StoreError
+from era5latent.errors import CheckpointError, Era5LatentError, OptionError, StoreError
 from era5latent.evaluate import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
@@ -38,10 +38,13 @@ from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode
                                  encode_fields, read_fields, ready_to_encode, resolve_device,
                                  resolve_precision, select_store_channels)
 from era5latent.sources import Source, SourceLayout, normalise, open_source
-from era5latent.store import (ATTR, GroupSpec, LatentStore, jsonable, codes_name,
+from era5latent.store import (ATTR, Check, GroupSpec, LatentStore, codes_name, jsonable,
                               open_latent_store)
 from era5latent.train import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
+
+if TYPE_CHECKING:  # dask.distributed is imported only when a cluster is used
+    from era5latent.distributed import FinalizeResult
 
 __all__ = [
     "Channels",
@@ -52,10 +55,12 @@ __all__ = [
     "encode",
     "encode_to_store",
     "evaluate_reconstruction",
+    "finalize",
     "info",
     "load_model",
     "open_latent",
     "train_model",
+    "verify",
 ]
 
 #: a subset: ``"z500,t850,t2m"``, ``["z500", "t2m"]`` or parsed channels
@@ -389,6 +394,35 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     from era5latent.store import summary
 
     return summary(os.fspath(path))
+
+
+def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list[Check]:
+    """``era5latent verify``: every integrity check, in order (``ok`` False where one fails).
+
+    Format, layout, build state, each chunk's sha256, and, with ``model`` (a checkpoint path or a
+    loaded model), that the store was made with that model. Damage is reported, never raised.
+    """
+    from era5latent.model.checkpoint import file_sha256
+    from era5latent.store import verify as verify_store
+
+    sha = None
+    if isinstance(model, LoadedModel):
+        sha = model.sha256
+    elif model is not None:
+        p = os.fspath(model)
+        if not os.path.isfile(p):
+            raise CheckpointError(f"no such checkpoint: {p}; pass the .safetensors file the "
+                                  "store was encoded with")
+        sha = file_sha256(p)
+    return verify_store(os.fspath(path), sha)
+
+
+def finalize(path: str | os.PathLike[str], *, parts: int | None = None,
+             break_lock: bool = False) -> FinalizeResult:
+    """``era5latent finalize``: mark a store written by ``encode --parts`` runs complete."""
+    from era5latent.distributed import finalize as finalize_store
+
+    return finalize_store(os.fspath(path), parts, break_lock)
 
 
 def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *, preset: str = "tiny",

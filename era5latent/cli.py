@@ -317,9 +317,9 @@ def finalize_cmd(
     Refuses, naming the parts and time chunks still missing, while any is unwritten, and while
     any writer of the store is alive.
     """
-    from era5latent.distributed import finalize
+    from era5latent.api import finalize
 
-    res = finalize(store, parts, break_lock)
+    res = finalize(store, parts=parts, break_lock=break_lock)
     _echo(f"{store}: {'already complete' if res.already else 'complete'} "
           f"({res.chunks} time chunks)")
 
@@ -468,17 +468,9 @@ def verify_cmd(
 
     Prints one line per check. Exit code 0 when all pass, 3 when any fails.
     """
-    from era5latent.model.checkpoint import file_sha256
-    from era5latent.store import verify
+    from era5latent.api import verify
 
-    sha = None
-    if model is not None:
-        if not model.is_file():
-            from era5latent.errors import CheckpointError
-
-            raise CheckpointError(f"no such checkpoint: {model}")
-        sha = file_sha256(str(model))
-    checks = verify(store, sha)
+    checks = verify(store, model)
     for c in checks:
         print(f"{'PASS' if c.ok else 'FAIL'}  {c.name}: {c.detail}")
     if not all(c.ok for c in checks):

@@ -245,6 +245,46 @@ def test_file_wrappers_info_train_and_evaluate(fields: xr.Dataset, latent: xr.Da
     assert trained.steps == 2 and era5latent.load_model(trained.path).sha256 == trained.sha256
 
 
+def test_verify_finalize_and_build_embed_map(sample_zarr: Path, tiny_model: Path,
+                                             model: LoadedModel, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from era5latent.errors import CheckpointError
+
+    out = tmp_path / "parts.zarr"
+    chs = parse_subset("t2m")
+    pipeline_encode(open_source(sample_zarr), model, chs, str(out), time_chunk=4, device="cpu",
+                    part=(2, 2))
+    with pytest.raises(StoreError, match="parts 1/2"):
+        era5latent.finalize(out)
+    pipeline_encode(open_source(sample_zarr), model, chs, str(out), time_chunk=4, device="cpu",
+                    part=(1, 2))
+    res = era5latent.finalize(out)
+    assert not res.already and res.chunks == 6 and era5latent.info(out)["complete"]
+    assert era5latent.finalize(out).already
+
+    for m in (model, tiny_model, None):
+        checks = era5latent.verify(out, m)
+        assert all(c.ok for c in checks), checks
+        assert ("model" in {c.name for c in checks}) == (m is not None)
+    codes = next(p for p in (out / "codes_surface" / "c").rglob("*") if p.is_file())
+    data = bytearray(codes.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    failed = [c for c in era5latent.verify(out) if not c.ok]
+    assert [c.name for c in failed] == ["checksums"] and "group surface" in failed[0].detail
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        era5latent.verify(out, tmp_path / "missing.safetensors")
+
+    pq.write_table(pa.table({"grid_id_coord": pa.array(["0295191_177.75_-39.00"], pa.string()),
+                             "embedding": pa.array([[1.0, 2.0]], pa.list_(pa.float32()))}),
+                   tmp_path / "e.parquet")
+    emb = era5latent.build_embed_map([tmp_path / "e.parquet"], tmp_path / "map.zarr",
+                                     options=era5latent.EmbedMapOptions(dtype="float16"))
+    assert emb.shape == (721, 1440, 2) and emb.valid_cells == 1 and emb.dtype == "float16"
+
+
 # -- LatentDataset -------------------------------------------------------------------------------
 
 def test_dataset_items_are_the_stored_bits(store: Path) -> None:
