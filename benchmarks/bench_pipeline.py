@@ -44,6 +44,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from era5latent.malloc import tune_malloc
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import (autocast, decode, decode_block, encode, encode_block,
                                      resolve_device, resolve_precision)
@@ -52,6 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     from era5latent.variables import parse_channel, parse_subset
 
     torch.set_num_threads(args.threads)
+    tune_malloc()  # as the CLI does, for every measurement alike
     chs = parse_subset(SUBSET)
     src = open_source(args.data)
     t_range = f"/{np.datetime_as_string(src.times[args.times - 1], unit='s')}"
@@ -74,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         for _ in range(reps):
             with autocast(dev, prec):
-                encode_block(loaded, chs, x, args.batch_size, dev)
+                encode_block(loaded, chs, [x], args.batch_size, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         n = reps * x.shape[0]
@@ -88,8 +90,9 @@ def worker(args: argparse.Namespace) -> None:
                 store.read_chunk(g, c)
     elif args.what == "decode-compute":
         store = open_latent_store(args.latent)
-        packed = {g: store.read_chunk(g, 0).reshape(-1, *spec.token_grid, spec.nbytes)
-                  for g, spec in store.groups.items()}
+        chunks = range(min(4, -(-n // store.time_chunk)))  # as many steps as encode-compute
+        packed = {g: np.concatenate([store.read_chunk(g, c) for c in chunks]).reshape(
+                      -1, *spec.token_grid, spec.nbytes) for g, spec in store.groups.items()}
         groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
         reps = -(-n // next(iter(packed.values())).shape[0])
         t0 = time.perf_counter()
@@ -100,8 +103,8 @@ def worker(args: argparse.Namespace) -> None:
                                  args.batch_size, dev)
         n = reps * next(iter(packed.values())).shape[0]
     elif args.what == "decode":
-        decode(args.latent, loaded, args.out, batch_size=args.batch_size, device=args.device,
-               overwrite=True)
+        decode(args.latent, loaded, args.out, time_range=t_range, batch_size=args.batch_size,
+               device=args.device, overwrite=True)
     else:
         raise SystemExit(f"unknown measurement {args.what}")
     secs = time.perf_counter() - t0

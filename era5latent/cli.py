@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from era5latent.errors import Era5LatentError
+from era5latent.malloc import tune_malloc
 
 app = typer.Typer(
     name="era5latent",
@@ -39,6 +40,7 @@ def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def guarded(*a: object, **kw: object) -> None:
+            tune_malloc()  # this process is ours: keep the model's freed buffers for reuse
             try:
                 fn(*a, **kw)
             except Era5LatentError as err:

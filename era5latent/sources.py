@@ -128,15 +128,28 @@ class Source:
     def read(self, channels: tuple[Channel, ...], start: int, stop: int) -> np.ndarray:
         """Values for ``channels`` over time indices ``[start, stop)``.
 
-        Returns float32 of shape ``(time, *sample_shape, C, latitude, longitude)``.
+        Returns float32 of shape ``(time, *sample_shape, C, latitude, longitude)``. Each
+        variable is read once for all its levels: its chunks usually hold every level, and
+        reading level by level decompressed them once per level.
         """
-        parts = []
-        for ch in channels:
-            da = self.ds[ch.name].isel(time=slice(start, stop))
-            if ch.level is not None:
-                da = da.sel(level=ch.level)
-            parts.append(np.asarray(da.values, dtype=np.float32))
-        return np.stack(parts, axis=1 + len(self.sample_dims))
+        by_var: dict[str, list[int]] = {}
+        for k, ch in enumerate(channels):
+            by_var.setdefault(ch.name, []).append(k)
+        out: np.ndarray | None = None
+        for name, ks in by_var.items():
+            da = self.ds[name].isel(time=slice(start, stop))
+            if channels[ks[0]].level is not None:
+                da = da.sel(level=[channels[k].level for k in ks]).transpose(
+                    "time", *self.sample_dims, "level", "latitude", "longitude")
+            else:
+                da = da.expand_dims("level", axis=-3)
+            vals = np.asarray(da.values, dtype=np.float32)
+            if out is None:
+                out = np.empty((*vals.shape[:-3], len(channels), *vals.shape[-2:]), np.float32)
+            out[..., ks, :, :] = vals
+        if out is None:
+            raise SubsetError("no channels to read; pass at least one, e.g. --subset z500")
+        return out
 
 
 def grid_info(lat: np.ndarray, lon: np.ndarray) -> dict[str, Any]:

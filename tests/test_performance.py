@@ -54,15 +54,18 @@ print(json.dumps({"peak": tracemalloc.get_traced_memory()[1]}))
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_time_range(tiny_model: Path, tmp_path: Path) -> None:
     data = tmp_path / "long.zarr"
-    assert run_cli("sample", data, "--grid", "33x64", "--times", "400", "--variables", "z,t,t2m",
+    assert run_cli("sample", data, "--grid", "33x64", "--times", "1000", "--variables", "z,t,t2m",
                    "--levels", "500,850").exit_code == 0
     peaks = {}
-    for n in (40, 400):
+    for n in (200, 1000):
         res = subprocess.run([sys.executable, "-c", MEASURE, str(data), str(tiny_model),
                               str(tmp_path / f"l{n}.zarr"), str(n)], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         peaks[n] = json.loads(res.stdout.splitlines()[-1])["peak"]
-    # ten times the data, the same working set (a few chunks in flight): what grows is bookkeeping
-    # (time coordinates, done flags), under 10 % of the extra field data read
-    extra_data = 360 * 4 * 33 * 64 * 4
-    assert peaks[400] - peaks[40] < 0.10 * extra_data, peaks
+    # five times the data, the same working set (a few windows of chunks in flight, reached well
+    # before 200 steps): what grows is bookkeeping (time coordinates, done flags). The issue's
+    # bound for peak RSS, within 10 %, holds for the traced peak; and the growth is under 2 % of
+    # the extra field data read
+    extra_data = 800 * 4 * 33 * 64 * 4
+    assert peaks[1000] < 1.10 * peaks[200], peaks
+    assert peaks[1000] - peaks[200] < 0.02 * extra_data, peaks
