@@ -46,8 +46,9 @@ def worker(args: argparse.Namespace) -> None:
 
     from era5latent.malloc import tune_malloc
     from era5latent.model.checkpoint import load_checkpoint
-    from era5latent.pipeline import (autocast, decode, decode_block, encode, encode_block,
-                                     resolve_device, resolve_precision)
+    from era5latent.pipeline import (auto_time_chunk, autocast, decode, decode_block, encode,
+                                     encode_block, resolve_device, resolve_precision,
+                                     window_chunks)
     from era5latent.sources import open_source
     from era5latent.store import open_latent_store
     from era5latent.variables import parse_channel, parse_subset
@@ -61,7 +62,8 @@ def worker(args: argparse.Namespace) -> None:
     dev = resolve_device(args.device)
     prec = resolve_precision("auto", dev)
     loaded.model.to(dev).eval()
-    step = args.time_chunk
+    step = args.time_chunk or auto_time_chunk(src, chs)  # 0: the default encode chooses
+    block = window_chunks(args.batch_size, step) * step  # what the pipeline hands the model
     n = args.times
     src_bytes = n * len(chs) * src.grid[0] * src.grid[1] * 4
     out: dict[str, float] = {}
@@ -71,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
             x = src.read(chs, a, min(a + step, n))
             assert np.isfinite(x).all()
     elif args.what == "encode-compute":
-        x = src.read(chs, 0, min(n, 4 * step)).reshape(-1, len(chs), *src.grid)
+        x = src.read(chs, 0, min(n, block)).reshape(-1, len(chs), *src.grid)
         reps = -(-n // x.shape[0])
         t0 = time.perf_counter()
         for _ in range(reps):
@@ -90,7 +92,7 @@ def worker(args: argparse.Namespace) -> None:
                 store.read_chunk(g, c)
     elif args.what == "decode-compute":
         store = open_latent_store(args.latent)
-        chunks = range(min(4, -(-n // store.time_chunk)))  # as many steps as encode-compute
+        chunks = range(min(block // store.time_chunk, -(-n // store.time_chunk)))  # as encode
         packed = {g: np.concatenate([store.read_chunk(g, c) for c in chunks]).reshape(
                       -1, *spec.token_grid, spec.nbytes) for g, spec in store.groups.items()}
         groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
@@ -125,7 +127,8 @@ def run(what: str, cfg: dict[str, object], paths: dict[str, str]) -> dict[str, f
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def prepare(tmp: str, grid: str, times: int, presets: list[str]) -> dict[str, str]:
+def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
+            ) -> dict[str, str]:
     from typer.testing import CliRunner
 
     from era5latent.cli import app
@@ -145,7 +148,8 @@ def prepare(tmp: str, grid: str, times: int, presets: list[str]) -> dict[str, st
             "--batch-size", "2", "--out", paths[f"model_{p}"], "--time", "/2020-01-02",
             "--device", "cpu")
         cli("encode", paths["data"], "--model", paths[f"model_{p}"], "--subset", SUBSET, "--out",
-            paths[f"latent_{p}"], "--time-chunk", "8", "--device", "cpu")
+            paths[f"latent_{p}"], *(["--time-chunk", str(time_chunk)] if time_chunk else []),
+            "--device", "cpu")
     return paths
 
 
@@ -155,7 +159,8 @@ def main() -> None:
     ap.add_argument("--data"); ap.add_argument("--model"); ap.add_argument("--latent")
     ap.add_argument("--out"); ap.add_argument("--times", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--time-chunk", type=int, default=8)
+    ap.add_argument("--time-chunk", type=int, default=0,
+                    help="time steps per store chunk (default 0: what encode chooses)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--grid", default="73x144")
@@ -175,13 +180,14 @@ def main() -> None:
             configs.append({"preset": p, "batch": batch, "times": 100})
         configs.append({"preset": p, "batch": 8, "times": long_})
     for c in configs:
-        c.update(chunk=8, device=args.device, threads=args.threads)
+        c.update(chunk=args.time_chunk, device=args.device, threads=args.threads)
     print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, device {args.device}, "
-          f"{os.cpu_count()} CPU threads, grid {args.grid}, subset {SUBSET}", flush=True)
+          f"{os.cpu_count()} CPU threads, grid {args.grid}, subset {SUBSET}, time chunk "
+          f"{args.time_chunk or 'default'}", flush=True)
     worst = {"encode": 1e9, "decode": 1e9}
     rows = []
     with tempfile.TemporaryDirectory(prefix="era5latent-bench-") as tmp:
-        paths = prepare(tmp, args.grid, long_, presets)
+        paths = prepare(tmp, args.grid, long_, presets, args.time_chunk)
         for c in configs:
             for verb in ("encode", "decode"):
                 rd = run(f"{verb}-read", c, paths)

@@ -218,13 +218,14 @@ def _latent_meta(latent: xr.Dataset) -> dict[str, Any]:
 # -- encode --------------------------------------------------------------------------------------
 
 def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: int = 8,
-           device: str = "auto", precision: str = "auto", time_chunk: int = 8,
+           device: str = "auto", precision: str = "auto", time_chunk: int | None = None,
            progress: Progress | None = None) -> xr.Dataset:
     """Encode ``subset`` of ERA5 ``data`` into a latent Dataset (codes in memory).
 
     ``data`` is an xarray Dataset in any layout ``era5latent encode`` reads (WB2, CDS, GRIB via
-    cfgrib; in memory or dask-backed) or a path. It is read ``time_chunk`` steps at a time, so
-    memory holds one window of fields plus the codes (``code_bits / 8`` bytes per token). Select
+    cfgrib; in memory or dask-backed) or a path. It is read ``time_chunk`` steps at a time
+    (default: what ``era5latent encode`` chooses, ``pipeline.auto_time_chunk``), so memory holds
+    a few chunks of fields plus the codes (``code_bits / 8`` bytes per token). Select
     times first (``ds.sel(time=...)``). The codes equal, bit for bit, what ``era5latent encode``
     writes with the same ``--batch-size`` and ``--time-chunk``. Raises
     :class:`~era5latent.errors.Era5LatentError` subclasses for bad input, as the CLI does.
@@ -232,8 +233,9 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
     loaded = _model(model)
     channels = _channels(subset)
     source = _source(data)
-    dev, prec = ready_to_encode(source, loaded, channels, batch_size=batch_size,
-                                time_chunk=time_chunk, device=device, precision=precision)
+    dev, prec, time_chunk = ready_to_encode(source, loaded, channels, batch_size=batch_size,
+                                            time_chunk=time_chunk, device=device,
+                                            precision=precision)
     n = len(source.times)
     spec = _store_spec(source, loaded, channels, 0, n, time_chunk)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
@@ -374,7 +376,8 @@ def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: n
 def encode_to_store(data: DataLike, model: ModelLike, subset: Channels,
                     out: str | os.PathLike[str], *, time_range: str | None = None,
                     batch_size: int = 8, device: str = "auto", overwrite: bool = False,
-                    time_chunk: int = 8, precision: str = "auto", break_lock: bool = False,
+                    time_chunk: int | None = None, precision: str = "auto",
+                    break_lock: bool = False,
                     progress: Progress | None = None) -> EncodeResult:
     """``era5latent encode``: write a latent store at ``out`` (resumable; see docs/cli.md)."""
     from era5latent.pipeline import encode as pipeline_encode

@@ -195,7 +195,10 @@ def encode_cmd(
     out: Annotated[str, typer.Option(help="Output latent store (Zarr v3).")],
     time: TimeRange = None,
     batch_size: BatchSize = 8,
-    time_chunk: Annotated[int, typer.Option(min=1, help="Time steps per store chunk.")] = 8,
+    time_chunk: Annotated[Optional[int], typer.Option(
+        min=1, show_default=False,
+        help="Time steps per store chunk (default: 32, fewer when 32 steps of the source's "
+             "fields would exceed 512 MiB; a resumed store keeps its own).")] = None,
     device: Device = "auto",
     precision: Precision = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,

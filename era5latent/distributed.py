@@ -343,7 +343,8 @@ def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
 
 def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
                        out: str, *, time_range: str | None = None, batch_size: int = 8,
-                       device: str = "auto", overwrite: bool = False, time_chunk: int = 8,
+                       device: str = "auto", overwrite: bool = False,
+                       time_chunk: int | None = None,
                        precision: str = "auto", break_lock: bool = False,
                        part: tuple[int, int] | None = None, client: Any = None,
                        scheduler: str | None = None, workers: int | None = None,

@@ -24,7 +24,7 @@ from era5latent import baselines as bl
 from era5latent import metrics
 from era5latent.errors import GridMismatchError, OptionError
 from era5latent.sources import Source
-from era5latent.store import LatentStore, array
+from era5latent.store import LatentStore
 from era5latent.variables import Channel
 
 #: sizes of the default rate-distortion sweep, as multiples of the WLA's bytes per value
@@ -50,9 +50,9 @@ def wla_bytes_per_value(store: LatentStore) -> dict[str, float]:
     """Bytes on disk per value for each channel of the store (the same for any share of it)."""
     on_disk = store.nbytes_on_disk()
     n_times = len(store.times)
-    lat_n = array(store.root, "latitude").shape[0]
-    lon_n = array(store.root, "longitude").shape[0]
-    samples = int(np.prod([array(store.root, d).shape[0] for d in store.sample_dims], dtype=np.int64))
+    lat_n = store.array("latitude").shape[0]
+    lon_n = store.array("longitude").shape[0]
+    samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
     out: dict[str, float] = {}
     for g, spec in store.groups.items():
         values = n_times * samples * len(spec.channels) * lat_n * lon_n

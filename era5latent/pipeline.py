@@ -479,13 +479,37 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
+#: with ``--time-chunk`` left to choose: at most this many steps per store chunk ...
+AUTO_TIME_CHUNK = 32
+#: ... and at most this many bytes of source fields per chunk (encode holds a few chunks)
+AUTO_CHUNK_FIELD_BYTES = 512 << 20
+
+
+def auto_time_chunk(source: Source, channels: tuple[Channel, ...]) -> int:
+    """The default time chunk: ``AUTO_TIME_CHUNK`` steps, halved until one chunk of the source's
+    fields fits in ``AUTO_CHUNK_FIELD_BYTES`` (e.g. 16 steps for five channels at 721 x 1440).
+
+    Not 8: each chunk writes two small objects per group and a done flag, and on the tiny preset
+    that per-chunk work cost as much CPU as its compute (docs/benchmarks.md).
+    """
+    per_step = 4 * len(channels) * int(np.prod(source.sample_shape, dtype=np.int64)) * \
+        source.grid[0] * source.grid[1]
+    tc = AUTO_TIME_CHUNK
+    while tc > 1 and tc * per_step > AUTO_CHUNK_FIELD_BYTES:
+        tc //= 2
+    return tc
+
+
 def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], *,
-                    batch_size: int, time_chunk: int, device: str, precision: str
-                    ) -> tuple[torch.device, str]:
-    """Every check before encoding (options, channels, grid); the model placed on its device."""
+                    batch_size: int, time_chunk: int | None, device: str, precision: str
+                    ) -> tuple[torch.device, str, int]:
+    """Every check before encoding (options, channels, grid); the model placed on its device.
+
+    Returns the device, the precision and the time chunk (``None``: :func:`auto_time_chunk`).
+    """
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
-    if time_chunk < 1:
+    if time_chunk is not None and time_chunk < 1:
         raise OptionError(f"--time-chunk {time_chunk}: expected a positive integer")
     source.check_channels(channels)
     check_model_channels(channels, loaded)
@@ -493,13 +517,14 @@ def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
-    return dev, prec
+    return dev, prec, time_chunk or auto_time_chunk(source, channels)
 
 
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-                   overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
-                   break_lock: bool = False, part: tuple[int, int] | None = None) -> EncodeJob:
+                   overwrite: bool = False, time_chunk: int | None = None,
+                   precision: str = "auto", break_lock: bool = False,
+                   part: tuple[int, int] | None = None) -> EncodeJob:
     """Check everything, then create the store (or open it to resume): a job ready to run.
 
     With ``part`` ``(I, N)`` the job owns only the I-th of N contiguous shares of the time chunks
@@ -509,8 +534,9 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
                           "delete the store first, or encode without --parts")
-    dev, prec = ready_to_encode(source, loaded, channels, batch_size=batch_size,
-                                time_chunk=time_chunk, device=device, precision=precision)
+    dev, prec, time_chunk = ready_to_encode(source, loaded, channels, batch_size=batch_size,
+                                            time_chunk=time_chunk, device=device,
+                                            precision=precision)
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
@@ -539,7 +565,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
-           overwrite: bool = False, time_chunk: int = 8, precision: str = "auto",
+           overwrite: bool = False, time_chunk: int | None = None, precision: str = "auto",
            break_lock: bool = False, progress: Progress | None = None,
            part: tuple[int, int] | None = None) -> EncodeResult:
     """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).

@@ -105,7 +105,8 @@ class Source:
         by_var: dict[str, list[str]] = {}
         for ch in self.available():
             by_var.setdefault(ch.name, []).append(str(ch.level) if ch.level is not None else "")
-        parts = [f"{v}@{'/'.join(levs)}" if levs != [""] else v for v, levs in by_var.items()]
+        # sorted: an unconsolidated Zarr store lists its variables in no fixed order
+        parts = [f"{v}@{'/'.join(levs)}" if levs != [""] else v for v, levs in sorted(by_var.items())]
         return ", ".join(parts) or "nothing usable"
 
     def check_channels(self, channels: tuple[Channel, ...]) -> None:

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -316,6 +316,15 @@ class LatentStore:
     path: str
     root: zarr.Group
     meta: dict[str, Any]
+    _arrays: dict[str, zarr.Array[Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    def array(self, name: str) -> zarr.Array[Any]:
+        """The array ``name``, opened once: opening reads and parses its metadata, which cost
+        more than writing one chunk of codes did."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = array(self.root, name)
+        return arr
 
     @property
     def groups(self) -> dict[str, GroupSpec]:
@@ -331,7 +340,7 @@ class LatentStore:
 
     @property
     def times(self) -> np.ndarray:
-        secs = np.asarray(array(self.root, "time")[...], dtype=np.int64)
+        secs = np.asarray(self.array("time")[...], dtype=np.int64)
         return secs.astype("datetime64[s]").astype("datetime64[ns]")
 
     @property
@@ -352,18 +361,18 @@ class LatentStore:
 
     def done(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Done flags of time chunks ``[lo, hi)`` (all by default; one small read per chunk)."""
-        return np.asarray(array(self.root, DONE)[lo:hi], dtype=bool)
+        return np.asarray(self.array(DONE)[lo:hi], dtype=bool)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
-        n = array(self.root, "time").shape[0]
+        n = self.array("time").shape[0]
         return i * self.time_chunk, min((i + 1) * self.time_chunk, n)
 
     def coord(self, name: str) -> np.ndarray:
         """All values of a coordinate array (``latitude``, ``longitude``, a sample dim, ...)."""
-        return np.asarray(array(self.root, name)[...])
+        return np.asarray(self.array(name)[...])
 
     def codes(self, group: str) -> zarr.Array[Any]:
-        return array(self.root, codes_name(group))
+        return self.array(codes_name(group))
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
         """Write time chunk ``i`` for every group with its checksum, then mark it done."""
@@ -372,9 +381,9 @@ class LatentStore:
             for g, packed in codes.items():
                 packed = np.ascontiguousarray(packed, dtype=np.uint8)
                 self.codes(g)[a:b] = packed
-                array(self.root, checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
+                self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
-            array(self.root, DONE)[i] = True
+            self.array(DONE)[i] = True
         except OSError as err:
             raise StoreError(
                 f"cannot write time chunk {i} of {self.path}: {err.strerror or err}; free space "
@@ -390,7 +399,7 @@ class LatentStore:
             raise CorruptChunkError(self.path, group, i,
                                     f"unreadable: {type(err).__name__}") from None
         if check:
-            want = bytes(np.asarray(array(self.root, checksum_name(group))[i], dtype=np.uint8))
+            want = bytes(np.asarray(self.array(checksum_name(group))[i], dtype=np.uint8))
             if want != _sha256(packed):
                 raise CorruptChunkError(self.path, group, i, "checksum mismatch")
         return packed
@@ -472,9 +481,9 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     store = open_latent_store(path)
     meta = store.meta
     times = store.times
-    lat_n = int(array(store.root, "latitude").shape[0])
-    lon_n = int(array(store.root, "longitude").shape[0])
-    samples = int(np.prod([array(store.root, d).shape[0] for d in store.sample_dims], dtype=np.int64))
+    lat_n = int(store.array("latitude").shape[0])
+    lon_n = int(store.array("longitude").shape[0])
+    samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
     on_disk = store.nbytes_on_disk()
     done = store.done()
     groups: list[dict[str, Any]] = []
@@ -498,7 +507,7 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "chunks_done": int(done.sum()), "chunks_total": int(done.size),
         "times": len(times),
         "time_range": [iso(times[0]), iso(times[-1])] if len(times) else [],
-        "sample_dims": {d: int(array(store.root, d).shape[0]) for d in store.sample_dims},
+        "sample_dims": {d: int(store.array(d).shape[0]) for d in store.sample_dims},
         "grid": [lat_n, lon_n],
         "model_sha256": meta["model"]["sha256"], "model_preset": meta["model"].get("preset"),
         "source": meta["source"].get("path"),
@@ -651,7 +660,7 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
     meta = store.meta
     checks.append(Check("format", True, f"{meta['format']} version {meta['format_version']}"))
     problems = []
-    n_t = array(store.root, "time").shape[0]
+    n_t = store.array("time").shape[0]
     n_chunks = -(-n_t // store.time_chunk)
     names = set(store.root.array_keys())
     for g, spec in store.groups.items():
@@ -660,11 +669,11 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
                 problems.append(f"array {arr} missing")
         if codes_name(g) in names:
             shape = store.codes(g).shape
-            want = (n_t, *[array(store.root, d).shape[0] for d in store.sample_dims], *spec.token_grid,
+            want = (n_t, *[store.array(d).shape[0] for d in store.sample_dims], *spec.token_grid,
                     spec.nbytes)
             if tuple(shape) != want:
                 problems.append(f"{codes_name(g)} has shape {tuple(shape)}, attributes say {want}")
-    if DONE not in names or array(store.root, DONE).shape != (n_chunks,):
+    if DONE not in names or store.array(DONE).shape != (n_chunks,):
         problems.append(f"{DONE} missing or not {n_chunks} long")
     checks.append(Check("attributes", not problems,
                         "; ".join(problems) or f"{len(store.groups)} groups, {n_t} times, "
