@@ -47,8 +47,7 @@ def worker(args: argparse.Namespace) -> None:
     from era5latent.malloc import tune_malloc
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import (auto_time_chunk, autocast, decode, decode_block, encode,
-                                     encode_block, resolve_device, resolve_precision,
-                                     window_chunks)
+                                     encode_block, resolve_device, resolve_precision)
     from era5latent.sources import open_source
     from era5latent.store import open_latent_store
     from era5latent.variables import parse_channel, parse_subset
@@ -63,7 +62,6 @@ def worker(args: argparse.Namespace) -> None:
     prec = resolve_precision("auto", dev)
     loaded.model.to(dev).eval()
     step = args.time_chunk or auto_time_chunk(src, chs)  # 0: the default encode chooses
-    block = window_chunks(args.batch_size, step) * step  # what the pipeline hands the model
     n = args.times
     src_bytes = n * len(chs) * src.grid[0] * src.grid[1] * 4
     out: dict[str, float] = {}
@@ -73,12 +71,12 @@ def worker(args: argparse.Namespace) -> None:
             x = src.read(chs, a, min(a + step, n))
             assert np.isfinite(x).all()
     elif args.what == "encode-compute":
-        x = src.read(chs, 0, min(n, block)).reshape(-1, len(chs), *src.grid)
+        x = src.read(chs, 0, min(n, step)).reshape(-1, len(chs), *src.grid)  # one time chunk
         reps = -(-n // x.shape[0])
         t0 = time.perf_counter()
         for _ in range(reps):
             with autocast(dev, prec):
-                encode_block(loaded, chs, [x], args.batch_size, dev)
+                encode_block(loaded, chs, x, args.batch_size, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         n = reps * x.shape[0]
@@ -92,9 +90,8 @@ def worker(args: argparse.Namespace) -> None:
                 store.read_chunk(g, c)
     elif args.what == "decode-compute":
         store = open_latent_store(args.latent)
-        chunks = range(min(block // store.time_chunk, -(-n // store.time_chunk)))  # as encode
-        packed = {g: np.concatenate([store.read_chunk(g, c) for c in chunks]).reshape(
-                      -1, *spec.token_grid, spec.nbytes) for g, spec in store.groups.items()}
+        packed = {g: store.read_chunk(g, 0).reshape(-1, *spec.token_grid, spec.nbytes)
+                  for g, spec in store.groups.items()}  # one time chunk, as the pipeline
         groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
         reps = -(-n // next(iter(packed.values())).shape[0])
         t0 = time.perf_counter()

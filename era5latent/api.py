@@ -34,10 +34,9 @@ from era5latent.evaluate import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
-from era5latent.pipeline import (WINDOW_BATCHES, DecodeResult, EncodeResult, _store_spec,
-                                 decode_fields, encode_fields, in_windows, read_fields,
-                                 ready_to_encode, resolve_device, resolve_precision,
-                                 select_store_channels)
+from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode_fields,
+                                 encode_fields, read_fields, ready_to_encode, resolve_device,
+                                 resolve_precision, select_store_channels)
 from era5latent.sources import Source, SourceLayout, normalise, open_source
 from era5latent.store import (ATTR, Check, GroupSpec, LatentStore, codes_name, jsonable,
                               open_latent_store)
@@ -245,15 +244,12 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
     parts: dict[str, list[np.ndarray]] = {g.name: [] for g in spec.groups}
     if progress:
         progress(0, n * per_step)
-    for group in in_windows(_windows(n, time_chunk), lambda ab: (ab[1] - ab[0]) * per_step,
-                            WINDOW_BATCHES * batch_size):
-        xs = [read_fields(source, channels, a, b) for a, b in group]
-        for (_, b), codes_ in zip(group, encode_fields(loaded, channels, xs, batch_size, dev,
-                                                       prec)):
-            for g, c in codes_.items():
-                parts[g].append(c)
-            if progress:
-                progress(b * per_step, n * per_step)
+    for a, b in _windows(n, time_chunk):
+        x = read_fields(source, channels, a, b)
+        for g, c in encode_fields(loaded, channels, x, batch_size, dev, prec).items():
+            parts[g].append(c)
+        if progress:
+            progress(b * per_step, n * per_step)
     codes = {g: np.concatenate(p, axis=0) for g, p in parts.items()}
     return _latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
                            source.longitude)
@@ -334,13 +330,9 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
 
     if not any(_is_dask(c) for c in codes.values()):
         writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
-        per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
-        for group in in_windows(windows, lambda ab: (ab[1] - ab[0]) * per_step,
-                                WINDOW_BATCHES * batch_size):
-            packed = [{g: np.asarray(c[a:b]) for g, c in codes.items()} for a, b in group]
-            blocks = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec)
-            for (a, _), block in zip(group, blocks):
-                writer.write(a, block)
+        for a, b in windows:
+            packed = {g: np.asarray(c[a:b]) for g, c in codes.items()}
+            writer.write(a, decode_fields(loaded, groups, specs, packed, batch_size, dev, prec))
         return writer.dataset()
 
     # lazy: one task per time chunk, each filling a FieldWriter of its own
@@ -366,8 +358,7 @@ def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: n
                  specs: Mapping[str, GroupSpec], batch_size: int, device: Any,
                  precision: str) -> dict[str, np.ndarray]:
     writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
-    writer.write(0, decode_fields(loaded, groups, specs, [packed], batch_size, device,
-                                  precision)[0])
+    writer.write(0, decode_fields(loaded, groups, specs, packed, batch_size, device, precision))
     return {writer.out_name(v): writer._mem[v] for v in writer.vars}
 
 

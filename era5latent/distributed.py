@@ -46,8 +46,7 @@ from era5latent.fsutil import full_path
 from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
 from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetch,
-                                 WINDOW_BATCHES, _store_spec, decode_fields, in_windows,
-                                 plan_decode, prepare_encode, window_chunks,
+                                 _store_spec, decode_fields, plan_decode, prepare_encode,
                                  read_codes, resolve_device, resolve_precision)
 from era5latent.sources import Source, iso, open_source
 from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
@@ -323,17 +322,11 @@ def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
     try:
         job: EncodeJob = _run_state(task.run_id, task.job)
         done = job.store.done(chunks[0], chunks[-1] + 1)  # only this task's flags
-
-        def read(i: int) -> tuple[int, np.ndarray]:
-            x = job.read_chunk(i)
+        for i, x in _prefetch((i, job.read_chunk(i)) for i in chunks
+                              if not done[i - chunks[0]]):
             _fault_once(i)
             faults.point("encode.chunk-read")
-            return i, x
-
-        todo = [i for i in chunks if not done[i - chunks[0]]]
-        ahead = 2 * window_chunks(job.batch_size, job.spec.time_chunk * job.samples_per_step)
-        for i, codes in job.encoded(_prefetch((read(i) for i in todo), ahead)):
-            job.write_chunk(i, codes)
+            job.write_chunk(i, job.encode_chunk(x))
             STATS["chunks"] += 1
         STATS["tasks"] += 1
         return sum(job.chunk_samples(i) for i in chunks)
@@ -492,19 +485,16 @@ def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[
     return a, codes
 
 
-def _decode_blocks(task: DecodeTask, st: _DecodeState,
-                   window: list[tuple[int, dict[str, np.ndarray | None]]]
-                   ) -> list[dict[Channel, np.ndarray]]:
-    """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)
-    for each ``(a, codes)`` of the window."""
+def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
+                  packed: dict[str, np.ndarray | None]) -> dict[Channel, np.ndarray]:
+    """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)."""
     store = st.store
-    fills = None
-    if any(p is None for _, codes in window for p in codes.values()):  # damaged, allowed: NaN
-        space = (*[store.coord(d).size for d in store.sample_dims], store.coord("latitude").size,
-                 store.coord("longitude").size)
-        fills = [(min(a + task.step, task.hi) - a, *space) for a, _ in window]
-    return decode_fields(st.loaded, st.groups, store.groups, [p for _, p in window],
-                         task.batch_size, st.device, st.precision, fills)
+    fill: tuple[int, ...] = ()
+    if any(p is None for p in packed.values()):  # a damaged chunk, allowed: NaN fields
+        fill = (min(a + task.step, task.hi) - a, *[store.coord(d).size for d in store.sample_dims],
+                store.coord("latitude").size, store.coord("longitude").size)
+    return decode_fields(st.loaded, st.groups, store.groups, packed, task.batch_size, st.device,
+                         st.precision, fill)
 
 
 def decode_task(task: DecodeTask, starts: tuple[int, ...]
@@ -516,21 +506,15 @@ def decode_task(task: DecodeTask, starts: tuple[int, ...]
         corrupt: list[tuple[int, str]] = []
         back: list[tuple[int, dict[Channel, np.ndarray]]] = []
         steps = 0
-        per_step = int(np.prod([st.store.coord(d).size for d in st.store.sample_dims],
-                               dtype=np.int64))
-        ahead = 2 * window_chunks(task.batch_size, task.step * per_step)
-        windows = in_windows(_prefetch((_read_codes(task, st, a, corrupt) for a in starts), ahead),
-                             lambda item: (min(item[0] + task.step, task.hi) - item[0]) * per_step,
-                             WINDOW_BATCHES * task.batch_size)
-        for window in windows:
-            for a, block in zip([a for a, _ in window], _decode_blocks(task, st, window)):
-                if st.writer is not None:
-                    st.writer.write(a - task.lo, block)
-                    faults.point("decode.block-written")
-                else:
-                    back.append((a, block))
-                steps += next(iter(block.values())).shape[0]
-                STATS["chunks"] += 1
+        for a, packed in _prefetch(_read_codes(task, st, a, corrupt) for a in starts):
+            block = _decode_block(task, st, a, packed)
+            if st.writer is not None:
+                st.writer.write(a - task.lo, block)
+                faults.point("decode.block-written")
+            else:
+                back.append((a, block))
+            steps += next(iter(block.values())).shape[0]
+            STATS["chunks"] += 1
         STATS["tasks"] += 1
         return steps, corrupt, back
     except Era5LatentError as err:

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -179,33 +179,21 @@ def _normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.
     return mean.numpy().reshape(shape), std.numpy().reshape(shape)
 
 
-#: the pipeline hands the model at least this many batches at once (see ``encode_block``)
-WINDOW_BATCHES = 4
-
-
 @torch.inference_mode()
-def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], xs: Sequence[np.ndarray],
-                 batch_size: int, device: torch.device) -> list[dict[str, np.ndarray]]:
-    """Raw fields ``(N, C, H, W)`` of one or more blocks -> per block, packed codes per group
-    ``(N, h, w, bytes)``.
-
-    Group-major: one group's autoencoder runs over the batches of every block before the next
-    group's starts. Alternating the groups' models batch by batch (one time chunk at a time) made
-    the tiny preset ~1.45x slower on CPU (docs/benchmarks.md). Batches never span two blocks, so
-    a block's codes are the same bits whichever blocks it is encoded with.
-    """
+def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                 batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``."""
     mean, std = _normaliser(loaded, channels)
-    zs = [((x - mean) / std).astype(np.float32) for x in xs]
-    out: list[dict[str, np.ndarray]] = [{} for _ in zs]
+    z = ((x - mean) / std).astype(np.float32)
+    out: dict[str, np.ndarray] = {}
     for g, chs in group_channels(channels).items():
         idx = [channels.index(c) for c in chs]
         meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
-        for z, codes in zip(zs, out):
-            parts = []
-            for s in range(0, z.shape[0], batch_size):
-                xb = torch.from_numpy(np.ascontiguousarray(z[s:s + batch_size, idx])).to(device)
-                parts.append(pack_bits(loaded.model.encode(g, xb, meta)).cpu().numpy())
-            codes[g] = np.concatenate(parts, axis=0)
+        parts = []
+        for s in range(0, z.shape[0], batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(z[s:s + batch_size, idx])).to(device)
+            parts.append(pack_bits(loaded.model.encode(g, xb, meta)).cpu().numpy())
+        out[g] = np.concatenate(parts, axis=0)
     return out
 
 
@@ -231,80 +219,43 @@ def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -
     return x
 
 
-def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], xs: Sequence[np.ndarray],
-                  batch_size: int, device: torch.device, precision: str
-                  ) -> list[dict[str, np.ndarray]]:
-    """Fields ``(nt, *sample, C, H, W)`` of one or more time windows -> per window, packed codes
-    per group ``(nt, *sample, h, w, B)``.
+def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                  batch_size: int, device: torch.device, precision: str) -> dict[str, np.ndarray]:
+    """Fields ``(nt, *sample, C, H, W)`` -> packed codes per group ``(nt, *sample, h, w, B)``.
 
-    The one encode step every path runs (CLI, Python API, Dask workers), so all give equal bits;
-    windows are encoded group-major, each on its own (``encode_block``).
+    The one encode step every path runs (CLI, Python API, Dask workers), so all give equal bits.
     """
+    lead = x.shape[:-3]
     with autocast(device, precision):
-        codes = encode_block(loaded, channels, [x.reshape(-1, *x.shape[-3:]) for x in xs],
-                             batch_size, device)
-    return [{g: c.reshape(*x.shape[:-3], *c.shape[1:]) for g, c in cw.items()}
-            for x, cw in zip(xs, codes)]
+        codes = encode_block(loaded, channels, x.reshape(-1, *x.shape[-3:]), batch_size, device)
+    return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
 
 
 def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
-                  specs: Mapping[str, GroupSpec], packed: Sequence[Mapping[str, np.ndarray | None]],
+                  specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
                   batch_size: int, device: torch.device, precision: str,
-                  fill_shapes: Sequence[tuple[int, ...]] | None = None
-                  ) -> list[dict[Channel, np.ndarray]]:
-    """Packed codes per group ``(nt, *sample, h, w, B)`` of one or more time windows -> per
-    window, fields per channel ``(nt, *sample, H, W)``.
+                  fill_shape: tuple[int, ...] = ()) -> dict[Channel, np.ndarray]:
+    """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
 
-    Group-major over the windows, as ``encode_block``. A group whose codes are None (a damaged
-    chunk, allowed) gives NaN fields of that window's ``fill_shapes`` entry. The one decode step
-    every path runs (CLI, Python API, Dask workers).
+    A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
+    The one decode step every path runs (CLI, Python API, Dask workers).
     """
-    blocks: list[dict[Channel, np.ndarray]] = [{} for _ in packed]
+    block: dict[Channel, np.ndarray] = {}
     for g, chs in groups.items():
-        for k, (window, block) in enumerate(zip(packed, blocks)):
-            p = window[g]
-            if p is None:
-                if fill_shapes is None:
-                    raise ValueError("decode_fields: codes missing and no fill_shapes given")
-                for ch in chs:
-                    block[ch] = np.full(fill_shapes[k], np.nan, dtype=np.float32)
-                continue
-            p = np.asarray(p)
-            with autocast(device, precision):
-                y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]),
-                                 specs[g].code_bits, batch_size, device)
-            y = y.reshape(*p.shape[:-3], *y.shape[1:])  # (nt, *sample, C, H, W)
-            for c, ch in enumerate(chs):
-                block[ch] = y[..., c, :, :]
-    return blocks
-
-
-def window_chunks(batch_size: int, chunk_samples: int) -> int:
-    """How many time chunks make one window of ``WINDOW_BATCHES`` batches; reading ahead and
-    writing behind by two windows keeps the model busy (memory: a few windows)."""
-    return max(1, -(-WINDOW_BATCHES * batch_size // max(1, chunk_samples)))
-
-
-def in_windows(items: Iterable[T], samples: Callable[[T], int], min_samples: int
-               ) -> Iterator[list[T]]:
-    """``items`` in consecutive lists holding at least ``min_samples`` samples (the last: the
-    rest), so the model gets several batches at once while memory stays a few batches. (A
-    smaller first list, to start the model sooner, measured slower overall.)"""
-    window: list[T] = []
-    n = 0
-    try:
-        for it in items:
-            window.append(it)
-            n += samples(it)
-            if n >= min_samples:
-                yield window
-                window, n = [], 0
-    except Exception:  # e.g. bad data in a later chunk: what was read before it is still done
-        if window:
-            yield window
-        raise
-    if window:
-        yield window
+        p = packed[g]
+        if p is None:
+            for ch in chs:
+                block[ch] = np.full(fill_shape, np.nan, dtype=np.float32)
+            continue
+        p = np.asarray(p)
+        lead = p.shape[:-3]
+        with autocast(device, precision):
+            y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
+                             batch_size, device)
+        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+        for k, ch in enumerate(chs):
+            block[ch] = y[..., k, :, :]
+    return block
 
 
 def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
@@ -425,22 +376,9 @@ class EncodeJob:
         a, b = self.spec.chunk_bounds(i)
         return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
 
-    def encode_chunks(self, xs: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Codes of several chunks' fields, each exactly as if encoded alone."""
-        return encode_fields(self.loaded, self.channels, xs, self.batch_size, self.device,
-                             self.precision)
-
     def encode_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.encode_chunks([x])[0]
-
-    def encoded(self, chunks: Iterable[tuple[int, np.ndarray]]
-                ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """``(i, fields)`` -> ``(i, codes)`` in order, encoded ``WINDOW_BATCHES`` batches at once."""
-        def samples(item: tuple[int, np.ndarray]) -> int:
-            return int(np.prod(item[1].shape[:-3], dtype=np.int64))
-
-        for window in in_windows(chunks, samples, WINDOW_BATCHES * self.batch_size):
-            yield from zip([i for i, _ in window], self.encode_chunks([x for _, x in window]))
+        return encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
+                             self.precision)
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
         self.store.write_chunk(i, codes)
@@ -590,17 +528,11 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     if progress:
         progress(finished, total)
     start = time.perf_counter()
-    ahead = 2 * window_chunks(job.batch_size, job.spec.time_chunk * job.samples_per_step)
-    writer = _Writer(ahead)  # reading, computing and writing overlap
-
-    def read(i: int) -> tuple[int, np.ndarray]:
-        x = job.read_chunk(i)
-        faults.point("encode.chunk-read")
-        return i, x
-
+    writer = _Writer()  # reading, computing and writing overlap
     try:
-        for i, codes in job.encoded(_prefetch((read(i) for i in todo), ahead)):
-            writer.submit(job.write_chunk, i, codes)
+        for i, x in _prefetch((i, job.read_chunk(i)) for i in todo):
+            faults.point("encode.chunk-read")
+            writer.submit(job.write_chunk, i, job.encode_chunk(x))
             finished += job.chunk_samples(i)
             if progress:
                 progress(finished, total)
@@ -720,21 +652,14 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         faults.point("decode.block-written")
 
     done_samples = 0
-    ahead = 2 * window_chunks(batch_size, step * per_step)
-    background = _Writer(ahead)  # reading, computing and writing overlap
+    background = _Writer()  # reading, computing and writing overlap
     try:
-        windows = in_windows(_prefetch((read(a) for a in range(lo, hi, step)), ahead),
-                             lambda item: (min(item[0] + step, hi) - item[0]) * per_step,
-                             WINDOW_BATCHES * batch_size)
-        for window in windows:
-            starts = [a for a, _ in window]
-            blocks = decode_fields(loaded, groups, specs, [p for _, p in window], batch_size,
-                                   dev, prec, [fill(a) for a in starts])
-            for a, block in zip(starts, blocks):
-                background.submit(write, a - lo, block)
-                done_samples += (min(a + step, hi) - a) * per_step
-                if progress:
-                    progress(done_samples, total)
+        for a, packed in _prefetch(read(a) for a in range(lo, hi, step)):
+            block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a))
+            background.submit(write, a - lo, block)
+            done_samples += (min(a + step, hi) - a) * per_step
+            if progress:
+                progress(done_samples, total)
         background.drain()
     except BaseException:
         background.drain_quietly()
