@@ -1,0 +1,156 @@
+"""The experiments behind docs/benchmarks.md's "What was changed" table, reproducible.
+
+Each prints one line per variant, run back to back in fresh processes (timings on a shared
+machine drift, so compare lines of one run):
+
+    python benchmarks/pipeline_experiments.py malloc      # allocator thresholds: default vs tuned
+    python benchmarks/pipeline_experiments.py timechunk   # encode with --time-chunk 8 vs 32
+    python benchmarks/pipeline_experiments.py gil         # model speed beside a busy reader thread
+    python benchmarks/pipeline_experiments.py all
+
+tiny preset, 73 x 144, five channels in three groups, one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+SUBSET = "z500,z850,t500,t850,t2m"
+
+
+def _setup(tmp: str, times: int) -> tuple[str, str]:
+    from typer.testing import CliRunner
+
+    from era5latent.cli import app
+
+    data, model = f"{tmp}/data.zarr", f"{tmp}/tiny.safetensors"
+    for args in (["sample", data, "--grid", "73x144", "--times", str(times), "--variables",
+                  "z,t,t2m", "--levels", "500,850"],
+                 ["train", data, "--subset", SUBSET, "--preset", "tiny", "--steps", "2",
+                  "--batch-size", "2", "--out", model, "--time", "/2020-01-02", "--device", "cpu"]):
+        r = CliRunner().invoke(app, args, catch_exceptions=False)
+        if r.exit_code:
+            raise SystemExit(r.stderr)
+    return data, model
+
+
+def _child(what: str, data: str, model: str, arg: str) -> None:
+    """One measurement in this (fresh) process; prints its line."""
+    import numpy as np
+    import torch
+
+    from era5latent.malloc import tune_malloc
+    from era5latent.model.checkpoint import load_checkpoint
+    from era5latent.pipeline import encode, encode_block
+    from era5latent.sources import open_source
+    from era5latent.variables import group_channels, parse_subset
+
+    torch.set_num_threads(1)
+    chs = parse_subset(SUBSET)
+    src = open_source(data)
+    if what == "malloc":
+        applied = tune_malloc() if arg == "tuned" else False
+        loaded = load_checkpoint(model)
+        # time chunks of 8 steps, each its own array, as the pipeline hands them over (one big
+        # block first would raise glibc's dynamic threshold and hide the effect)
+        blocks = [src.read(chs, a, a + 8).reshape(-1, len(chs), *src.grid) for a in range(0, 32, 8)]
+        dev = torch.device("cpu")
+        t = time.perf_counter()
+        for _ in range(8):
+            for x in blocks:
+                encode_block(loaded, chs, x.copy(), 8, dev)
+        ms = (time.perf_counter() - t) / 8 * 1000
+        print(f"malloc {arg:8s} (applied {applied}): {ms:6.1f} ms per 32 samples "
+              "(four 8-step chunks)")
+    elif what == "timechunk":
+        tune_malloc()
+        loaded = load_checkpoint(model)
+        n = 400
+        t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, batch_size=8,
+                   device="cpu", time_chunk=int(arg))
+        print(f"time chunk {int(arg):3d}: {n / (time.perf_counter() - t):6.1f} samples/s "
+              f"(encode, {n} steps)")
+    elif what == "gil":
+        import threading
+
+        tune_malloc()
+        loaded = load_checkpoint(model)
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+        x = torch.from_numpy(src.read(chs, 0, 32)).float()
+        runs = []
+        for g, cg in group_channels(chs).items():
+            idx = [chs.index(c) for c in cg]
+            meta = torch.tensor([c.meta for c in cg])
+            ae = loaded.model.autoencoders[g]
+
+            def f(xb: torch.Tensor, ae: object = ae, meta: torch.Tensor = meta) -> torch.Tensor:
+                return ae.quantizer.latent(ae.encoder(xb, meta))  # type: ignore[attr-defined]
+
+            fn = f if arg == "eager" else torch.jit.trace(f, (x[:8, idx].contiguous(),),
+                                                          check_trace=False)
+            runs.append((idx, fn))
+
+        def speed() -> float:
+            t = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(6):
+                    for idx, fn in runs:
+                        for s in range(0, 32, 8):
+                            fn(x[s:s + 8, idx].contiguous())
+            return 6 * 32 / (time.perf_counter() - t)
+
+        alone = speed()
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                src.read(chs, 0, 32)
+
+        th = threading.Thread(target=read)
+        th.start()
+        busy = speed()
+        stop.set()
+        th.join()
+        print(f"gil {arg:7s}: {alone:6.1f} samples/s alone, {busy:6.1f} beside a busy reader "
+              f"thread ({busy / alone:.2f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("experiment", choices=["malloc", "timechunk", "gil", "all"])
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each variant (default 2)")
+    args = ap.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    variants = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"]}
+    chosen = list(variants) if args.experiment == "all" else [args.experiment]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    print(f"# era5latent pipeline experiments, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{os.cpu_count()} CPU threads", flush=True)
+    with tempfile.TemporaryDirectory(prefix="era5latent-exp-") as tmp:
+        data, model = _setup(tmp, 400)
+        for exp in chosen:
+            for _ in range(args.repeat):
+                for v in variants[exp]:
+                    r = subprocess.run([sys.executable, __file__, exp, "--child", exp, data,
+                                        model, v], capture_output=True, text=True, env=env)
+                    if r.returncode:
+                        raise SystemExit(r.stderr[-3000:])
+                    print(r.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
