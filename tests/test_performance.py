@@ -69,3 +69,24 @@ def test_peak_memory_does_not_grow_with_the_time_range(tiny_model: Path, tmp_pat
     # the benchmark: benchmarks/bench_pipeline.py.)
     extra_data = 800 * 4 * 33 * 64 * 4
     assert peaks[1000] - peaks[200] < 0.02 * extra_data, peaks
+
+
+def test_default_time_chunk_is_32_steps_unless_the_fields_are_large(sample_zarr: Path,
+                                                                     tiny_model: Path,
+                                                                     tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from era5latent.pipeline import auto_time_chunk
+
+    def tc(n_channels: int, grid: tuple[int, int], members: int = 1) -> int:
+        fake = SimpleNamespace(sample_shape=(members,) if members > 1 else (), grid=grid)
+        return auto_time_chunk(fake, tuple(SUBSET[:1]) * n_channels)  # type: ignore[arg-type]
+
+    assert tc(5, (73, 144)) == 32
+    assert tc(5, (721, 1440)) == 16  # 32 steps would hold 665 MB of fields
+    assert tc(117, (721, 1440)) == 1  # every WB2 channel at full resolution: 486 MB a step
+    assert tc(5, (721, 1440), members=10) == 2
+    src, loaded = open_source(sample_zarr), load_checkpoint(str(tiny_model))
+    res = encode(src, loaded, SUBSET, str(tmp_path / "l.zarr"), device="cpu")
+    store = open_latent_store(res.path)
+    assert store.time_chunk == 32 and store.codes("z").chunks[0] == 32
