@@ -33,11 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from era5latent.sample import TARGETS, make_sample  # noqa: E402
+from era5latent.sample import TARGETS, make_sample, mid_band, zonal_slope  # noqa: E402
 
 ENSEMBLE = "era5-levels-members.grib"
 UK_T2M = "era5-t2m-uk-2019-03.grib"
-MID = (30.0, 60.0)  # latitude band (both hemispheres) for eddy statistics and zonal spectra
 
 
 def find_data(explicit: str | None = None) -> tuple[Path, bool]:
@@ -55,19 +54,6 @@ def open_grib(path: Path):
 
 
 # -- statistics (shared by real and synthetic) ---------------------------------------------------------
-
-
-def band(lat: np.ndarray) -> np.ndarray:
-    return (np.abs(lat) >= MID[0]) & (np.abs(lat) <= MID[1])
-
-
-def zonal_slope(x: np.ndarray, lat: np.ndarray, lo: int, hi: int) -> float:
-    """Log-log slope of the zonal power spectrum (rows in the mid-latitude band), wavenumbers lo..hi."""
-    x = x[..., band(lat), :]
-    p = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), axis=-1)) ** 2
-    p = p.reshape(-1, p.shape[-1]).mean(0)
-    k = np.arange(lo, hi + 1)
-    return float(np.polyfit(np.log(k), np.log(p[lo:hi + 1]), 1)[0])
 
 
 def eddy(x: np.ndarray) -> np.ndarray:
@@ -88,10 +74,10 @@ def global_stats(x: np.ndarray, lat: np.ndarray) -> dict[str, object]:
         "wmean": float((x * w).sum((-2, -1)).mean() / w.sum()),
         "std": float(x.std()),
         "profile": x.mean((0, 1, 3)),
-        "eddy_std": float(np.sqrt((e[..., band(lat), :] ** 2).mean())),
+        "eddy_std": float(np.sqrt((e[..., mid_band(lat), :] ** 2).mean())),
         "slope_syn": zonal_slope(x, lat, 8, 45),
         "slope_large": zonal_slope(x, lat, 4, 15),
-        "lag12": lag_corr(e[..., band(lat), :]),
+        "lag12": lag_corr(e[..., mid_band(lat), :]),
     }
 
 
@@ -194,8 +180,8 @@ def ensemble_table(data: Path) -> None:
         for lev in (500, 850):
             r = real[short].sel(isobaricInhPa=lev).values.astype(np.float64)  # member, time, lat, lon
             s = np.stack([d[long].sel(level=lev).values for d in syn]).astype(np.float64)
-            eddies["real"].setdefault(short, {})[lev] = eddy(r)[..., band(lat), :]
-            eddies["syn"].setdefault(short, {})[lev] = eddy(s)[..., band(lat), :]
+            eddies["real"].setdefault(short, {})[lev] = eddy(r)[..., mid_band(lat), :]
+            eddies["syn"].setdefault(short, {})[lev] = eddy(s)[..., mid_band(lat), :]
             a, b = global_stats(r, lat), global_stats(s, lat)
             c = f"{short}{lev}"
             prof_rmse = float(np.sqrt(((a["profile"] - b["profile"]) ** 2).mean()))  # type: ignore[operator]

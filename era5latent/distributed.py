@@ -489,7 +489,7 @@ def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
                   packed: dict[str, np.ndarray | None]) -> dict[Channel, np.ndarray]:
     """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)."""
     store = st.store
-    fill: tuple[int, ...] = ()
+    fill: tuple[int, ...] | None = None
     if any(p is None for p in packed.values()):  # a damaged chunk, allowed: NaN fields
         fill = (min(a + task.step, task.hi) - a, *[store.coord(d).size for d in store.sample_dims],
                 store.coord("latitude").size, store.coord("longitude").size)

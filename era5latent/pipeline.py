@@ -234,7 +234,7 @@ def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndar
 def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
                   specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
                   batch_size: int, device: torch.device, precision: str,
-                  fill_shape: tuple[int, ...] = ()) -> dict[Channel, np.ndarray]:
+                  fill_shape: tuple[int, ...] | None = None) -> dict[Channel, np.ndarray]:
     """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
 
     A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
@@ -244,6 +244,8 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
     for g, chs in groups.items():
         p = packed[g]
         if p is None:
+            if fill_shape is None:  # a caller's bug, not bad input
+                raise ValueError(f"codes of group {g} are missing and no fill_shape was given")
             for ch in chs:
                 block[ch] = np.full(fill_shape, np.nan, dtype=np.float32)
             continue

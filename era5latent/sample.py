@@ -222,6 +222,25 @@ def _lag_anchors(name: str, level: int | None) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray([1.0, 2.0, 3.0, 6.0, 12.0, 24.0, 36.0]), np.concatenate([short, [r12, r24, r36]])
 
 
+#: the latitude band (both hemispheres) of the eddy statistics the generator is calibrated on
+MID_LATITUDES = (30.0, 60.0)
+
+
+def mid_band(lat: np.ndarray) -> np.ndarray:
+    """Rows of ``lat`` inside :data:`MID_LATITUDES` (either hemisphere)."""
+    return cast(np.ndarray, (np.abs(lat) >= MID_LATITUDES[0]) & (np.abs(lat) <= MID_LATITUDES[1]))
+
+
+def zonal_slope(x: np.ndarray, lat: np.ndarray, lo: int, hi: int) -> float:
+    """Log-log slope of the zonal power spectrum of ``x`` (..., lat, lon) over the mid-latitude
+    rows, zonal wavenumbers ``lo..hi``: the spectral statistic the calibration and its tests use."""
+    x = x[..., mid_band(lat), :]
+    p = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), axis=-1)) ** 2
+    p = p.reshape(-1, p.shape[-1]).mean(0)
+    k = np.arange(lo, hi + 1)
+    return float(np.polyfit(np.log(k), np.log(p[lo:hi + 1]), 1)[0])
+
+
 def expected_lag1(name: str, level: int | None, step_hours: float) -> float:
     """The AR(1) coefficient the generator uses for a channel at a time step of ``step_hours``.
 

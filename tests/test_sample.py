@@ -12,7 +12,8 @@ import pytest
 import xarray as xr
 
 from era5latent.errors import OptionError, StoreExistsError
-from era5latent.sample import TARGETS, expected_lag1, make_sample, parse_grid, write_sample
+from era5latent.sample import (TARGETS, expected_lag1, make_sample, mid_band, parse_grid,
+                               write_sample, zonal_slope)
 from era5latent.variables import VARIABLES, WB2_LEVELS
 
 LONG = {v.name: v.long_name for v in VARIABLES}
@@ -43,18 +44,6 @@ def channels(ds: xr.Dataset):
                 yield f"{short}{int(lev)}", da.sel(level=lev).values
         else:
             yield short, da.values
-
-
-def mid_band(lat: np.ndarray) -> np.ndarray:
-    return (np.abs(lat) >= 30) & (np.abs(lat) <= 60)
-
-
-def zonal_slope(x: np.ndarray, lat: np.ndarray, lo: int, hi: int) -> float:
-    x = x[..., mid_band(lat), :]
-    p = np.abs(np.fft.rfft(x - x.mean(-1, keepdims=True), axis=-1)) ** 2
-    p = p.reshape(-1, p.shape[-1]).mean(0)
-    k = np.arange(lo, hi + 1)
-    return float(np.polyfit(np.log(k), np.log(p[lo:hi + 1]), 1)[0])
 
 
 def pooled_lag1(x: np.ndarray) -> float:
