@@ -37,6 +37,49 @@ def url_fs(url: str) -> tuple[Any, str]:
     return fs, str(path)
 
 
+#: zarrs' Rust codec pipeline for zarr-python (https://github.com/zarrs/zarrs-python)
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+
+
+@contextmanager
+def fast_zarr(path: str) -> Iterator[bool]:
+    """Arrays of the local Zarr store ``path`` opened inside this block use zarrs.
+
+    zarr-python picks an array's codec pipeline when the array is opened, so the choice outlives
+    the block and no global setting is left changed. zarrs reads, writes and (de)compresses
+    chunks in Rust without holding the GIL: reading a time chunk of the source took a third of
+    the time and no longer stalled the model thread beside it (docs/benchmarks.md). Used for the
+    source and for decoded outputs; latent stores keep zarr-python, whose bytes are the same on
+    local disks and object storage. zarrs reports I/O errors as RuntimeError: see
+    :func:`os_error_of`. Yields whether zarrs is used: not for URLs (zarrs supports only some
+    object stores), not when it is not installed (it needs Python >= 3.11), and not with
+    ``ERA5LATENT_ZARRS=0``.
+    """
+    import importlib.util
+
+    import zarr
+
+    use = (not is_url(path) and os.environ.get("ERA5LATENT_ZARRS", "1") != "0"
+           and importlib.util.find_spec("zarrs") is not None)
+    if not use:
+        yield False
+        return
+    with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+        yield True
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The operating-system error behind ``err``, if any: ``err`` itself, or the one zarrs
+    reports as ``RuntimeError("... (os error 28)")``."""
+    if isinstance(err, OSError):
+        return err
+    m = re.search(r"\(os error (\d+)\)", str(err)) if isinstance(err, RuntimeError) else None
+    if m is None:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
+
+
 def exists(path: str) -> bool:
     """``os.path.exists`` for local paths and fsspec URLs alike."""
     if not is_url(path):

@@ -18,7 +18,6 @@ the source's names, units and coordinates. Data stay lazy: nothing is read until
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
+from era5latent.fsutil import fast_zarr, is_url
 from era5latent.variables import Channel, lookup_variable
 
 _TIME_DIMS = ("time", "valid_time")
@@ -197,17 +197,13 @@ def iso(t: Any) -> str:
     return str(np.datetime_as_string(np.asarray(t).astype("datetime64[s]"), unit="s"))
 
 
-def _is_url(path: str) -> bool:
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path))
-
-
 def detect_format(path: str) -> str:
     low = path.rstrip("/").lower()
     if low.endswith(_GRIB_EXT):
         return "grib"
     if low.endswith(_NC_EXT):
         return "netcdf"
-    if low.endswith(".zarr") or _is_url(path):
+    if low.endswith(".zarr") or is_url(path):
         return "zarr"
     if os.path.isdir(path):
         return "zarr"
@@ -224,11 +220,12 @@ def detect_format(path: str) -> str:
 
 
 def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr.Dataset:
-    if not _is_url(path) and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise SourceError(f"no such file or directory: {path}; check the path")
     try:
         if fmt == "zarr":
-            with warnings.catch_warnings():  # unconsolidated stores are normal; no need to nag
+            with warnings.catch_warnings(), fast_zarr(path):
+                # unconsolidated stores are normal; no need to nag
                 warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
                 opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
                                                   storage_options=storage_options,
