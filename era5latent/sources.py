@@ -144,7 +144,17 @@ class Source:
                     "time", *self.sample_dims, "level", "latitude", "longitude")
             else:
                 da = da.expand_dims("level", axis=-3)
-            vals = np.asarray(da.values, dtype=np.float32)
+            try:
+                vals = np.asarray(da.values, dtype=np.float32)
+            except MemoryError:
+                raise
+            except Exception as err:  # what a reader raises on a damaged or missing chunk varies
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                t = self.times
+                raise SourceError(
+                    f"cannot read {name} between {iso(t[start])} and {iso(t[stop - 1])} from "
+                    f"{self.path}: {first}; the source is damaged or unreachable: check it, or "
+                    "download it again") from None
             if out is None:
                 out = np.empty((*vals.shape[:-3], len(channels), *vals.shape[-2:]), np.float32)
             out[..., ks, :, :] = vals

@@ -135,3 +135,18 @@ def test_real_grib_samples_open(real_data: Path) -> None:
     assert uk.grid == (33, 49) and len(uk.times) == 744
     assert uk.longitude[0] == -10.0  # regional grid crossing 0E stays contiguous
     assert uk.layout.names == {"t2m": "t2m"} and uk.layout.units == {"t2m": "K"}
+
+
+@pytest.mark.parametrize("zarrs", ["1", "0"])
+def test_a_damaged_source_chunk_is_a_clear_error(tmp_path: Path, zarrs: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERA5LATENT_ZARRS", zarrs)  # either codec pipeline: the same clear error
+    path = _write_zarr(wb2_dataset(nt=4), tmp_path / "wb2.zarr")
+    chunk = next(p for p in sorted((path / "geopotential").rglob("*")) if p.is_file()
+                 and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:10])  # a truncated download
+    src = open_source(str(path))
+    with pytest.raises(SourceError, match=r"cannot read z between .* damaged or unreachable"):
+        src.read(parse_subset("z500,t2m"), 0, 4)
+    np.testing.assert_array_equal(src.read(parse_subset("t2m"), 0, 4)[:, 0],  # the rest reads
+                                  wb2_dataset(nt=4)["2m_temperature"].values)
