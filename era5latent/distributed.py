@@ -449,14 +449,9 @@ class DecodeTask:
         groups = {g: tuple(parse_channel(c) for c in chs) for g, chs in self.groups}
         writer = None
         if self.writer is not None:
-            import zarr
-
             from era5latent.fields import FieldWriter
 
-            # the client's writer, reopened on its temporary output (a shared path)
-            writer = FieldWriter.__new__(FieldWriter)
-            writer.__dict__.update(self.writer)
-            writer._root = zarr.open_group(self.writer["_tmp"], mode="r+", zarr_format=3)
+            writer = FieldWriter.reopen(self.writer)  # the client's output (a shared path)
         return _DecodeState(store, loaded, groups, dev, prec, writer)
 
 
@@ -468,12 +463,6 @@ class _DecodeState:
     device: Any
     precision: str
     writer: Any
-
-
-def _writer_state(writer: Any) -> dict[str, Any] | None:
-    if writer.netcdf:
-        return None
-    return {k: v for k, v in vars(writer).items() if k not in ("_ctx", "_root", "_mem")}
 
 
 def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
@@ -551,7 +540,7 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
             model=os.path.abspath(loaded.path), model_sha256=loaded.sha256,
             groups=tuple((g, tuple(c.code for c in chs)) for g, chs in groups.items()),
             lo=lo, hi=hi, step=step, batch_size=batch_size, device=device, precision=precision,
-            allow_corrupt=allow_corrupt, writer=_writer_state(writer))
+            allow_corrupt=allow_corrupt, writer=writer.state())
         starts = list(range(lo, hi, step))
 
         def on_result(r: tuple[int, list[tuple[int, str]],

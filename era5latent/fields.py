@@ -20,8 +20,8 @@ import zarr
 
 from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
-from era5latent.fsutil import atomic_dir, atomic_file
-from era5latent.store import consolidate, write_time_coord
+from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
+from era5latent.store import array, consolidate, write_time_coord
 from era5latent.variables import Channel, variable
 
 
@@ -80,6 +80,10 @@ class FieldWriter:
         return {"units": self.layout.units.get(var) or v.units, "long_name": v.long_name}
 
     def _create_zarr(self) -> None:
+        with fast_zarr(self._tmp):  # the arrays keep zarrs for every later write
+            self._create_zarr_arrays()
+
+    def _create_zarr_arrays(self) -> None:
         root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         write_time_coord(root, self.times)
         for name, vals in [*self.sample_coords.items(),
@@ -89,13 +93,33 @@ class FieldWriter:
                                   dimension_names=(name,), compressors=None, fill_value=0,
                                   attributes=_coord_attrs(name))
             a[...] = vals
+        self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
         for var in self.vars:
             shape = self._shape(var)
-            root.create_array(self.out_name(var), shape=shape, chunks=(1, *shape[1:]),
-                              dtype="float32", dimension_names=self._dims(var),
-                              fill_value=float("nan"), attributes=self._var_attrs(var))
+            self._arrays[var] = root.create_array(
+                self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
+                dimension_names=self._dims(var), fill_value=float("nan"),
+                attributes=self._var_attrs(var))
         root.attrs["era5latent"] = self.attrs
-        self._root = root
+
+    def state(self) -> dict[str, Any] | None:
+        """What another process needs to write into this Zarr output (None for NetCDF, which is
+        assembled in this process): pass it to :meth:`reopen`."""
+        if self.netcdf:
+            return None
+        return {k: v for k, v in vars(self).items() if k not in ("_ctx", "_arrays", "_mem")}
+
+    @classmethod
+    def reopen(cls, state: dict[str, Any]) -> FieldWriter:
+        """A writer into the temporary output that :meth:`state` describes (a shared path); it
+        writes fields, and leaves closing to the writer that laid the output out."""
+        writer = cls.__new__(cls)
+        writer.__dict__.update(state)
+        writer._ctx = None
+        with fast_zarr(writer._tmp):
+            root = zarr.open_group(writer._tmp, mode="r+", zarr_format=3)
+            writer._arrays = {var: array(root, writer.out_name(var)) for var in writer.vars}
+        return writer
 
     def write(self, offset: int, block: dict[Channel, np.ndarray]) -> None:
         """Write fields ``(nt, *sample, H, W)`` (normalised grid) at time index ``offset``."""
@@ -112,8 +136,17 @@ class FieldWriter:
             data = data[..., self.lat_index, :][..., self.lon_index]
             if self.netcdf:
                 self._mem[var][offset:offset + nt] = data
-            else:
-                self._root[self.out_name(var)][offset:offset + nt] = data  # type: ignore[index]
+                continue
+            try:
+                self._arrays[var][offset:offset + nt] = data
+            except (OSError, RuntimeError) as err:
+                os_err = os_error_of(err)
+                if os_err is None:
+                    raise
+                raise StoreError(
+                    f"cannot write decoded fields to {self.out}: {os_err.strerror or os_err}; free "
+                    "space (or fix permissions) and re-run; nothing was written at "
+                    f"{self.out}") from None
 
     def close(self) -> None:
         if self.netcdf:
