@@ -8,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,22 +82,35 @@ def test_a_live_writer_lock_refuses_a_second_encode(store: Path, sample_zarr: Pa
     assert not (store / LOCK).exists()
 
 
-def test_full_disk_gives_a_clear_error_and_resumes(tmp_path: Path, sample_zarr: Path,
-                                                   tiny_model: Path) -> None:
+@contextmanager
+def _small_disk(tmp_path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes (root only)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a small tmpfs")
-    args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,z850,t850,t2m",
-            "--time-chunk", "2", "--device", "cpu"]
-    ref = tmp_path / "ref.zarr"
-    assert run_cli(*args, "--out", ref).exit_code == 0
-    need = sum(-(-p.stat().st_size // 4096) * 4096 for p in ref.rglob("*") if p.is_file())
     mnt = tmp_path / "small"
     mnt.mkdir()
-    size = need * 2 + (1 << 20)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount tmpfs here")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _disk_use(path: Path) -> int:
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in path.rglob("*") if p.is_file())
+
+
+def test_full_disk_gives_a_clear_error_and_resumes(tmp_path: Path, sample_zarr: Path,
+                                                   tiny_model: Path) -> None:
+    args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,z850,t850,t2m",
+            "--time-chunk", "2", "--device", "cpu"]
+    ref = tmp_path / "ref.zarr"
+    assert run_cli(*args, "--out", ref).exit_code == 0
+    need = _disk_use(ref)
+    size = need * 2 + (1 << 20)
+    with _small_disk(tmp_path, size) as mnt:
         ballast = mnt / "ballast"
         out = mnt / "latent.zarr"
         ballast.write_bytes(b"\0" * (size - need // 2))  # room for about half the store
@@ -110,5 +125,24 @@ def test_full_disk_gives_a_clear_error_and_resumes(tmp_path: Path, sample_zarr: 
         for name in ("codes_z", "codes_surface"):  # the resumed store holds what a clean run does
             np.testing.assert_array_equal(xr.open_zarr(out)[name].values,
                                           xr.open_zarr(ref)[name].values)
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("zarrs", ["1", "0"])
+def test_decode_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
+        store: Path, tiny_model: Path, tmp_path: Path, zarrs: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ERA5LATENT_ZARRS", zarrs)  # zarrs reports I/O errors otherwise: same line
+    args = ["decode", store, "--model", tiny_model, "--device", "cpu"]
+    ref = tmp_path / "ref.zarr"
+    assert run_cli(*args, "--out", ref).exit_code == 0
+    need = _disk_use(ref)
+    size = need * 2 + (1 << 20)
+    with _small_disk(tmp_path, size) as mnt:
+        (mnt / "ballast").write_bytes(b"\0" * (size - need // 2))  # room for half the output
+        old = mnt / "old.zarr"
+        old.mkdir()
+        (old / "keep").write_text("an earlier output")
+        res = run_cli(*args, "--out", old, "--overwrite")
+        assert_clean_error(res, "no space left", "re-run")
+        assert sorted(p.name for p in mnt.iterdir()) == ["ballast", "old.zarr"]  # no temporary
+        assert (old / "keep").read_text() == "an earlier output"  # not damaged
