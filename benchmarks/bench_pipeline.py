@@ -4,7 +4,8 @@ For each configuration (preset, batch size, time-range length) three things are 
 fresh process each, so peak RSS belongs to that measurement alone:
 
   read     read (and decompress) every time chunk of the source, nothing else
-  compute  the model on batches already in memory (normalise, encode, pack / unpack, decode)
+  compute  the model on batches already in memory (normalise, encode, pack / unpack, decode),
+           chunk by chunk as the pipeline cuts the range (one chunk's data, reused)
   pipeline the real `encode` / `decode` (reader thread, model, writer), to a temporary store
 
 efficiency = pipeline throughput / min(read, compute). The last two lines are
@@ -71,15 +72,14 @@ def worker(args: argparse.Namespace) -> None:
             x = src.read(chs, a, min(a + step, n))
             assert np.isfinite(x).all()
     elif args.what == "encode-compute":
-        x = src.read(chs, 0, min(n, step)).reshape(-1, len(chs), *src.grid)  # one time chunk
-        reps = -(-n // x.shape[0])
+        x = src.read(chs, 0, min(n, step))  # one time chunk, (nt, *sample, C, H, W)
         t0 = time.perf_counter()
-        for _ in range(reps):
+        for a in range(0, n, step):  # the pipeline's chunks, the last one maybe partial
             with autocast(dev, prec):
-                encode_block(loaded, chs, x, args.batch_size, dev)
+                encode_block(loaded, chs, x[:min(step, n - a)].reshape(-1, *x.shape[-3:]),
+                             args.batch_size, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        n = reps * x.shape[0]
     elif args.what == "encode":
         encode(src, loaded, chs, args.out, time_range=t_range, batch_size=args.batch_size,
                device=args.device, time_chunk=step, overwrite=True)
@@ -90,17 +90,18 @@ def worker(args: argparse.Namespace) -> None:
                 store.read_chunk(g, c)
     elif args.what == "decode-compute":
         store = open_latent_store(args.latent)
-        packed = {g: store.read_chunk(g, 0).reshape(-1, *spec.token_grid, spec.nbytes)
-                  for g, spec in store.groups.items()}  # one time chunk, as the pipeline
+        packed = {g: store.read_chunk(g, 0) for g in store.groups}  # one time chunk, reused
         groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
-        reps = -(-n // next(iter(packed.values())).shape[0])
+        step = store.time_chunk
         t0 = time.perf_counter()
-        for _ in range(reps):
+        for a in range(0, n, step):  # the pipeline's chunks, the last one maybe partial
             for g, chs_g in groups.items():
                 with autocast(dev, prec):
-                    decode_block(loaded, g, chs_g, packed[g], store.groups[g].code_bits,
-                                 args.batch_size, dev)
-        n = reps * next(iter(packed.values())).shape[0]
+                    p = packed[g][:min(step, n - a)]
+                    decode_block(loaded, g, chs_g, p.reshape(-1, *p.shape[-3:]),
+                                 store.groups[g].code_bits, args.batch_size, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     elif args.what == "decode":
         decode(args.latent, loaded, args.out, time_range=t_range, batch_size=args.batch_size,
                device=args.device, overwrite=True)
