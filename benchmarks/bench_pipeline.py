@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,8 @@ def worker(args: argparse.Namespace) -> None:
     n = args.times
     src_bytes = n * len(chs) * src.grid[0] * src.grid[1] * 4
     out: dict[str, float] = {}
+    # the previous configuration's output: deleting it is not this measurement's work
+    shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
     if args.what == "encode-read":
         for a in range(0, n, step):
@@ -82,7 +85,7 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
     elif args.what == "encode":
         encode(src, loaded, chs, args.out, time_range=t_range, batch_size=args.batch_size,
-               device=args.device, time_chunk=step, overwrite=True)
+               device=args.device, time_chunk=step)
     elif args.what == "decode-read":
         store = open_latent_store(args.latent)
         for g in store.groups:
@@ -104,7 +107,7 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
     elif args.what == "decode":
         decode(args.latent, loaded, args.out, time_range=t_range, batch_size=args.batch_size,
-               device=args.device, overwrite=True)
+               device=args.device)
     else:
         raise SystemExit(f"unknown measurement {args.what}")
     secs = time.perf_counter() - t0
