@@ -36,7 +36,7 @@ demo: $(STAMP)
 	$(PY) -m era5latent.demo --out $(DEMO_DIR)
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

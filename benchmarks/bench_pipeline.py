@@ -13,6 +13,7 @@ efficiency = pipeline throughput / min(read, compute). The last two lines are
 
     python benchmarks/bench_pipeline.py            # CPU: tiny and small presets
     python benchmarks/bench_pipeline.py --quick    # a smaller, faster set
+    python benchmarks/bench_pipeline.py --dir /dev/shm   # files in memory, not on a disk
     python benchmarks/bench_pipeline.py --device cuda --grid 721x1440 --presets small,paper
 """
 
@@ -167,6 +168,9 @@ def main() -> None:
     ap.add_argument("--grid", default="73x144")
     ap.add_argument("--presets", default="tiny,small")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dir", default=None,
+                    help="where the source, stores and outputs go (default: the system's temporary "
+                         "directory); e.g. /dev/shm to time the pipeline, not a rate-limited disk")
     args = ap.parse_args()
     if args.worker:
         args.what = args.worker
@@ -184,10 +188,11 @@ def main() -> None:
         c.update(chunk=args.time_chunk, device=args.device, threads=args.threads)
     print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, device {args.device}, "
           f"{os.cpu_count()} CPU threads, grid {args.grid}, subset {SUBSET}, time chunk "
-          f"{args.time_chunk or 'default'}", flush=True)
+          f"{args.time_chunk or 'default'}, files in {args.dir or tempfile.gettempdir()}",
+          flush=True)
     worst = {"encode": 1e9, "decode": 1e9}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="era5latent-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="era5latent-bench-", dir=args.dir) as tmp:
         paths = prepare(tmp, args.grid, long_, presets, args.time_chunk)
         for c in configs:
             for verb in ("encode", "decode"):

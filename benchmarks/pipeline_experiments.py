@@ -6,6 +6,8 @@ machine drift, so compare lines of one run):
     python benchmarks/pipeline_experiments.py malloc      # allocator thresholds: default vs tuned
     python benchmarks/pipeline_experiments.py timechunk   # encode with --time-chunk 8 vs 32
     python benchmarks/pipeline_experiments.py gil         # model speed beside a busy reader thread
+    python benchmarks/pipeline_experiments.py zarrs       # zarr-python vs zarrs: read, encode, decode
+    python benchmarks/pipeline_experiments.py codec       # compressors for decoded fields
     python benchmarks/pipeline_experiments.py all
 
 tiny preset, 73 x 144, five channels in three groups, one torch thread.
@@ -46,7 +48,7 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
 
     from era5latent.malloc import tune_malloc
     from era5latent.model.checkpoint import load_checkpoint
-    from era5latent.pipeline import encode, encode_block
+    from era5latent.pipeline import decode, encode, encode_block
     from era5latent.sources import open_source
     from era5latent.variables import group_channels, parse_subset
 
@@ -78,6 +80,63 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
                    device="cpu", time_chunk=int(arg))
         print(f"time chunk {int(arg):3d}: {n / (time.perf_counter() - t):6.1f} samples/s "
               f"(encode, {n} steps)")
+    elif what == "zarrs":  # the variant is in the environment (ERA5LATENT_ZARRS), set by main
+        tune_malloc()
+        reads = []
+        for a in range(0, 320, 32):
+            w, c = time.perf_counter(), time.process_time()
+            src.read(chs, a, a + 32)
+            reads.append((time.perf_counter() - w, time.process_time() - c))
+        wall, cpu = sorted(reads)[len(reads) // 2]
+        loaded = load_checkpoint(model)
+        n = 100
+        t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, batch_size=8,
+                   device="cpu")
+            enc = n / (time.perf_counter() - t)
+            t = time.perf_counter()
+            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", batch_size=8, device="cpu")
+            dec = n / (time.perf_counter() - t)
+        print(f"zarrs {arg:3s}: read {wall * 1e3:5.1f} ms wall, {cpu * 1e3:5.1f} ms CPU per 32 steps; "
+              f"encode {enc:6.1f}, decode {dec:6.1f} samples/s ({n} steps)")
+    elif what == "codec":  # write 32 decoded steps (z, t at two levels, t2m) with one codec
+        import shutil
+
+        import zarr
+        from zarr.codecs import BloscCodec, ZstdCodec
+
+        from era5latent.fsutil import fast_zarr
+
+        tune_malloc()
+        loaded = load_checkpoint(model)
+        codecs = {"zstd3": ZstdCodec(level=3),
+                  "blosc-lz4-shuffle": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                  "blosc-zstd1-shuffle": BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")}
+        with tempfile.TemporaryDirectory() as out:
+            t_range = f"/{np.datetime_as_string(src.times[31], unit='s')}"
+            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, device="cpu")
+            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", device="cpu")
+            dec = zarr.open_group(f"{out}/d.zarr", mode="r")
+            data = {k: dec[k][...] for k in ("geopotential", "temperature", "2m_temperature")}
+            raw = sum(v.nbytes for v in data.values())
+            best = 1e9
+            for _ in range(9):  # best of 9: writes to disk vary a lot run to run
+                shutil.rmtree(f"{out}/c.zarr", ignore_errors=True)
+                with fast_zarr(f"{out}/c.zarr"):  # as decode writes
+                    g = zarr.open_group(f"{out}/c.zarr", mode="w")
+                    arrs = {k: g.create_array(k, shape=v.shape, chunks=(1, *v.shape[1:]),
+                                              dtype="float32", compressors=codecs[arg],
+                                              fill_value=float("nan")) for k, v in data.items()}
+                t = time.perf_counter()
+                for k, v in data.items():
+                    arrs[k][...] = v
+                best = min(best, time.perf_counter() - t)
+            size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(f"{out}/c.zarr")
+                       for f in fs if f != "zarr.json")
+        print(f"codec {arg:20s}: {best * 1e3:5.1f} ms to write 32 decoded steps, "
+              f"ratio {raw / size:.2f}")
     elif what == "gil":
         import threading
 
@@ -126,14 +185,15 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("experiment", choices=["malloc", "timechunk", "gil", "all"])
+    ap.add_argument("experiment", choices=["malloc", "timechunk", "gil", "zarrs", "codec", "all"])
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each variant (default 2)")
     args = ap.parse_args()
     if args.child:
         _child(*args.child)
         return
-    variants = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"]}
+    variants = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"],
+                "zarrs": ["off", "on"], "codec": ["zstd3", "blosc-lz4-shuffle", "blosc-zstd1-shuffle"]}
     chosen = list(variants) if args.experiment == "all" else [args.experiment]
     env = {k: v for k, v in os.environ.items()
            if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
@@ -146,7 +206,9 @@ def main() -> None:
             for _ in range(args.repeat):
                 for v in variants[exp]:
                     r = subprocess.run([sys.executable, __file__, exp, "--child", exp, data,
-                                        model, v], capture_output=True, text=True, env=env)
+                                        model, v], capture_output=True, text=True,
+                                       env={**env, "ERA5LATENT_ZARRS": "1" if v == "on" else "0"}
+                                       if exp == "zarrs" else env)
                     if r.returncode:
                         raise SystemExit(r.stderr[-3000:])
                     print(r.stdout.strip().splitlines()[-1], flush=True)
