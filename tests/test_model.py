@@ -320,6 +320,23 @@ def test_bfloat16_autocast_on_cpu():
     assert (bits == model.encode("z", x, META4[:3])).float().mean() > 0.95
 
 
+def test_bfloat16_autocast_leaves_no_layer_in_fp32_but_the_quantizer():
+    """No silent fp32 fallbacks: under bf16 autocast every linear and convolution layer of the
+    tiny preset computes in bf16, except the BSQ projection, which is fp32 by design."""
+    model = WLA(preset_config("tiny", (73, 144), ("z",)))
+    dtypes: dict[str, torch.dtype] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            mod.register_forward_hook(
+                lambda m, i, o, name=name: dtypes.__setitem__(name, o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model("z", smooth_fields(2, 4, (73, 144)), META4)
+        out.recon.float().pow(2).mean().backward()
+    assert len(dtypes) > 10  # every layer ran
+    fp32 = sorted(n for n, d in dtypes.items() if d != torch.bfloat16)
+    assert fp32 == [n for n in sorted(dtypes) if n.endswith("quantizer.proj")], fp32
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bfloat16_autocast_matches_cpu_bits():
