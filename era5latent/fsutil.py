@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,9 @@ def url_fs(url: str) -> tuple[Any, str]:
 
 #: zarrs' Rust codec pipeline for zarr-python (https://github.com/zarrs/zarrs-python)
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+# zarr.config.set saves and restores a global: two threads interleaving their blocks could leave
+# zarrs set for everyone (a Dask worker runs several tasks at once)
+_ZARR_CONFIG_LOCK = threading.RLock()
 
 
 @contextmanager
@@ -64,7 +68,7 @@ def fast_zarr(path: str) -> Iterator[bool]:
     if not use:
         yield False
         return
-    with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+    with _ZARR_CONFIG_LOCK, zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
         yield True
 
 

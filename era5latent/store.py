@@ -31,7 +31,7 @@ from zarr.codecs import ZstdCodec
 
 from era5latent import __version__, faults
 from era5latent.errors import OptionError, StoreError
-from era5latent.fsutil import atomic_dir, is_url, remove_tree, url_fs
+from era5latent.fsutil import atomic_dir, is_url, os_error_of, remove_tree, url_fs
 from era5latent.sources import iso
 
 FORMAT = "era5latent.latent"
@@ -384,10 +384,13 @@ class LatentStore:
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
             self.array(DONE)[i] = True
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            os_err = os_error_of(err)  # RuntimeError: zarrs's way, should it be in use
+            if os_err is None:
+                raise
             raise StoreError(
-                f"cannot write time chunk {i} of {self.path}: {err.strerror or err}; free space "
-                "(or fix permissions) and re-run the same command to resume") from None
+                f"cannot write time chunk {i} of {self.path}: {os_err.strerror or os_err}; free "
+                "space (or fix permissions) and re-run the same command to resume") from None
         faults.point("encode.chunk-done")
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:

@@ -148,3 +148,38 @@ def test_decoded_fields_written_with_zarrs_read_back_with_zarr_python(
     a, b = xr.open_zarr(outs["1"]), xr.open_zarr(outs["0"])  # both read by zarr-python
     assert np.isfinite(a["geopotential"].sel(level=[500, 850]).values).all()
     xr.testing.assert_identical(a, b)
+
+
+def test_fast_zarr_blocks_in_two_threads_leave_the_global_setting_alone(tmp_path: Path) -> None:
+    """zarr.config.set saves and restores a global: B entering while A is inside, then A leaving
+    first, would leave zarrs set for every array opened afterwards."""
+    pytest.importorskip("zarrs", reason="zarrs is not installed (it needs Python >= 3.11)")
+    import threading
+    import time
+
+    import zarr
+
+    from era5latent.fsutil import fast_zarr
+
+    before = zarr.config.get("codec_pipeline.path")
+    a_inside, b_started, a_left = threading.Event(), threading.Event(), threading.Event()
+
+    def a() -> None:
+        with fast_zarr(str(tmp_path)):
+            a_inside.set()
+            b_started.wait()
+            time.sleep(0.2)  # B tries to enter meanwhile
+        a_left.set()
+
+    def b() -> None:
+        a_inside.wait()
+        b_started.set()
+        with fast_zarr(str(tmp_path)):
+            a_left.wait()  # leave after A
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert zarr.config.get("codec_pipeline.path") == before
