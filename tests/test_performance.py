@@ -1,5 +1,6 @@
-"""Keep the fast path honest: the pipelined encode equals a plain sequential one, and its
-memory does not grow with the length of the time range."""
+"""Keep the fast path honest: the pipelined encode equals a plain sequential one, its memory
+does not grow with the length of the time range, and zarrs (the Rust codec pipeline) reads and
+writes exactly what zarr-python does, without leaving any global setting changed."""
 
 from __future__ import annotations
 
