@@ -8,6 +8,7 @@ machine drift, so compare lines of one run):
     python benchmarks/pipeline_experiments.py gil         # model speed beside a busy reader thread
     python benchmarks/pipeline_experiments.py zarrs       # zarr-python vs zarrs: read, encode, decode
     python benchmarks/pipeline_experiments.py codec       # compressors for decoded fields
+    python benchmarks/pipeline_experiments.py timeline    # per-chunk compute/write times, zarrs off/on
     python benchmarks/pipeline_experiments.py all
 
 tiny preset, 73 x 144, five channels in three groups, one torch thread.
@@ -137,6 +138,40 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
                        for f in fs if f != "zarr.json")
         print(f"codec {arg:20s}: {best * 1e3:5.1f} ms to write 32 decoded steps, "
               f"ratio {raw / size:.2f}")
+    elif what == "timeline":  # 100-step encode and decode, each chunk's compute and write timed
+        from era5latent import fields, pipeline
+
+        tune_malloc()
+        loaded = load_checkpoint(model)
+        spans: dict[str, list[float]] = {}
+
+        def timed(owner: object, name: str, key: str) -> None:
+            orig = getattr(owner, name)
+
+            def run(*a: object, **k: object) -> object:
+                t = time.perf_counter()
+                try:
+                    return orig(*a, **k)
+                finally:
+                    spans.setdefault(key, []).append((time.perf_counter() - t) * 1e3)
+            setattr(owner, name, run)
+
+        timed(pipeline.EncodeJob, "encode_chunk", "encode compute")
+        timed(pipeline.EncodeJob, "write_chunk", "encode write")
+        timed(pipeline, "decode_fields", "decode compute")
+        timed(fields.FieldWriter, "write", "decode write")
+        n = 100
+        t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, device="cpu")
+            enc = time.perf_counter() - t
+            t = time.perf_counter()
+            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", device="cpu")
+            dec = time.perf_counter() - t
+        print(f"timeline zarrs {arg:3s}: encode {enc * 1e3:.0f} ms, decode {dec * 1e3:.0f} ms; "
+              "ms per 32-step chunk (last 4 steps): " + "; ".join(
+                  f"{k} {' '.join(f'{v:.0f}' for v in vs)}" for k, vs in spans.items()))
     elif what == "gil":
         import threading
 
@@ -183,18 +218,22 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
               f"thread ({busy / alone:.2f})")
 
 
+#: each experiment's variants; for the "off"/"on" ones the variant sets ERA5LATENT_ZARRS
+VARIANTS = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"],
+            "zarrs": ["off", "on"], "timeline": ["off", "on"],
+            "codec": ["zstd3", "blosc-lz4-shuffle", "blosc-zstd1-shuffle"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("experiment", choices=["malloc", "timechunk", "gil", "zarrs", "codec", "all"])
+    ap.add_argument("experiment", choices=[*VARIANTS, "all"])
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each variant (default 2)")
     args = ap.parse_args()
     if args.child:
         _child(*args.child)
         return
-    variants = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"],
-                "zarrs": ["off", "on"], "codec": ["zstd3", "blosc-lz4-shuffle", "blosc-zstd1-shuffle"]}
-    chosen = list(variants) if args.experiment == "all" else [args.experiment]
+    chosen = list(VARIANTS) if args.experiment == "all" else [args.experiment]
     env = {k: v for k, v in os.environ.items()
            if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -204,11 +243,11 @@ def main() -> None:
         data, model = _setup(tmp, 400)
         for exp in chosen:
             for _ in range(args.repeat):
-                for v in variants[exp]:
+                for v in VARIANTS[exp]:
                     r = subprocess.run([sys.executable, __file__, exp, "--child", exp, data,
                                         model, v], capture_output=True, text=True,
                                        env={**env, "ERA5LATENT_ZARRS": "1" if v == "on" else "0"}
-                                       if exp == "zarrs" else env)
+                                       if VARIANTS[exp] == ["off", "on"] else env)
                     if r.returncode:
                         raise SystemExit(r.stderr[-3000:])
                     print(r.stdout.strip().splitlines()[-1], flush=True)
