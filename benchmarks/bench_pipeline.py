@@ -15,6 +15,10 @@ efficiency = pipeline throughput / min(read, compute). The last two lines are
     python benchmarks/bench_pipeline.py --quick    # a smaller, faster set
     python benchmarks/bench_pipeline.py --dir /dev/shm   # files in memory, not on a disk
     python benchmarks/bench_pipeline.py --device cuda --grid 721x1440 --presets small,paper
+
+Where CUDA is available, a run with the default --device cpu adds a GPU section (small and paper
+at 721 x 1440, 100 and 400 steps) after the CPU one; --gpu off leaves it out. Each section prints
+its table; the two efficiency lines stay the worst of the CPU configurations.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 SUBSET = "z500,z850,t500,t850,t2m"
 
@@ -129,7 +134,7 @@ def run(what: str, cfg: dict[str, object], paths: dict[str, str]) -> dict[str, f
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
+def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int, device: str
             ) -> dict[str, str]:
     from typer.testing import CliRunner
 
@@ -148,11 +153,40 @@ def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
         paths[f"latent_{p}"] = f"{tmp}/{p}-latent.zarr"
         cli("train", paths["data"], "--subset", SUBSET, "--preset", p, "--steps", "2",
             "--batch-size", "2", "--out", paths[f"model_{p}"], "--time", "/2020-01-02",
-            "--device", "cpu")
+            "--device", device)
         cli("encode", paths["data"], "--model", paths[f"model_{p}"], "--subset", SUBSET, "--out",
             paths[f"latent_{p}"], *(["--time-chunk", str(time_chunk)] if time_chunk else []),
-            "--device", "cpu")
+            "--device", device)
     return paths
+
+
+HEADER = ("| verb | preset | batch | times | samples/s | source MB/s | read bound | compute bound "
+          "| efficiency | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def run_section(sec: dict[str, Any], args: argparse.Namespace, tmp: str) -> list[tuple[Any, ...]]:
+    """Every configuration of one section (a device, a grid, presets): rows as printed."""
+    presets = sec["presets"]
+    configs = []
+    for p in presets:
+        for batch in ((8,) if args.quick else (2, 8, 32)):
+            configs.append({"preset": p, "batch": batch, "times": 100})
+        configs.append({"preset": p, "batch": 8, "times": sec["long"]})
+    print(f"## device {sec['device']}, grid {sec['grid']}", flush=True)
+    paths = prepare(tmp, sec["grid"], sec["long"], presets, args.time_chunk, sec["device"])
+    rows = []
+    for c in configs:
+        c.update(chunk=args.time_chunk, device=sec["device"], threads=args.threads)
+        for verb in ("encode", "decode"):
+            rd = run(f"{verb}-read", c, paths)
+            cp = run(f"{verb}-compute", c, paths)
+            pl = run(verb, c, paths)
+            eff = pl["samples_per_s"] / min(rd["samples_per_s"], cp["samples_per_s"])
+            rows.append((verb, c["preset"], c["batch"], c["times"], pl["samples_per_s"],
+                         pl["mb_per_s"], rd["samples_per_s"], cp["samples_per_s"], eff,
+                         pl["peak_rss_mib"]))
+            print("| " + " | ".join(_fmt(v) for v in rows[-1]) + " |", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -171,55 +205,54 @@ def main() -> None:
     ap.add_argument("--dir", default=None,
                     help="where the source, stores and outputs go (default: the system's temporary "
                          "directory); e.g. /dev/shm to time the pipeline, not a rate-limited disk")
+    ap.add_argument("--gpu", choices=["auto", "on", "off"], default="auto",
+                    help="after the first section, a GPU section (default auto: where CUDA is "
+                         "available and --device is cpu)")
+    ap.add_argument("--gpu-device", default="cuda", help="the GPU section's device (default cuda)")
+    ap.add_argument("--gpu-grid", default="721x1440")
+    ap.add_argument("--gpu-presets", default="small,paper")
     args = ap.parse_args()
     if args.worker:
         args.what = args.worker
         worker(args)
         return
 
-    presets = args.presets.split(",")
-    long_ = 400 if args.quick else 1000
-    configs = []
-    for p in presets:
-        for batch in ((8,) if args.quick else (2, 8, 32)):
-            configs.append({"preset": p, "batch": batch, "times": 100})
-        configs.append({"preset": p, "batch": 8, "times": long_})
-    for c in configs:
-        c.update(chunk=args.time_chunk, device=args.device, threads=args.threads)
-    print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, device {args.device}, "
-          f"{os.cpu_count()} CPU threads, grid {args.grid}, subset {SUBSET}, time chunk "
+    sections = [{"device": args.device, "grid": args.grid, "presets": args.presets.split(","),
+                 "long": 400 if args.quick else 1000}]
+    if args.gpu == "on" or (args.gpu == "auto" and args.device == "cpu" and _cuda()):
+        # 1,000 steps of five channels at 721 x 1440 would be 21 GB of source
+        sections.append({"device": args.gpu_device, "grid": args.gpu_grid,
+                         "presets": args.gpu_presets.split(","), "long": 200 if args.quick else 400})
+    print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, "
+          f"{os.cpu_count()} CPU threads, subset {SUBSET}, time chunk "
           f"{args.time_chunk or 'default'}, files in {args.dir or tempfile.gettempdir()}",
           flush=True)
-    worst = {"encode": 1e9, "decode": 1e9}
-    rows = []
+    results = []
     with tempfile.TemporaryDirectory(prefix="era5latent-bench-", dir=args.dir) as tmp:
-        paths = prepare(tmp, args.grid, long_, presets, args.time_chunk)
-        for c in configs:
-            for verb in ("encode", "decode"):
-                rd = run(f"{verb}-read", c, paths)
-                cp = run(f"{verb}-compute", c, paths)
-                pl = run(verb, c, paths)
-                bound = min(rd["samples_per_s"], cp["samples_per_s"])
-                eff = pl["samples_per_s"] / bound
-                worst[verb] = min(worst[verb], eff)
-                rows.append((verb, c["preset"], c["batch"], c["times"], pl["samples_per_s"],
-                             pl["mb_per_s"], rd["samples_per_s"], cp["samples_per_s"], eff,
-                             pl["peak_rss_mib"]))
-                print("| " + " | ".join(_fmt(v) for v in rows[-1]) + " |", flush=True)
-    print()
-    print("| verb | preset | batch | times | samples/s | source MB/s | read bound | compute bound "
-          "| efficiency | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(_fmt(v) for v in r) + " |")
+        for k, sec in enumerate(sections):
+            os.makedirs(f"{tmp}/{k}")
+            results.append((sec, run_section(sec, args, f"{tmp}/{k}")))
+    for sec, rows in results:
+        print(f"\n## device {sec['device']}, grid {sec['grid']}\n{HEADER}")
+        for r in rows:
+            print("| " + " | ".join(_fmt(v) for v in r) + " |")
+        p0 = sec["presets"][0]
+        for verb in ("encode", "decode"):
+            rss = {r[3]: r[9] for r in rows if r[0] == verb and r[2] == 8 and r[1] == p0}
+            if len(rss) == 2:
+                a, b = sorted(rss)
+                print(f"peak RSS {verb} ({p0}, batch 8): {rss[a]:.0f} MiB at {a} steps, "
+                      f"{rss[b]:.0f} MiB at {b} steps ({100 * (rss[b] / rss[a] - 1):+.1f}%)")
+    # the last two lines: the worst of the CPU configurations (of all, if none ran on the CPU)
+    cpu = [rows for sec, rows in results if sec["device"] == "cpu"] or [r for _, r in results]
     for verb in ("encode", "decode"):
-        rss = {r[3]: r[9] for r in rows if r[0] == verb and r[2] == 8 and r[1] == presets[0]}
-        if len(rss) == 2:
-            a, b = sorted(rss)
-            print(f"peak RSS {verb} ({presets[0]}, batch 8): {rss[a]:.0f} MiB at {a} steps, "
-                  f"{rss[b]:.0f} MiB at {b} steps ({100 * (rss[b] / rss[a] - 1):+.1f}%)")
-    print(f"encode efficiency {worst['encode']:.2f}")
-    print(f"decode efficiency {worst['decode']:.2f}")
+        print(f"{verb} efficiency {min(r[8] for rows in cpu for r in rows if r[0] == verb):.2f}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _fmt(v: object) -> str:
