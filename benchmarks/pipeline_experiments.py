@@ -11,7 +11,7 @@ machine drift, so compare lines of one run):
     python benchmarks/pipeline_experiments.py timeline    # per-chunk compute/write times, zarrs off/on
     python benchmarks/pipeline_experiments.py all
 
-tiny preset, 73 x 144, five channels in three groups, one torch thread.
+tiny preset, 73 x 144 (--grid), five channels in three groups, one torch thread.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import time
 SUBSET = "z500,z850,t500,t850,t2m"
 
 
-def _setup(tmp: str, times: int) -> tuple[str, str]:
+def _setup(tmp: str, times: int, grid: str) -> tuple[str, str]:
     from typer.testing import CliRunner
 
     from era5latent.cli import app
 
     data, model = f"{tmp}/data.zarr", f"{tmp}/tiny.safetensors"
-    for args in (["sample", data, "--grid", "73x144", "--times", str(times), "--variables",
+    for args in (["sample", data, "--grid", grid, "--times", str(times), "--variables",
                   "z,t,t2m", "--levels", "500,850"],
                  ["train", data, "--subset", SUBSET, "--preset", "tiny", "--steps", "2",
                   "--batch-size", "2", "--out", model, "--time", "/2020-01-02", "--device", "cpu"]):
@@ -160,7 +160,7 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
         timed(pipeline.EncodeJob, "write_chunk", "encode write")
         timed(pipeline, "decode_fields", "decode compute")
         timed(fields.FieldWriter, "write", "decode write")
-        n = 100
+        n = int(os.environ.get("EXP_STEPS", "100"))  # set by main from --steps
         t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
@@ -170,7 +170,7 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
             decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", device="cpu")
             dec = time.perf_counter() - t
         print(f"timeline zarrs {arg:3s}: encode {enc * 1e3:.0f} ms, decode {dec * 1e3:.0f} ms; "
-              "ms per 32-step chunk (last 4 steps): " + "; ".join(
+              "ms per 32-step chunk (the last one partial): " + "; ".join(
                   f"{k} {' '.join(f'{v:.0f}' for v in vs)}" for k, vs in spans.items()))
     elif what == "gil":
         import threading
@@ -229,6 +229,9 @@ def main() -> None:
     ap.add_argument("experiment", choices=[*VARIANTS, "all"])
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each variant (default 2)")
+    ap.add_argument("--grid", default="73x144", help="the sample's grid (default 73x144)")
+    ap.add_argument("--steps", type=int, default=100,
+                    help="time steps the timeline experiment encodes and decodes (default 100)")
     args = ap.parse_args()
     if args.child:
         _child(*args.child)
@@ -237,10 +240,11 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["EXP_STEPS"] = str(args.steps)
     print(f"# era5latent pipeline experiments, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{os.cpu_count()} CPU threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="era5latent-exp-") as tmp:
-        data, model = _setup(tmp, 400)
+        data, model = _setup(tmp, 400, args.grid)
         for exp in chosen:
             for _ in range(args.repeat):
                 for v in VARIANTS[exp]:
