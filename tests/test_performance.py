@@ -184,3 +184,29 @@ def test_fast_zarr_blocks_in_two_threads_leave_the_global_setting_alone(tmp_path
     for t in threads:
         t.join()
     assert zarr.config.get("codec_pipeline.path") == before
+
+
+@pytest.mark.slow
+def test_make_bench_script_prints_its_tables_and_the_two_efficiency_lines(tmp_path: Path) -> None:
+    """`make bench` runs benchmarks/bench_pipeline.py; end to end on a small grid (--quick)."""
+    import re
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_pipeline.py"
+    res = subprocess.run([sys.executable, str(script), "--quick", "--presets", "tiny", "--grid",
+                          "33x64", "--threads", "1", "--gpu", "off", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    heading = "## device cpu, grid 33x64"  # once over the live rows, once over the summary
+    assert lines.count(heading) == 2
+    table = lines[len(lines) - lines[::-1].index(heading) + 2:]  # after its header and rule
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table if ln.startswith("| ")]
+    assert [(r[0], r[3]) for r in rows] == [("encode", "100"), ("decode", "100"),
+                                            ("encode", "400"), ("decode", "400")]
+    for r in rows:  # efficiency = samples/s over the lesser bound, as printed
+        assert float(r[8]) == pytest.approx(float(r[4]) / min(float(r[6]), float(r[7])), abs=0.01)
+    assert re.fullmatch(r"encode efficiency \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"decode efficiency \d+\.\d\d", lines[-1])
+    for verb, line in zip(("encode", "decode"), lines[-2:]):
+        assert float(line.split()[-1]) == min(float(r[8]) for r in rows if r[0] == verb)
+    assert not list(tmp_path.iterdir())  # its temporary files are gone
