@@ -152,7 +152,8 @@ class Source:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 t = self.times
                 raise SourceError(
-                    f"cannot read {name} between {iso(t[start])} and {iso(t[stop - 1])} from "
+                    f"cannot read {self.layout.names.get(name, name)} between {iso(t[start])} "
+                    f"and {iso(t[stop - 1])} from "
                     f"{self.path}: {first}; the source is damaged or unreachable: check it, or "
                     "download it again") from None
             if out is None:

@@ -146,7 +146,7 @@ def test_a_damaged_source_chunk_is_a_clear_error(tmp_path: Path, zarrs: str,
                  and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:10])  # a truncated download
     src = open_source(str(path))
-    with pytest.raises(SourceError, match=r"cannot read z between .* damaged or unreachable"):
+    with pytest.raises(SourceError, match=r"cannot read geopotential between .* damaged or unreachable"):
         src.read(parse_subset("z500,t2m"), 0, 4)
     np.testing.assert_array_equal(src.read(parse_subset("t2m"), 0, 4)[:, 0],  # the rest reads
                                   wb2_dataset(nt=4)["2m_temperature"].values)
