@@ -88,26 +88,23 @@ class FieldWriter:
 
     def _create_zarr(self) -> None:
         with fast_zarr(self._tmp):  # the arrays keep zarrs for every later write
-            self._create_zarr_arrays()
-
-    def _create_zarr_arrays(self) -> None:
-        root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
-        write_time_coord(root, self.times)
-        for name, vals in [*self.sample_coords.items(),
-                           ("latitude", self.lat), ("longitude", self.lon)] + (
-                [("level", np.asarray(self.levels, dtype=np.int64))] if self.levels else []):
-            a = root.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                  dimension_names=(name,), compressors=None, fill_value=0,
-                                  attributes=_coord_attrs(name))
-            a[...] = vals
-        self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
-        for var in self.vars:
-            shape = self._shape(var)
-            self._arrays[var] = root.create_array(
-                self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
-                compressors=FIELD_CODEC, dimension_names=self._dims(var),
-                fill_value=float("nan"), attributes=self._var_attrs(var))
-        root.attrs["era5latent"] = self.attrs
+            root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
+            write_time_coord(root, self.times)
+            for name, vals in [*self.sample_coords.items(),
+                               ("latitude", self.lat), ("longitude", self.lon)] + (
+                    [("level", np.asarray(self.levels, dtype=np.int64))] if self.levels else []):
+                a = root.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
+                                      dimension_names=(name,), compressors=None, fill_value=0,
+                                      attributes=_coord_attrs(name))
+                a[...] = vals
+            self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
+            for var in self.vars:
+                shape = self._shape(var)
+                self._arrays[var] = root.create_array(
+                    self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
+                    compressors=FIELD_CODEC, dimension_names=self._dims(var),
+                    fill_value=float("nan"), attributes=self._var_attrs(var))
+            root.attrs["era5latent"] = self.attrs
 
     def state(self) -> dict[str, Any] | None:
         """What another process needs to write into this Zarr output (None for NetCDF, which is
