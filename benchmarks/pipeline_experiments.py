@@ -6,9 +6,9 @@ machine drift, so compare lines of one run):
     python benchmarks/pipeline_experiments.py malloc      # allocator thresholds: default vs tuned
     python benchmarks/pipeline_experiments.py timechunk   # encode with --time-chunk 8 vs 32
     python benchmarks/pipeline_experiments.py gil         # model speed beside a busy reader thread
-    python benchmarks/pipeline_experiments.py zarrs       # zarr-python vs zarrs: read, encode, decode
+    python benchmarks/pipeline_experiments.py zarrs       # zarr-python vs zarrs: read, encode,
+                                                          # decode, each chunk's compute and write
     python benchmarks/pipeline_experiments.py codec       # compressors for decoded fields
-    python benchmarks/pipeline_experiments.py timeline    # per-chunk compute/write times, zarrs off/on
     python benchmarks/pipeline_experiments.py all
 
 tiny preset, 73 x 144 (--grid), five channels in three groups, one torch thread.
@@ -82,6 +82,8 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
         print(f"time chunk {int(arg):3d}: {n / (time.perf_counter() - t):6.1f} samples/s "
               f"(encode, {n} steps)")
     elif what == "zarrs":  # the variant is in the environment (ERA5LATENT_ZARRS), set by main
+        from era5latent import fields, pipeline
+
         tune_malloc()
         reads = []
         for a in range(0, 320, 32):
@@ -90,18 +92,36 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
             reads.append((time.perf_counter() - w, time.process_time() - c))
         wall, cpu = sorted(reads)[len(reads) // 2]
         loaded = load_checkpoint(model)
-        n = 100
+        spans: dict[str, list[float]] = {}  # each chunk's compute and write, in order
+
+        def timed(owner: object, name: str, key: str) -> None:
+            orig = getattr(owner, name)
+
+            def run(*a: object, **k: object) -> object:
+                t = time.perf_counter()
+                try:
+                    return orig(*a, **k)
+                finally:
+                    spans.setdefault(key, []).append((time.perf_counter() - t) * 1e3)
+            setattr(owner, name, run)
+
+        timed(pipeline.EncodeJob, "encode_chunk", "encode compute")
+        timed(pipeline.EncodeJob, "write_chunk", "encode write")
+        timed(pipeline, "decode_fields", "decode compute")
+        timed(fields.FieldWriter, "write", "decode write")
+        n = int(os.environ.get("EXP_STEPS", "100"))  # set by main from --steps
         t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
-            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, batch_size=8,
-                   device="cpu")
+            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, device="cpu")
             enc = n / (time.perf_counter() - t)
             t = time.perf_counter()
-            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", batch_size=8, device="cpu")
+            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", device="cpu")
             dec = n / (time.perf_counter() - t)
-        print(f"zarrs {arg:3s}: read {wall * 1e3:5.1f} ms wall, {cpu * 1e3:5.1f} ms CPU per 32 steps; "
-              f"encode {enc:6.1f}, decode {dec:6.1f} samples/s ({n} steps)")
+        print(f"zarrs {arg:3s}: read {wall * 1e3:5.1f} ms wall, {cpu * 1e3:5.1f} ms CPU per 32 "
+              f"steps; encode {enc:6.1f}, decode {dec:6.1f} samples/s ({n} steps); ms per 32-step "
+              "chunk (the last one partial): " + "; ".join(
+                  f"{k} {' '.join(f'{v:.0f}' for v in vs)}" for k, vs in spans.items()))
     elif what == "codec":  # write 32 decoded steps (z, t at two levels, t2m) with one codec
         import shutil
 
@@ -138,40 +158,6 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
                        for f in fs if f != "zarr.json")
         print(f"codec {arg:20s}: {best * 1e3:5.1f} ms to write 32 decoded steps, "
               f"ratio {raw / size:.2f}")
-    elif what == "timeline":  # 100-step encode and decode, each chunk's compute and write timed
-        from era5latent import fields, pipeline
-
-        tune_malloc()
-        loaded = load_checkpoint(model)
-        spans: dict[str, list[float]] = {}
-
-        def timed(owner: object, name: str, key: str) -> None:
-            orig = getattr(owner, name)
-
-            def run(*a: object, **k: object) -> object:
-                t = time.perf_counter()
-                try:
-                    return orig(*a, **k)
-                finally:
-                    spans.setdefault(key, []).append((time.perf_counter() - t) * 1e3)
-            setattr(owner, name, run)
-
-        timed(pipeline.EncodeJob, "encode_chunk", "encode compute")
-        timed(pipeline.EncodeJob, "write_chunk", "encode write")
-        timed(pipeline, "decode_fields", "decode compute")
-        timed(fields.FieldWriter, "write", "decode write")
-        n = int(os.environ.get("EXP_STEPS", "100"))  # set by main from --steps
-        t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            encode(src, loaded, chs, f"{out}/l.zarr", time_range=t_range, device="cpu")
-            enc = time.perf_counter() - t
-            t = time.perf_counter()
-            decode(f"{out}/l.zarr", loaded, f"{out}/d.zarr", device="cpu")
-            dec = time.perf_counter() - t
-        print(f"timeline zarrs {arg:3s}: encode {enc * 1e3:.0f} ms, decode {dec * 1e3:.0f} ms; "
-              "ms per 32-step chunk (the last one partial): " + "; ".join(
-                  f"{k} {' '.join(f'{v:.0f}' for v in vs)}" for k, vs in spans.items()))
     elif what == "gil":
         import threading
 
@@ -220,7 +206,7 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
 
 #: each experiment's variants; for the "off"/"on" ones the variant sets ERA5LATENT_ZARRS
 VARIANTS = {"malloc": ["default", "tuned"], "timechunk": ["8", "32"], "gil": ["eager", "traced"],
-            "zarrs": ["off", "on"], "timeline": ["off", "on"],
+            "zarrs": ["off", "on"],
             "codec": ["zstd3", "blosc-lz4-shuffle", "blosc-zstd1-shuffle"]}
 
 
@@ -231,7 +217,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each variant (default 2)")
     ap.add_argument("--grid", default="73x144", help="the sample's grid (default 73x144)")
     ap.add_argument("--steps", type=int, default=100,
-                    help="time steps the timeline experiment encodes and decodes (default 100)")
+                    help="time steps the zarrs experiment encodes and decodes (default 100)")
     args = ap.parse_args()
     if args.child:
         _child(*args.child)
