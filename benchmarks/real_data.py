@@ -151,7 +151,7 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
     from era5latent.pipeline import decode, encode
     from era5latent.sources import open_source
     from era5latent.store import open_latent_store
-    from era5latent.train import TrainOptions, train
+    from era5latent.training import TrainOptions, train
     from era5latent.variables import parse_subset
 
     src = open_source(str(Path(args.data) / case.file))

@@ -40,7 +40,7 @@ from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode
 from era5latent.sources import Source, SourceLayout, normalise, open_source
 from era5latent.store import (ATTR, Check, GroupSpec, LatentStore, codes_name, jsonable,
                               open_latent_store)
-from era5latent.train import TrainOptions, TrainResult
+from era5latent.training import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
 
 if TYPE_CHECKING:  # dask.distributed is imported only when a cluster is used
@@ -437,7 +437,7 @@ def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *
 
     (Not named ``train``: that is the ``era5latent.train`` module, which would shadow it.)
     """
-    from era5latent.train import train as run_train
+    from era5latent.training import train as run_train
 
     opts = TrainOptions(preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device,
                         time_range=time_range, val_fraction=val_fraction, resume=resume,

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.errors import Era5LatentError
+from era5latent.errors import Era5LatentError, OptionError
 from era5latent.malloc import tune_malloc
 
 app = typer.Typer(
@@ -30,7 +30,10 @@ app = typer.Typer(
 
 
 def _fail(err: Era5LatentError) -> None:
-    sys.stderr.write(f"error: {err}\n")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: say it once
+        sys.stderr.write(f"error: {err}\n")
     raise SystemExit(err.exit_code)
 
 
@@ -55,7 +58,7 @@ def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], 
 class _Bar:
     """A rich progress bar on stderr (silent when stderr is not a terminal)."""
 
-    def __init__(self, description: str, unit: str) -> None:
+    def __init__(self, description: str, unit: str, enabled: bool = True) -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
@@ -64,7 +67,8 @@ class _Bar:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=False)
+            console=Console(stderr=True), disable=not (enabled and sys.stderr.isatty()),
+            transient=False)
         self.task = self.progress.add_task(description, total=None, rate="")
         self.t0 = 0.0
         self.first = 0
@@ -79,13 +83,18 @@ class _Bar:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, done: int, total: int, extra: str = "") -> None:
+    def rate(self, done: int) -> float:
+        """Units per second since the first update (0 until there are two)."""
         import time
 
         if not self.first and done:
             self.first = done
         dt = time.perf_counter() - self.t0
-        rate = f"{(done - self.first) / dt:.1f} {self.unit}/s" if dt > 0 and done > self.first else ""
+        return (done - self.first) / dt if dt > 0 and done > self.first else 0.0
+
+    def update(self, done: int, total: int, extra: str = "") -> None:
+        r = self.rate(done)
+        rate = f"{r:.1f} {self.unit}/s" if r else ""
         self.progress.update(self.task, completed=done, total=total,
                              rate=" ".join(x for x in (rate, extra) if x))
 
@@ -156,35 +165,96 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="Output checkpoint (.safetensors).")],
     preset: Annotated[str, typer.Option(help="Model size: tiny, small or paper.")] = "tiny",
     steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 300,
-    batch_size: BatchSize = 8,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Global batch: samples per optimiser step over all ranks.")] = 8,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (preset default).")] = None,
     device: Device = "auto",
     time: TimeRange = None,
     val_fraction: Annotated[float, typer.Option(help="Last fraction of times held out.")] = 0.1,
+    val_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 50,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 100,
     patch_stride: Annotated[Optional[int], typer.Option(
         min=1, help="Override the preset's patch stride (tokens = grid / stride).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue training OUT from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue training OUT from its last checkpoint (any world size).")] = False,
+    group: Annotated[Optional[str], typer.Option(
+        help="Train only this variable group (z, t, ..., surface); 'era5latent combine' joins "
+             "groups trained apart.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Loader worker processes per rank.")] = 0,
+    nproc: Annotated[int, typer.Option(
+        min=1, help="Data-parallel processes on this machine (torch.distributed; one per GPU). "
+                    "Under torchrun leave it at 1.")] = 1,
+    level_weights: Annotated[str, typer.Option(
+        help="Per-level loss weights for u, v, t: variance (upstream) or none.")] = "variance",
+    adversarial_weight: Annotated[float, typer.Option(
+        help="Weight of the adversarial term (times the adaptive weight); 0: off.")] = 0.0,
+    disc_start: Annotated[int, typer.Option(
+        min=0, help="Step at which the adversarial term starts.")] = 0,
+    ema: Annotated[float, typer.Option(
+        help="EMA decay of the weights (validated and saved); 0: off.")] = 0.0,
+    quantizer: Annotated[str, typer.Option(
+        help="BSQ gradient and entropy form: era5latent or upstream (the WLA authors').")] =
+        "era5latent",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16; weights stay fp32.")] = "auto",
+    checkpoint_activations: Annotated[bool, typer.Option(
+        "--checkpoint-activations", help="Recompute transformer blocks in backward (less memory).")
+    ] = False,
+    grad_accum: Annotated[int, typer.Option(
+        min=1, help="Micro-batches per optimiser step (the batch is split this many times).")] = 1,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    log_dir: Annotated[Optional[Path], typer.Option(
+        help="Write metrics.csv, TensorBoard events and every checkpoint here.",
+        show_default=False)] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="Steps between log records.")] = 10,
 ) -> None:
-    """Train a Weather Latent Autoencoder on an ERA5 source."""
+    """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
     from era5latent.sources import open_source
-    from era5latent.train import TrainOptions, train
+    from era5latent.training import TrainOptions
+    from era5latent.training.distributed import spawn, world_from_env
     from era5latent.variables import parse_subset
 
     channels = parse_subset(subset)
-    source = open_source(data)
     overrides = {"patch_stride": patch_stride} if patch_stride else {}
-    opts = TrainOptions(preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device,
-                        time_range=time, val_fraction=val_fraction, resume=resume, seed=seed,
-                        checkpoint_every=checkpoint_every, overrides=overrides)
-    with _Bar("train", "steps") as bar:
-        res = train(source, channels, str(out), opts,
-                    progress=lambda s, n, loss: bar.update(s, n, f"loss {loss:.4f}"))
+    opts = TrainOptions(
+        preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device, time_range=time,
+        val_fraction=val_fraction, val_every=val_every, resume=resume, seed=seed,
+        checkpoint_every=checkpoint_every, overrides=overrides, group=group, workers=workers,
+        level_weights=level_weights, adversarial_weight=adversarial_weight, disc_start=disc_start,
+        ema=ema, quantizer=quantizer, precision=precision,
+        checkpoint_activations=checkpoint_activations, grad_accum=grad_accum, compile=compile_,
+        log_dir=str(log_dir) if log_dir else None, log_every=log_every)
+    if nproc > 1:
+        if world_from_env().distributed:
+            raise OptionError("--nproc starts its own processes; under torchrun leave it out")
+        opts.validate(nproc)
+        source = open_source(data)  # bad input fails here, once, before any process starts
+        source.check_channels(channels)
+        spawn(nproc, _train_rank, data, channels, str(out), opts)
+    else:
+        _train_rank(data, channels, str(out), opts)
+
+
+def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object) -> None:
+    """One rank of ``train``: rank 0 shows progress and prints the result."""
+    from era5latent.sources import open_source
+    from era5latent.training import TrainOptions, train
+    from era5latent.training.distributed import world_from_env
+
+    assert isinstance(opts, TrainOptions)
+    main_rank = world_from_env().is_main
+    batch = opts.batch_size
+    with _Bar("train", "steps", enabled=main_rank) as bar:
+        res = train(open_source(data), channels, out, opts,  # type: ignore[arg-type]
+                    progress=lambda s, n, loss: bar.update(
+                        s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
+    if not main_rank:
+        return
     val = f", validation MSE {res.val_mse:.4f} (z-units; predicting the mean scores ~1)" \
         if res.val_mse is not None else ""
-    _echo(f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s, "
-          f"train loss {res.train_loss:.4f}{val}")
+    _echo(f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s "
+          f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}")
 
 
 @command("encode")

@@ -6,8 +6,8 @@ version, the model config, the groups and their channels, normalisation statisti
 the training provenance. Loading is strict: missing or unexpected weight names are an error that
 names them. Files are written to a temporary name beside the target and renamed into place.
 
-Training state for ``--resume`` (optimizer moments, step, RNG) lives in a sidecar
-``MODEL.state.safetensors`` written the same way; a checkpoint is complete without it.
+Training state for ``--resume`` lives in a sidecar written by ``era5latent.training.state``; a
+checkpoint is complete without it.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str) -> None:
+    """Write a safetensors file atomically (a temporary name beside ``path``, then a rename)."""
     try:
         with atomic_file(path) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
@@ -119,7 +120,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 def save_checkpoint(model: WLA, meta: CheckpointMeta, path: str) -> str:
     """Write ``model`` and ``meta`` to ``path``; returns the file's sha256."""
-    _atomic_save(dict(model.state_dict()), {HEADER_KEY: meta.to_json()}, path)
+    save_tensors(dict(model.state_dict()), {HEADER_KEY: meta.to_json()}, path)
     return file_sha256(path)
 
 
@@ -171,46 +172,3 @@ def check_same_model(loaded: LoadedModel, expected_sha256: str, store_path: str)
         raise ModelMismatchError(
             f"{loaded.path} (sha256 {loaded.sha256[:12]}) is not the model {store_path} was made "
             f"with (sha256 {expected_sha256[:12]}); pass that model with --model")
-
-
-# -- training state sidecar --------------------------------------------------------------------
-
-def state_path(model_path: str) -> str:
-    return model_path + ".state.safetensors"
-
-
-def save_train_state(path: str, optimizer: torch.optim.Optimizer, step: int,
-                     rng: torch.Tensor, extra: dict[str, Any]) -> None:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {"rng": rng}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim.{idx}.{name}"] = t
-    meta = {"step": step, "param_groups": sd["param_groups"], **extra}
-    _atomic_save(tensors, {HEADER_KEY: json.dumps(meta, sort_keys=True)}, state_path(path))
-
-
-def load_train_state(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    sp = state_path(path)
-    if not os.path.isfile(sp):
-        raise CheckpointError(f"cannot resume: {sp} (the training state written beside {path}) is "
-                              "missing; train without --resume")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(sp, framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[HEADER_KEY])
-        tensors = load_file(sp)
-    except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot resume: {sp} is damaged ({err}); train without --resume") from None
-    return meta, tensors
-
-
-def optimizer_state_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = t
-    return {"state": state, "param_groups": meta["param_groups"]}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -499,23 +499,56 @@ class BinarySphericalQuantizer(nn.Module):
         one = torch.ones((), dtype=torch.float32, device=bits.device)
         return torch.where(bits, one, -one) / math.sqrt(self.bits)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """x (B, N, D) -> codes (B, N, K) with straight-through grad, u (B, N, K), losses."""
+    def forward(self, x: Tensor, ste_gain: float = 1.0
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """x (B, N, D) -> codes (B, N, K) with straight-through grad, u (B, N, K), losses.
+
+        The straight-through gradient reaching ``u`` is ``ste_gain`` times the codes' gradient:
+        1 here by default; the WLA authors' code (sign before the 1/sqrt(K) scale) gives 1/sqrt(K).
+        """
         u = self.latent(x)  # (B, N, K)
         q = self.codes_from_bits(u > 0)  # (B, N, K), exactly +-1/sqrt(K)
-        codes = q + (u - u.detach())  # value q, gradient of identity into u
-        p = torch.sigmoid(2.0 * self.tau * u * math.sqrt(self.bits))  # (B, N, K)
-        sample = _binary_entropy(p).mean()
-        codebook = _binary_entropy(p.mean(dim=(0, 1))).mean()
-        losses = {"entropy_sample": sample, "entropy_codebook": codebook,
-                  "bsq": self.w_sample * sample - self.w_codebook * codebook}
+        codes = q + (u - u.detach()) * ste_gain  # value q, gradient ste_gain * identity into u
+        losses = bsq_entropy(u, temperature=self.tau, w_sample=self.w_sample,
+                             w_codebook=self.w_codebook)
         return codes, u, losses
 
 
-def _binary_entropy(p: Tensor, eps: float = 1e-6) -> Tensor:
-    """Elementwise H(p) in bits."""
+def bsq_entropy(u: Tensor, *, form: str = "era5latent", temperature: float, w_sample: float,
+                w_codebook: float, batch_mean: Callable[[Tensor], Tensor] | None = None
+                ) -> dict[str, Tensor]:
+    """BSQ's entropy terms from pre-sign unit vectors u (..., K).
+
+    ``form="era5latent"``: p = sigmoid(2 tau u sqrt(K)) with tau = ``temperature``; binary
+    entropies in bits averaged over the K bits (each term in [0, 1]).
+    ``form="upstream"`` (the WLA authors' code): p = sigmoid(4 u invT / sqrt(K)) with
+    invT = ``temperature``; entropies in nats summed over the K bits; the penalty divided by invT.
+    ``batch_mean`` maps the batch-mean probabilities (K,) before the codebook entropy (training
+    averages them across data-parallel ranks there).
+    """
+    K = u.shape[-1]
+    u = u.float().flatten(0, -2)  # (N, K)
+    if form == "era5latent":
+        p = torch.sigmoid(2.0 * temperature * u * math.sqrt(K))
+        log, reduce, scale = torch.log2, torch.mean, 1.0
+    elif form == "upstream":
+        p = torch.sigmoid(4.0 * temperature * u / math.sqrt(K))
+        log, reduce, scale = torch.log, torch.sum, 1.0 / temperature
+    else:
+        raise OptionError(f"BSQ entropy form {form!r}: expected era5latent or upstream")
+    pbar = p.mean(0)
+    if batch_mean is not None:
+        pbar = batch_mean(pbar)
+    sample = reduce(_binary_entropy(p, log), dim=-1).mean()
+    codebook = reduce(_binary_entropy(pbar, log), dim=-1)
+    return {"entropy_sample": sample, "entropy_codebook": codebook,
+            "bsq": (w_sample * sample - w_codebook * codebook) * scale}
+
+
+def _binary_entropy(p: Tensor, log: Callable[[Tensor], Tensor], eps: float = 1e-6) -> Tensor:
+    """Elementwise binary entropy H(p) in the base of ``log``."""
     p = p.clamp(eps, 1 - eps)
-    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+    return -(p * log(p) + (1 - p) * log(1 - p))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,13 +566,13 @@ class Encoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, config.tokens, config.width))
         self.blocks = _blocks(config, config.enc_depth)
         self.ln_f = nn.LayerNorm(config.width)
+        self.checkpoint_activations = False  # training option: recompute blocks in backward
 
     def forward(self, x: Tensor, meta: Tensor) -> Tensor:
         x = self.pvum(x, meta)  # (B, F, H, W)
         x = self.patch(x)  # (B, D, h, w)
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, h*w, D)
-        for block in self.blocks:
-            x = block(x)
+        x = _run_blocks(self.blocks, x, self.checkpoint_activations)
         return cast(Tensor, self.ln_f(x))  # (B, h*w, D)
 
 
@@ -553,6 +586,7 @@ class Decoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, config.tokens, config.width))
         self.blocks = _blocks(config, config.dec_depth)
         self.ln_f = nn.LayerNorm(config.width)
+        self.checkpoint_activations = False  # training option: recompute blocks in backward
         self.expand = nn.Linear(config.width, 2 * config.width)
         self.unpatch = nn.ConvTranspose2d(2 * config.width, config.feat_dim, config.kernel,
                                           config.patch_stride, config.patch_padding)
@@ -561,8 +595,7 @@ class Decoder(nn.Module):
     def forward(self, codes: Tensor, meta: Tensor) -> Tensor:
         h, w = self.token_grid
         x = self.embed(codes) + self.pos  # (B, h*w, D)
-        for block in self.blocks:
-            x = block(x)
+        x = _run_blocks(self.blocks, x, self.checkpoint_activations)
         x = F.gelu(self.expand(self.ln_f(x)))  # (B, h*w, 2D)
         x = x.transpose(1, 2).unflatten(2, (h, w))  # (B, 2D, h, w)
         x = self.unpatch(x)  # (B, F, H, W), exactly the data grid
@@ -570,13 +603,38 @@ class Decoder(nn.Module):
 
 
 class GroupAutoencoder(nn.Module):
-    """One group's encoder, binary quantiser and decoder."""
+    """One group's encoder, binary quantiser and decoder (what one DDP replica wraps)."""
 
     def __init__(self, config: WLAConfig) -> None:
         super().__init__()
+        self.token_grid = config.token_grid
         self.encoder = Encoder(config)
         self.quantizer = BinarySphericalQuantizer(config)
         self.decoder = Decoder(config)
+
+    def forward(self, x: Tensor, meta: Tensor, ste_gain: float = 1.0) -> WLAOutput:
+        """Training path: x (B, C, H, W), meta (C,) -> reconstruction, codes, u and BSQ losses."""
+        codes, u, losses = self.quantizer(self.encoder(x, meta), ste_gain)  # (B, h*w, K)
+        recon = self.decoder(codes, meta)  # (B, C, H, W)
+        return WLAOutput(recon, codes.unflatten(1, self.token_grid), losses,
+                         u.unflatten(1, self.token_grid))
+
+    def set_checkpoint_activations(self, on: bool) -> None:
+        """Recompute transformer blocks in the backward pass instead of keeping their activations."""
+        self.encoder.checkpoint_activations = self.decoder.checkpoint_activations = on
+
+
+def _run_blocks(blocks: nn.ModuleList, x: Tensor, checkpoint: bool) -> Tensor:
+    """x through ``blocks``; with ``checkpoint`` (and grad enabled) only block inputs are kept."""
+    if checkpoint and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint as recompute
+
+        for block in blocks:
+            x = cast(Tensor, recompute(block, x, use_reentrant=False))
+        return x
+    for block in blocks:
+        x = block(x)
+    return x
 
 
 @dataclass
@@ -584,6 +642,7 @@ class WLAOutput:
     recon: Tensor  # (B, C, H, W)
     codes: Tensor  # (B, h, w, K) in {-1, +1}/sqrt(K), straight-through gradient
     losses: dict[str, Tensor]  # "entropy_sample", "entropy_codebook", "bsq" (scalars)
+    u: Tensor | None = None  # (B, h, w, K) pre-sign unit vectors, fp32 (training losses use it)
 
     @property
     def bits(self) -> Tensor:  # bool (B, h, w, K), what encode() returns
@@ -648,11 +707,7 @@ class WLA(nn.Module):
 
     def forward(self, group: str, x: Tensor, meta: Tensor | Sequence[float]) -> WLAOutput:
         """Training path: reconstruction, straight-through codes and the BSQ entropy losses."""
-        ae = self._ae(group)
-        meta = self._check_input(x, meta)
-        codes, _, losses = ae.quantizer(ae.encoder(x, meta))  # (B, h*w, K)
-        recon = ae.decoder(codes, meta)  # (B, C, H, W)
-        return WLAOutput(recon, codes.unflatten(1, self.config.token_grid), losses)
+        return cast(WLAOutput, self._ae(group)(x, self._check_input(x, meta)))
 
     # -- helpers -------------------------------------------------------------------------------
 

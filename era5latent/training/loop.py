@@ -1,0 +1,544 @@
+"""The training loop: one variable group at a time, data-parallel over torch.distributed ranks.
+
+Each step takes the next global batch from the streaming loader (``data.py``); every group then
+runs its own forward, backward and optimizer step (its own AdamW, gradient clipping and, when
+the adversarial term is on, its own discriminator), so peak memory is that of one group and
+groups trained in separate runs (``--group``) give the same weights as one run. Each group sees
+a random subset of its channels in a random order, drawn from a per-group generator that every
+rank draws alike. Rank 0 validates, logs and writes checkpoints (the EMA weights when ``--ema``
+is on) and the training state that ``--resume`` continues from under any world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from era5latent import __version__
+from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
+from era5latent.metrics import latitude_weights
+from era5latent.model.checkpoint import CheckpointMeta, file_sha256, read_meta, save_checkpoint
+from era5latent.model.discriminator import PatchDiscriminator
+from era5latent.model.wla import WLA, WLAConfig, preset_config
+from era5latent.sources import Source, grid_info, iso
+from era5latent.training import distributed as ddp_setup
+from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, TrainStream,
+                                      batches, source_time_chunk)
+from era5latent.training.losses import (adaptive_weight, bsq_entropy, hinge_d_loss,
+                                        hinge_g_loss, level_weights, reconstruction_loss)
+from era5latent.training.monitor import Monitor
+from era5latent.training.options import DEFAULT_LR, TrainOptions
+from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
+                                       save_state)
+from era5latent.training.stats import compute_stats
+from era5latent.variables import Channel, group_channels, lookup_variable
+
+#: progress(step, total_steps, loss)
+TrainProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class TrainResult:
+    path: str
+    sha256: str
+    steps: int
+    train_loss: float
+    val_mse: float | None
+    seconds: float
+    history: list[dict[str, float]]
+    samples_per_second: float = float("nan")
+
+
+def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 5% of base."""
+    warm = max(1, int(total * warmup_fraction))
+    if step < warm:
+        return base * (step + 1) / warm
+    p = (step - warm) / max(1, total - warm)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def split_index(n_times: int, val_fraction: float) -> int:
+    """Index where validation starts (time-based split)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise OptionError(f"--val-fraction {val_fraction}: expected a number in [0, 1)")
+    if n_times < 2 or val_fraction == 0:
+        return n_times
+    return n_times - max(1, int(round(n_times * val_fraction)))
+
+
+def group_seed(seed: int, group: str) -> int:
+    """A seed of its own per group, so a group's run does not depend on the other groups."""
+    return (seed * 1_000_003 + zlib.crc32(group.encode())) % (2**63)
+
+
+def init_model(config: WLAConfig, seed: int) -> WLA:
+    """A WLA whose every group is initialised from that group's own seed."""
+    with torch.device("meta"):
+        model = WLA(config)
+    for g in config.groups:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(group_seed(seed, g))
+            model.autoencoders[g] = WLA(replace(config, groups=(g,))).autoencoders[g]
+    return model
+
+
+def _adversarial_ok(chs: tuple[Channel, ...]) -> bool:
+    """No adversarial term for precipitation-like (accumulated, non-negative) fields."""
+    return not any(getattr(lookup_variable(c.name), "accumulated", False) for c in chs)
+
+
+def _device(spec: str, world: ddp_setup.World) -> torch.device:
+    from era5latent.pipeline import resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+    return device
+
+
+def train(source: Source, channels: tuple[Channel, ...], out: str, opts: TrainOptions,
+          progress: TrainProgress | None = None,
+          storage_options: dict[str, Any] | None = None) -> TrainResult:
+    """Train a WLA on ``channels`` of ``source`` and write it to ``out`` (see the module doc).
+
+    Run under ``torchrun`` (or :func:`era5latent.training.distributed.spawn`) it joins the
+    process group the environment describes and trains data-parallel.
+    """
+    world = ddp_setup.world_from_env()
+    opts.validate(world.size)
+    device = _device(opts.device, world)
+    ddp_setup.init(world, device)
+    trainer = Trainer(source, channels, out, opts, world, device, storage_options)
+    return trainer.run(progress)
+
+
+class Trainer:
+    def __init__(self, source: Source, channels: tuple[Channel, ...], out: str,
+                 opts: TrainOptions, world: ddp_setup.World, device: torch.device,
+                 storage_options: dict[str, Any] | None) -> None:
+        from era5latent.pipeline import resolve_precision
+
+        self.source, self.out, self.opts, self.world, self.device = source, out, opts, world, device
+        source.check_channels(channels)
+        groups = group_channels(channels)
+        if opts.group is not None:
+            if opts.group not in groups:
+                raise SubsetError(f"--group {opts.group!r}: the subset has groups "
+                                  f"{', '.join(groups)}; pick one of them")
+            groups = {opts.group: groups[opts.group]}
+        self.groups = groups
+        self.channels = tuple(c for chs in groups.values() for c in chs)
+        self.precision = resolve_precision(opts.precision, device)
+        t0, t1 = source.time_indices(opts.time_range)
+        self.t0, self.t1 = t0, t1
+        self.split = t0 + split_index(t1 - t0, opts.val_fraction)
+        self.config = preset_config(opts.preset, source.grid, tuple(groups), **opts.overrides)
+        self.lr = opts.lr if opts.lr is not None else DEFAULT_LR[opts.preset]
+
+        state: dict[str, Any] | None = None
+        tensors: dict[str, Tensor] = {}
+        if opts.resume:
+            stats, state, tensors = self._resume_meta()
+        else:
+            stats = self._stats()
+        self.stats = stats
+        self.meta = CheckpointMeta(config=self.config, groups=groups, normalisation=stats,
+                                   grid=grid_info(source.latitude, source.longitude))
+        self._build(state, tensors)
+        self._data(storage_options)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _stats(self) -> dict[str, dict[str, float]]:
+        """Rank 0 streams the statistics of the training period; every rank gets them."""
+        err: Era5LatentError | None = None
+        stats = None
+        if self.world.is_main:
+            try:
+                stats = compute_stats(self.source, self.channels, self.t0, self.split,
+                                      block=source_time_chunk(self.source))
+            except Era5LatentError as e:
+                err = e
+        err = ddp_setup.all_ranks_ok(self.world, err)
+        if err is not None:
+            raise err
+        return dict(ddp_setup.broadcast_object(self.world, stats))
+
+    def _resume_meta(self) -> tuple[dict[str, dict[str, float]], dict[str, Any],
+                                    dict[str, Tensor]]:
+        loaded = read_meta(self.out)
+        same_groups = {g: list(c) for g, c in loaded.groups.items()} == {
+            g: list(c) for g, c in self.groups.items()}
+        if loaded.config != self.config or not same_groups:
+            raise CheckpointError(f"cannot resume {self.out}: it was trained with another preset, "
+                                  "grid or subset; use the same options, or train without --resume")
+        state, tensors = load_state(self.out)
+        want = self.opts.fingerprint()
+        have = state.get("fingerprint", {})
+        diff = sorted(k for k in want if k != "steps" and have.get(k) != want[k])
+        if diff:
+            raise CheckpointError(
+                f"cannot resume {self.out}: it was trained with other {', '.join(diff)} "
+                f"({', '.join(f'{k}={have.get(k)!r}' for k in diff)}); use the same options, or "
+                "train without --resume")
+        from safetensors.torch import load_file
+
+        tensors.update({f"ckpt.{k}": v for k, v in load_file(self.out).items()})
+        return loaded.normalisation, state, tensors
+
+    def _build(self, state: dict[str, Any] | None, tensors: dict[str, Tensor]) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        opts, dev = self.opts, self.device
+        self.model = init_model(self.config, opts.seed).to(dev)
+        self.gens = {g: torch.Generator().manual_seed(group_seed(opts.seed, g) + 1)
+                     for g in self.groups}
+        self.discs: dict[str, PatchDiscriminator] = {}
+        for g, chs in self.groups.items():
+            if opts.adversarial_weight > 0 and _adversarial_ok(chs):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(group_seed(opts.seed, g) + 2)
+                    self.discs[g] = PatchDiscriminator(self.config.meta_dim,
+                                                       self.config.feat_dim).to(dev)
+        self.optims = {g: _adamw(ae, self.lr, opts.weight_decay, (0.9, 0.99))
+                       for g, ae in self.model.autoencoders.items()}
+        self.d_optims = {g: _adamw(d, self.lr, 0.0, (0.5, 0.9)) for g, d in self.discs.items()}
+        for ae in self.model.autoencoders.values():
+            ae.set_checkpoint_activations(opts.checkpoint_activations)  # type: ignore[operator]
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        if opts.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema))
+        self.step0 = 0
+        self.history: list[dict[str, Any]] = []
+        if state is not None:
+            self._restore(state, tensors)
+        wrap: Callable[[nn.Module], nn.Module] = (
+            (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None))
+            if self.world.distributed else (lambda m: m))
+        self.ae_fwd = {g: wrap(ae) for g, ae in self.model.autoencoders.items()}
+        self.d_fwd = {g: wrap(d) for g, d in self.discs.items()}
+        if opts.compile:
+            self.ae_fwd = {g: torch.compile(m) for g, m in self.ae_fwd.items()}  # type: ignore[misc]
+
+    def _data(self, storage_options: dict[str, Any] | None) -> None:
+        opts, src = self.opts, self.source
+        members = int(np.prod(src.sample_shape, dtype=np.int64))
+        h, w = src.grid
+        sample_bytes = len(self.channels) * h * w * 4
+        block = source_time_chunk(src)
+        mean = np.array([self.stats[c.code]["mean"] for c in self.channels])
+        std = np.array([self.stats[c.code]["std"] for c in self.channels])
+        ref = SourceRef(src, storage_options)
+        layout = Layout(self.t0, self.split - self.t0, members, block)
+        if layout.n_samples < 1:
+            raise OptionError(f"the training period of {src.path} holds no samples; widen --time "
+                              "or lower --val-fraction")
+        window = max(opts.batch_size, (opts.shuffle_mb << 20) // sample_bytes)
+        self.schedule = Schedule(layout, opts.seed, opts.batch_size, window)
+        self.reader = BlockReader(ref, self.channels, layout, mean, std, opts.cache_mb << 20)
+        self.val_reader: BlockReader | None = None
+        if self.split < self.t1:
+            vlay = Layout(self.split, self.t1 - self.split, members, block)
+            self.val_reader = BlockReader(ref, self.channels, vlay, mean, std,
+                                          min(opts.cache_mb << 20, 256 << 20))
+            n = vlay.n_samples
+            self.val_ids = np.unique(np.linspace(0, n - 1, min(n, opts.val_samples)).round()
+                                     .astype(np.int64))
+        lat_w = latitude_weights(src.latitude).astype(np.float32)
+        self.lat_w = torch.from_numpy(lat_w).to(self.device).view(1, 1, -1, 1)
+        self.metas = {g: torch.tensor([c.meta for c in chs], dtype=torch.float32,
+                                      device=self.device) for g, chs in self.groups.items()}
+        self.gidx = {g: torch.tensor([self.channels.index(c) for c in chs])
+                     for g, chs in self.groups.items()}
+        std_by_code = {c.code: self.stats[c.code]["std"] for c in self.channels}
+        self.ch_w = {g: level_weights(chs, std_by_code, opts.level_weights).to(self.device)
+                     for g, chs in self.groups.items()}
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        R = self.schedule.run_batches
+        first_run, skip = divmod(self.step0, R)
+        stream = TrainStream(self.schedule, self.reader, self.world.rank, self.world.size,
+                             first_run, math.ceil(self.opts.steps / R))
+        return batches(stream, self.opts.workers, self.device.type == "cuda", skip)
+
+    # -- one step --------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        from era5latent.pipeline import autocast
+
+        return autocast(self.device, self.precision)
+
+    def _subset(self, g: str) -> Tensor:
+        """This step's channels of group ``g``: all or a random subset, in a random order."""
+        n = len(self.groups[g])
+        gen = self.gens[g]
+        if n > 1 and torch.rand((), generator=gen).item() > self.opts.full_subset_prob:
+            k = int(torch.randint(1, n + 1, (), generator=gen))
+            return torch.randperm(n, generator=gen)[:k]
+        return torch.randperm(n, generator=gen)
+
+    def group_step(self, g: str, x: Tensor, step: int, lr: float) -> dict[str, float]:
+        opts, cfg = self.opts, self.config
+        perm = self._subset(g)
+        xs = x[:, self.gidx[g][perm].to(x.device)]
+        meta = self.metas[g][perm.to(self.device)]
+        ch_w = self.ch_w[g][perm.to(self.device)]
+        ae = self.model.autoencoders[g]
+        fwd = self.ae_fwd[g]
+        disc = self.discs.get(g)
+        adv = disc is not None and step >= opts.disc_start
+        ste_gain = 1.0 if opts.quantizer == "era5latent" else 1.0 / math.sqrt(cfg.code_bits)
+        temperature = (cfg.entropy_temperature if opts.quantizer == "era5latent"
+                       else cfg.entropy_temperature * cfg.code_bits / 2)
+        for pg in self.optims[g].param_groups:
+            pg["lr"] = lr
+        micro = xs.chunk(opts.grad_accum)
+        fakes: list[Tensor] = []
+        logs: dict[str, float] = {}
+        if disc is not None:
+            disc.requires_grad_(False)
+        for i, xm in enumerate(micro):
+            with _no_sync(fwd, i + 1 < len(micro)):
+                with self._autocast():
+                    out = fwd(xm, meta, ste_gain)
+                rec = reconstruction_loss(out.recon, xm, self.lat_w, ch_w)
+                ent = bsq_entropy(out.u, opts.quantizer, temperature=temperature,
+                                  w_sample=cfg.entropy_sample_weight,
+                                  w_codebook=cfg.entropy_codebook_weight)
+                loss = rec + ent["bsq"]
+                if adv:
+                    assert disc is not None
+                    with self._autocast():
+                        logits = disc(out.recon, meta)
+                    g_loss = hinge_g_loss(logits.float())
+                    weight = adaptive_weight(rec, g_loss, _last_layer(ae), opts.adversarial_weight)
+                    loss = loss + weight * g_loss
+                    fakes.append(out.recon.detach())
+                    _add(logs, f"{g}/g_loss", float(g_loss.detach()), len(micro))
+                    _add(logs, f"{g}/d_weight", float(weight), len(micro))
+                (loss / len(micro)).backward()
+            _add(logs, f"{g}/rec", float(rec.detach()), len(micro))
+            _add(logs, f"{g}/bsq", float(ent["bsq"].detach()), len(micro))
+            _add(logs, f"{g}/entropy_sample", float(ent["entropy_sample"].detach()), len(micro))
+            _add(logs, f"{g}/entropy_codebook", float(ent["entropy_codebook"].detach()), len(micro))
+            _add(logs, f"{g}/loss", float(loss.detach()), len(micro))
+        logs[f"{g}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0))
+        self.optims[g].step()
+        self.optims[g].zero_grad(set_to_none=True)
+        if adv:
+            assert disc is not None
+            disc.requires_grad_(True)
+            dfwd = self.d_fwd[g]
+            for pg in self.d_optims[g].param_groups:
+                pg["lr"] = lr
+            for i, (xm, fake) in enumerate(zip(micro, fakes)):
+                with _no_sync(dfwd, i + 1 < len(micro)):
+                    with self._autocast():
+                        logits = dfwd(torch.cat([xm, fake.to(xm.dtype)]), meta).float()
+                    real_l, fake_l = logits.chunk(2)
+                    d_loss = hinge_d_loss(real_l, fake_l)
+                    (d_loss / len(micro)).backward()
+                _add(logs, f"{g}/d_loss", float(d_loss.detach()), len(micro))
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+            self.d_optims[g].step()
+            self.d_optims[g].zero_grad(set_to_none=True)
+        return logs
+
+    # -- validation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, batch_size: int = 8) -> tuple[float, dict[str, float]]:
+        """Latitude-weighted MSE (z-units, mean over channels) and RMSE per channel in physical
+        units, through the binary codes (what encode/decode will give), with the EMA weights
+        when they are kept."""
+        assert self.val_reader is not None
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
+        sq: dict[str, float] = {c.code: 0.0 for c in self.channels}
+        n = 0
+        for s in range(0, len(self.val_ids), batch_size):
+            ids = self.val_ids[s:s + batch_size]
+            x = torch.from_numpy(self.val_reader.samples(ids)).to(self.device)
+            for g, chs in self.groups.items():
+                xs = x[:, self.gidx[g].to(self.device)]
+                with self._autocast():
+                    rec = model.decode(g, model.encode(g, xs, self.metas[g]), self.metas[g])
+                err = ((rec.float() - xs) ** 2 * self.lat_w).mean(dim=(2, 3)).sum(0)  # (C,)
+                for c, e in zip(chs, err.tolist()):
+                    sq[c.code] += e
+            n += len(ids)
+        model.train()
+        mse = {k: v / max(n, 1) for k, v in sq.items()}
+        rmse = {f"val_rmse/{k}": math.sqrt(v) * self.stats[k]["std"] for k, v in mse.items()}
+        return float(np.mean(list(mse.values()))), rmse
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self, progress: TrainProgress | None) -> TrainResult:
+        opts, world = self.opts, self.world
+        monitor = Monitor(opts.log_dir if world.is_main else None, opts.resume)
+        if opts.resume:
+            monitor.truncate(self.step0)
+        t_start = time.perf_counter()
+        loss_ema = float("nan")
+        val_mse: float | None = self.history[-1].get("val_mse") if self.history else None
+        it = self._batches()
+        window_t, window_n = time.perf_counter(), 0
+        sps = float("nan")
+        self.model.train()
+        try:
+            for step in range(self.step0, opts.steps):
+                x, _ = next(it)
+                x = x.to(self.device, non_blocking=True)
+                lr = lr_at(step, opts.steps, self.lr, opts.warmup_fraction)
+                logs: dict[str, float] = {}
+                for g in self.groups:
+                    logs.update(self.group_step(g, x, step, lr))
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                loss = sum(v for k, v in logs.items() if k.endswith("/loss"))
+                loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
+                window_n += opts.batch_size
+                last = step + 1 == opts.steps
+                if (step + 1) % opts.log_every == 0 or last:
+                    now = time.perf_counter()
+                    sps = window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    logs.update({"lr": lr, "samples_per_second": sps, "loss": loss})
+                    if world.is_main and self.val_reader is not None and (
+                            (step + 1) % opts.val_every == 0 or last):
+                        val_mse, rmse = self.validate()
+                        logs.update({"val_mse": val_mse, **rmse})
+                        self.history.append({"step": step + 1, "train_loss": loss_ema,
+                                             "val_mse": val_mse})
+                    monitor.log(step + 1, logs)
+                if progress is not None and world.is_main:
+                    progress(step + 1, opts.steps, loss_ema)
+                if (step + 1) % opts.checkpoint_every == 0 or last:
+                    if world.is_main:
+                        self._save(step + 1, loss_ema, val_mse)
+                    ddp_setup.barrier(world)
+        finally:
+            monitor.close()
+        seconds = time.perf_counter() - t_start
+        done = opts.steps - self.step0
+        return TrainResult(self.out, file_sha256(self.out), opts.steps, loss_ema, val_mse,
+                           seconds, self.history,
+                           done * opts.batch_size / seconds if seconds > 0 else float("nan"))
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _save(self, step: int, loss: float, val_mse: float | None) -> None:
+        opts, src = self.opts, self.source
+        self.meta.training = {
+            "data": os.path.abspath(src.path) if "://" not in src.path else src.path,
+            "train_time_range": _range(src, self.t0, self.split),
+            "val_time_range": _range(src, self.split, self.t1) if self.split < self.t1 else None,
+            "steps": step, "batch_size": opts.batch_size, "lr": self.lr, "seed": opts.seed,
+            "train_loss": loss, "val_mse": val_mse, "device": str(self.device),
+            "world_size": self.world.size, "package_version": __version__,
+            "objective": {"level_weights": opts.level_weights, "quantizer": opts.quantizer,
+                          "adversarial_weight": opts.adversarial_weight,
+                          "disc_start": opts.disc_start, "ema": opts.ema},
+            "weights": "ema" if self.ema is not None else "raw",
+        }
+        saved = self.ema.module if self.ema is not None else self.model
+        save_checkpoint(saved, self.meta, self.out)  # type: ignore[arg-type]
+        tensors: dict[str, Tensor] = {}
+        if self.ema is not None:
+            tensors.update({f"raw.{k}": v for k, v in self.model.state_dict().items()})
+            tensors["ema.n_averaged"] = self.ema.n_averaged.detach().cpu()
+        groups_meta: dict[str, Any] = {}
+        for g in self.groups:
+            tensors[f"rng.{g}"] = self.gens[g].get_state()
+            groups_meta[g] = {"optim": flatten_optimizer(f"optim.{g}", self.optims[g], tensors)}
+            if g in self.discs:
+                tensors.update({f"disc.{g}.{k}": v for k, v in self.discs[g].state_dict().items()})
+                groups_meta[g]["disc_optim"] = flatten_optimizer(f"doptim.{g}", self.d_optims[g],
+                                                                 tensors)
+        save_state(self.out, {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                   {"step": step, "history": self.history, "groups": groups_meta,
+                    "fingerprint": opts.fingerprint()})
+        if opts.log_dir is not None:  # every checkpoint stays scoreable ('evaluate --model')
+            _keep(self.out, os.path.join(opts.log_dir, "checkpoints", f"step{step:07d}.safetensors"))
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        dev = self.device
+        ckpt = {k[5:]: v for k, v in tensors.items() if k.startswith("ckpt.")}
+        raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
+        if self.ema is not None:
+            if not raw:
+                raise CheckpointError(f"cannot resume {self.out} with --ema: it was trained "
+                                      "without; use the same options")
+            self.model.load_state_dict(raw)
+            self.ema.module.load_state_dict(ckpt)
+            self.ema.n_averaged.copy_(tensors["ema.n_averaged"].to(dev))
+        else:
+            self.model.load_state_dict(ckpt)
+        for g in self.groups:
+            gm = state["groups"][g]
+            restore_optimizer(f"optim.{g}", self.optims[g], gm["optim"], tensors)
+            self.gens[g].set_state(tensors[f"rng.{g}"])
+            if g in self.discs:
+                self.discs[g].load_state_dict({k[len(f"disc.{g}."):]: v for k, v in tensors.items()
+                                               if k.startswith(f"disc.{g}.")})
+                restore_optimizer(f"doptim.{g}", self.d_optims[g], gm["disc_optim"], tensors)
+        self.step0 = int(state["step"])
+        self.history = list(state.get("history", []))
+
+
+def _adamw(module: nn.Module, lr: float, weight_decay: float,
+           betas: tuple[float, float]) -> torch.optim.AdamW:
+    decay = [p for p in module.parameters() if p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+def _last_layer(ae: nn.Module) -> Tensor:
+    """The decoder's last learned layer: the PVUM head that generates the output 1x1 conv."""
+    return ae.decoder.pvum.weight_head.weight  # type: ignore[union-attr,return-value]
+
+
+def _no_sync(module: nn.Module, skip_sync: bool) -> Any:
+    """DDP's no_sync for all but the last accumulation step (nothing to do in one process)."""
+    inner = getattr(module, "_orig_mod", module)
+    if skip_sync and hasattr(inner, "no_sync"):
+        return inner.no_sync()
+    return contextlib.nullcontext()
+
+
+def _add(logs: dict[str, float], key: str, value: float, n: int) -> None:
+    logs[key] = logs.get(key, 0.0) + value / n
+
+
+def _range(source: Source, a: int, b: int) -> list[str]:
+    return [iso(source.times[a]), iso(source.times[b - 1])]
+
+
+def _keep(path: str, dst: str) -> None:
+    """A snapshot of the just-written checkpoint (a hard link where the filesystem allows)."""
+    import shutil
+
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = dst + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, dst)

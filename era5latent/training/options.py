@@ -1,0 +1,97 @@
+"""Every training option, with its default and its check (``era5latent train --help``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from era5latent.errors import OptionError
+
+DEFAULT_LR = {"tiny": 2e-3, "small": 1e-3, "paper": 3e-4}
+LEVEL_WEIGHTS = ("variance", "none")
+QUANTIZER_FORMS = ("era5latent", "upstream")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainOptions:
+    preset: str = "tiny"
+    steps: int = 300
+    batch_size: int = 8  # global batch: samples per optimiser step over all ranks
+    lr: float | None = None
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.1
+    val_every: int = 50
+    val_samples: int = 64
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    time_range: str | None = None
+    resume: bool = False
+    full_subset_prob: float = 0.5
+    overrides: dict[str, Any] = field(default_factory=dict)  # WLAConfig overrides (e.g. patch_stride)
+    group: str | None = None  # train only this variable group
+    # data loader
+    workers: int = 0
+    shuffle_mb: int = 256  # block-shuffle window, MiB of samples
+    cache_mb: int = 2048  # per-process block cache; a training range this small is read once
+    # objective
+    level_weights: str = "variance"
+    adversarial_weight: float = 0.0  # 0: no adversarial term
+    disc_start: int = 0
+    ema: float = 0.0  # EMA decay of the weights; 0: off
+    quantizer: str = "era5latent"
+    # scale
+    precision: str = "auto"
+    checkpoint_activations: bool = False
+    grad_accum: int = 1
+    compile: bool = False
+    # monitoring
+    log_dir: str | None = None
+    log_every: int = 10
+
+    def validate(self, world_size: int = 1) -> None:
+        """One-line :class:`OptionError` for the first bad option."""
+        if self.steps < 1 or self.batch_size < 1:
+            raise OptionError(f"--steps {self.steps} / --batch-size {self.batch_size}: expected "
+                              "positive integers")
+        if self.preset not in DEFAULT_LR and self.lr is None:
+            raise OptionError(f"--preset {self.preset!r}: expected one of {', '.join(DEFAULT_LR)}")
+        if self.grad_accum < 1:
+            raise OptionError(f"--grad-accum {self.grad_accum}: expected a positive integer")
+        if self.batch_size % (world_size * self.grad_accum):
+            raise OptionError(
+                f"--batch-size {self.batch_size} does not split over {world_size} rank(s) x "
+                f"{self.grad_accum} accumulation step(s); use a multiple of "
+                f"{world_size * self.grad_accum}")
+        choices = {"--level-weights": (self.level_weights, LEVEL_WEIGHTS),
+                   "--quantizer": (self.quantizer, QUANTIZER_FORMS),
+                   "--precision": (self.precision, PRECISIONS)}
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise OptionError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
+        if not 0.0 <= self.ema < 1.0:
+            raise OptionError(f"--ema {self.ema}: expected a decay in [0, 1), e.g. 0.999 (0: off)")
+        if not self.adversarial_weight >= 0.0:
+            raise OptionError(f"--adversarial-weight {self.adversarial_weight}: expected >= 0")
+        nonneg = {"--disc-start": self.disc_start, "--workers": self.workers}
+        positive = {"--val-every": self.val_every, "--checkpoint-every": self.checkpoint_every,
+                    "--log-every": self.log_every, "--shuffle-mb": self.shuffle_mb,
+                    "--cache-mb": self.cache_mb, "--val-samples": self.val_samples}
+        for flag, v in nonneg.items():
+            if v < 0:
+                raise OptionError(f"{flag} {v}: expected an integer >= 0")
+        for flag, v in positive.items():
+            if v < 1:
+                raise OptionError(f"{flag} {v}: expected a positive integer")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise OptionError(f"--val-fraction {self.val_fraction}: expected a number in [0, 1)")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues (world size may differ)."""
+        return {"batch_size": self.batch_size, "seed": self.seed, "steps": self.steps,
+                "preset": self.preset, "level_weights": self.level_weights,
+                "adversarial_weight": self.adversarial_weight, "disc_start": self.disc_start,
+                "ema": self.ema, "quantizer": self.quantizer, "group": self.group,
+                "shuffle_mb": self.shuffle_mb}
