@@ -18,6 +18,7 @@ POINTS = (
     "store.created",          # the store skeleton is laid out at its temporary path
     "decode.block-written",   # a decoded block is written to the temporary output
     "embedmap.chunk-written", # one output chunk of the embedding map is written
+    "train.checkpoint-written", # a training checkpoint and its resume state are written
 )
 
 _counts: dict[str, int] = {}

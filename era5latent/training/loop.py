@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from era5latent import __version__
+from era5latent import __version__, faults
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
 from era5latent.metrics import latitude_weights
 from era5latent.model.checkpoint import CheckpointMeta, file_sha256, read_meta, save_checkpoint
@@ -474,6 +474,7 @@ class Trainer:
                     "fingerprint": opts.fingerprint()})
         if opts.log_dir is not None:  # every checkpoint stays scoreable ('evaluate --model')
             _keep(self.out, os.path.join(opts.log_dir, "checkpoints", f"step{step:07d}.safetensors"))
+        faults.point("train.checkpoint-written")
 
     def _restore(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
         dev = self.device

@@ -47,9 +47,13 @@ def reconstruction_loss(pred: Tensor, target: Tensor, lat_w: Tensor, ch_w: Tenso
 def _mean_across_ranks(t: Tensor) -> Tensor:
     """Differentiable mean over data-parallel ranks (identity in one process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import warnings
+
         from torch.distributed.nn.functional import all_reduce
 
-        return all_reduce(t) / dist.get_world_size()
+        with warnings.catch_warnings():  # its successor in _functional_collectives is private
+            warnings.simplefilter("ignore", FutureWarning)
+            return all_reduce(t) / dist.get_world_size()
     return t
 
 
@@ -80,6 +84,7 @@ def adaptive_weight(rec: Tensor, adv: Tensor, last_layer: Tensor, scale: float) 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         both = torch.stack([g_rec, g_adv])
         dist.all_reduce(both)
+        both /= dist.get_world_size()  # the mean, as one process would see it (1e-4 is not scale-free)
         g_rec, g_adv = both[0], both[1]
     w = g_rec.norm() / (g_adv.norm() + 1e-4)
     return torch.clamp(w, 0.0, 1e4).detach() * scale
