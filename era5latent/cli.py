@@ -257,6 +257,19 @@ def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object)
           f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}")
 
 
+@command("combine")
+def combine_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Checkpoints of groups trained apart "
+                                                 "('train --group').")],
+    out: Annotated[Path, typer.Option(help="The combined checkpoint (.safetensors).")],
+) -> None:
+    """Join checkpoints of separately trained groups into one model file (strict shape checks)."""
+    from era5latent.training.combine import combine
+
+    meta = combine([str(m) for m in models], str(out))
+    _echo(f"wrote {out}: groups {', '.join(meta.groups)}")
+
+
 @command("encode")
 def encode_cmd(
     data: Annotated[str, typer.Argument(help="ERA5 source: Zarr, NetCDF or GRIB (path or URL).")],

@@ -1,0 +1,180 @@
+"""Training: groups one at a time, the objective's options, logs, checkpoints of a run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import assert_clean_error, run_cli
+
+SUBSET = "z500,z850,t2m"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from era5latent.sample import write_sample
+
+    path = tmp_path_factory.mktemp("train") / "d.zarr"
+    write_sample(str(path), grid=(33, 64), times=24, variables=("z", "t2m"), levels=(500, 850),
+                 seed=5)
+    return path
+
+
+def _train(data: Path, out: Path, steps: int, *extra: str, subset: str = SUBSET) -> None:
+    res = run_cli("train", data, "--subset", subset, "--out", out, "--steps", str(steps),
+                  "--batch-size", "4", "--device", "cpu", "--checkpoint-every", "2",
+                  "--val-every", "2", *extra)
+    assert res.exit_code == 0, res.stderr
+
+
+def test_groups_trained_apart_and_combined_equal_a_joint_run(data: Path, tmp_path: Path) -> None:
+    joint, z, s, both = (tmp_path / f"{n}.safetensors" for n in ("joint", "z", "s", "both"))
+    extra = ("--adversarial-weight", "0.5", "--disc-start", "1")
+    _train(data, joint, 3, *extra)
+    _train(data, z, 3, "--group", "z", *extra)
+    _train(data, s, 3, "--group", "surface", *extra)
+    res = run_cli("combine", z, s, "--out", both)
+    assert res.exit_code == 0, res.stderr
+    a, b = load_file(str(joint)), load_file(str(both))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # bit for bit
+    from era5latent.model.checkpoint import load_checkpoint, read_meta
+
+    assert set(read_meta(str(both)).groups) == {"z", "surface"}
+    load_checkpoint(str(both))  # strict load of the combined file
+
+
+def test_combine_refuses_what_is_not_one_model(data: Path, tmp_path: Path) -> None:
+    z, z2, small = (tmp_path / f"{n}.safetensors" for n in ("z", "z2", "small"))
+    _train(data, z, 1, "--group", "z")
+    _train(data, z2, 1, "--group", "z", "--seed", "1")
+    _train(data, small, 1, "--group", "surface", "--preset", "small")
+    assert_clean_error(run_cli("combine", z, z2, "--out", tmp_path / "o.safetensors"),
+                       "group 'z' is in more than one")
+    assert_clean_error(run_cli("combine", z, small, "--out", tmp_path / "o.safetensors"),
+                       "another preset")
+    assert not (tmp_path / "o.safetensors").exists()
+    assert_clean_error(run_cli("train", data, "--subset", SUBSET, "--out", tmp_path / "x",
+                               "--group", "q", "--device", "cpu"), "--group 'q'")
+
+
+def test_ema_weights_are_saved_and_differ_from_the_raw_ones(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    _train(data, out, 4, "--ema", "0.5")
+    saved = load_file(str(out))
+    state = load_file(str(out) + ".state.safetensors")
+    raw = {k[4:]: v for k, v in state.items() if k.startswith("raw.")}
+    assert raw.keys() == saved.keys()
+    moved = [k for k in saved if not torch.equal(saved[k], raw[k])]
+    assert len(moved) > len(saved) // 2  # the checkpoint holds the average, not the raw weights
+    from era5latent.model.checkpoint import read_meta
+
+    assert read_meta(str(out)).training["weights"] == "ema"
+
+
+@pytest.mark.parametrize("extra", [("--ema", "0.9"), ("--adversarial-weight", "0.5"),
+                                   ("--quantizer", "upstream"), ("--level-weights", "none"),
+                                   ("--grad-accum", "2")])
+def test_each_option_resumes_to_the_uninterrupted_state(data: Path, tmp_path: Path,
+                                                       extra: tuple[str, ...]) -> None:
+    full, cut = tmp_path / "full.safetensors", tmp_path / "cut.safetensors"
+    _train(data, full, 4, *extra)
+    _train(data, cut, 2, *extra)  # a run stopped after its checkpoint at step 2 ...
+    _train(data, cut, 4, "--resume", *extra)  # ... and continued
+    a, b = load_file(str(full)), load_file(str(cut))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_options_change_the_objective(data: Path, tmp_path: Path) -> None:
+    """Each objective option changes what is optimised: the logged loss terms say how."""
+    def last(log_dir: Path) -> dict[str, float]:
+        rows = list(csv.DictReader(open(log_dir / "metrics.csv")))
+        return {k: float(v) for k, v in rows[-1].items() if v}
+
+    runs = {}
+    for name, extra in {"base": (), "adv": ("--adversarial-weight", "1.0"),
+                        "up": ("--quantizer", "upstream")}.items():
+        logs = tmp_path / name
+        _train(data, tmp_path / f"{name}.safetensors", 2, "--log-dir", str(logs),
+               "--log-every", "1", *extra)
+        runs[name] = last(logs)
+    assert "z/g_loss" not in runs["base"] and "z/g_loss" in runs["adv"]
+    assert runs["adv"]["z/d_weight"] > 0 and runs["adv"]["z/d_loss"] > 0
+    # upstream's entropy form sums nats over the 32 bits: far larger terms than bits averaged
+    assert runs["up"]["z/entropy_sample"] > 5 * runs["base"]["z/entropy_sample"]
+    for r in runs.values():
+        assert {"lr", "samples_per_second", "val_rmse/z500", "val_rmse/t2m"} <= set(r)
+    # TensorBoard event files and a scoreable checkpoint per save
+    assert list((tmp_path / "base").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "base" / "checkpoints").iterdir()) == [
+        "step0000002.safetensors"]
+
+
+def test_level_weights_follow_the_variance() -> None:
+    from era5latent.training.losses import level_weights
+    from era5latent.variables import parse_subset
+
+    chs = parse_subset("t500,t850,z500")
+    std = {"t500": 1.0, "t850": 2.0, "z500": 3.0}
+    assert torch.equal(level_weights(chs, std, "variance"), torch.ones(3))  # z: not level-weighted
+    w = level_weights(parse_subset("t500,t850"), std, "variance")
+    torch.testing.assert_close(w, torch.tensor([0.4, 1.6]))  # var 1 and 4, mean 1
+    assert torch.equal(level_weights(parse_subset("t500,t850"), std, "none"), torch.ones(2))
+
+
+def test_a_fooled_discriminator_lowers_the_adversarial_term() -> None:
+    from era5latent.model.discriminator import PatchDiscriminator
+    from era5latent.training.losses import hinge_d_loss, hinge_g_loss
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(32, 32)
+    x = torch.randn(2, 3, 33, 64)
+    meta = torch.tensor([500.0, 850.0, 1000.0])
+    logits = disc(x, meta)
+    assert logits.shape[:2] == (2, 1)
+    # any channel subset, any order: permuting (x, meta) together gives the same logits
+    p = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(disc(x[:, p], meta[p]), logits, rtol=1e-4, atol=1e-5)
+    # the generator's term falls as the discriminator calls its fakes real
+    assert hinge_g_loss(logits + 1.0) < hinge_g_loss(logits)
+    assert hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)) == 0
+    assert hinge_d_loss(torch.full((4,), -1.0), torch.full((4,), 1.0)) == 2
+
+
+def test_upstream_quantizer_form_scales_the_straight_through_gradient() -> None:
+    from era5latent.model.wla import WLA, preset_config
+
+    torch.manual_seed(0)
+    model = WLA(preset_config("tiny", (33, 64), ("z",)))
+    ae = model.autoencoders["z"]
+    x = torch.randn(1, 2, 33, 64)
+    meta = torch.tensor([500.0, 850.0])
+    grads = []
+    for gain in (1.0, 1 / 32 ** 0.5):
+        out = ae(x, meta, gain)
+        (g,) = torch.autograd.grad(out.recon.square().mean(), ae.quantizer.proj.weight)
+        grads.append(g)  # the gradient reaching the encoder through the sign
+    torch.testing.assert_close(grads[1], grads[0] / 32 ** 0.5)
+
+
+@pytest.mark.slow
+def test_tiny_preset_with_the_defaults_learns_better_than_the_mean(tmp_path: Path) -> None:
+    data = tmp_path / "d.zarr"
+    assert run_cli("sample", data, "--grid", "33x64", "--times", "96", "--variables", "z,t",
+                   "--levels", "500,850", "--seed", "3").exit_code == 0
+    out = tmp_path / "m.safetensors"
+    res = run_cli("train", data, "--subset", "z500,z850,t500,t850", "--out", out, "--steps",
+                  "200", "--batch-size", "8", "--device", "cpu", "--workers", "2")
+    assert res.exit_code == 0, res.stderr
+    from era5latent.model.checkpoint import read_meta
+
+    val = read_meta(str(out)).training["val_mse"]
+    assert val < 0.3, val  # predicting each channel's mean scores ~1.0 in z-units
+    assert np.isfinite(val)
