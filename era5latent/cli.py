@@ -208,6 +208,8 @@ def train_cmd(
         help="Write metrics.csv, TensorBoard events and every checkpoint here.",
         show_default=False)] = None,
     log_every: Annotated[int, typer.Option(min=1, help="Steps between log records.")] = 10,
+    anonymous: Annotated[bool, typer.Option(
+        "--anonymous", help="Read a public s3:// or gs:// bucket without credentials.")] = False,
 ) -> None:
     """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
     from era5latent.sources import open_source
@@ -215,7 +217,10 @@ def train_cmd(
     from era5latent.training.distributed import spawn, world_from_env
     from era5latent.variables import parse_subset
 
+    from era5latent.fsutil import anonymous_options
+
     channels = parse_subset(subset)
+    storage = anonymous_options(data) if anonymous else None
     overrides = {"patch_stride": patch_stride} if patch_stride else {}
     opts = TrainOptions(
         preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device, time_range=time,
@@ -229,14 +234,15 @@ def train_cmd(
         if world_from_env().distributed:
             raise OptionError("--nproc starts its own processes; under torchrun leave it out")
         opts.validate(nproc)
-        source = open_source(data)  # bad input fails here, once, before any process starts
+        source = open_source(data, storage)  # bad input fails here, once, before any rank starts
         source.check_channels(channels)
-        spawn(nproc, _train_rank, data, channels, str(out), opts)
+        spawn(nproc, _train_rank, data, channels, str(out), opts, storage)
     else:
-        _train_rank(data, channels, str(out), opts)
+        _train_rank(data, channels, str(out), opts, storage)
 
 
-def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object) -> None:
+def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
+                storage: dict[str, object] | None) -> None:
     """One rank of ``train``: rank 0 shows progress and prints the result."""
     from era5latent.sources import open_source
     from era5latent.training import TrainOptions, train
@@ -246,8 +252,8 @@ def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object)
     main_rank = world_from_env().is_main
     batch = opts.batch_size
     with _Bar("train", "steps", enabled=main_rank) as bar:
-        res = train(open_source(data), channels, out, opts,  # type: ignore[arg-type]
-                    progress=lambda s, n, loss: bar.update(
+        res = train(open_source(data, storage), channels, out, opts,  # type: ignore[arg-type]
+                    storage_options=storage, progress=lambda s, n, loss: bar.update(
                         s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
     if not main_rank:
         return

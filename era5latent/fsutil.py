@@ -30,6 +30,16 @@ def is_url(path: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", os.fspath(path)))
 
 
+def anonymous_options(url: str) -> dict[str, Any]:
+    """fsspec storage options for unauthenticated reads of a public bucket (s3:// or gs://)."""
+    scheme = url.split("://", 1)[0].lower() if is_url(url) else ""
+    if scheme in ("s3", "s3a"):
+        return {"anon": True}
+    if scheme in ("gs", "gcs"):
+        return {"token": "anon"}
+    return {}
+
+
 def url_fs(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path within it."""
     from fsspec.core import url_to_fs
