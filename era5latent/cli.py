@@ -468,7 +468,8 @@ def info_cmd(
 def evaluate_cmd(
     truth: Annotated[str, typer.Argument(help="The original ERA5 data (Zarr, NetCDF or GRIB).")],
     recon: Annotated[Optional[str], typer.Argument(
-        help="Its reconstruction (from 'era5latent decode'); omit to decode --latent on the fly.")] = None,
+        help="Its reconstruction (from 'era5latent decode'); omit to decode --latent on the fly, "
+             "or to encode and decode TRUTH with --model (any checkpoint of a run).")] = None,
     latent: Annotated[Optional[str], typer.Option(
         help="The latent store (gives the WLA's bytes; with --model, decodes on the fly).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint, to decode --latent.")] = None,
@@ -507,11 +508,16 @@ def evaluate_cmd(
                               "e.g. 0.05,0.1,0.5") from None
     with tempfile.TemporaryDirectory(prefix="era5latent-eval-") as tmp:
         if recon is None:
-            if latent is None or model is None:
-                raise OptionError("evaluate needs RECON, or --latent and --model to decode on the fly")
+            if model is None:
+                raise OptionError("evaluate needs RECON, or --model (with --latent to decode a "
+                                  "store, without it to encode and decode TRUTH on the fly)")
             from era5latent.model.checkpoint import load_checkpoint
             from era5latent.pipeline import decode
 
+            if latent is None:  # score a checkpoint (any of a run's) on TRUTH directly
+                latent = _encode_for_scoring(truth, load_checkpoint(str(model)), channels, time,
+                                             device, str(Path(tmp) / "latent.zarr"))
+                store = open_latent_store(latent)
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
                    device=device)
@@ -532,6 +538,24 @@ def evaluate_cmd(
         _echo(f"plots: {len(report.plots)} PNG files in {plot}")
     if json_path is not None:
         _echo(f"records: {json_path}")
+
+
+def _encode_for_scoring(truth: str, loaded: object, channels: object, time: str | None,
+                        device: str, out: str) -> str:
+    """TRUTH's channels that the model was trained on (or ``--subset``), encoded into ``out``."""
+    from era5latent.model.checkpoint import LoadedModel
+    from era5latent.pipeline import encode
+    from era5latent.sources import open_source
+
+    assert isinstance(loaded, LoadedModel)
+    source = open_source(truth)
+    have = set(source.available())
+    chs = channels or tuple(c for g in loaded.meta.groups.values() for c in g if c in have)
+    if not chs:
+        raise OptionError(f"{truth} holds none of the channels the model was trained on; pass "
+                          "data with them, or --subset")
+    encode(source, loaded, chs, out, time_range=time, device=device)  # type: ignore[arg-type]
+    return out
 
 
 def _print_eval(records: list[dict[str, object]], acc_reference: str) -> None:
