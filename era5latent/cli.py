@@ -97,7 +97,7 @@ def _echo(text: str) -> None:
 
 
 Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z500,t850,t2m' "
-                                     "(also 2t, 10u, geopotential:500).")]
+                                     "(also t_850, temperature_850, 2t, 130:850; docs/variables.md).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Samples per model batch.")]
 Precision = Annotated[str, typer.Option(

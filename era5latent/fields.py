@@ -23,7 +23,7 @@ from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
 from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
 from era5latent.store import array, consolidate, write_time_coord
-from era5latent.variables import Channel, variable
+from era5latent.variables import Channel, variable_by_name
 
 
 #: decoded fields as WeatherBench 2 stores its own: Blosc LZ4 after a byte shuffle. On decoded
@@ -72,18 +72,18 @@ class FieldWriter:
         return [self.out_name(v) for v in self.vars]
 
     def out_name(self, var: str) -> str:
-        return self.layout.names.get(var) or variable(var).long_name
+        return self.layout.names.get(var) or variable_by_name(var).wb2_name
 
     def _dims(self, var: str) -> tuple[str, ...]:
-        lev = ("level",) if variable(var).pressure else ()
+        lev = ("level",) if variable_by_name(var).pressure else ()
         return ("time", *self.sample_coords, *lev, "latitude", "longitude")
 
     def _shape(self, var: str) -> tuple[int, ...]:
-        lev = (len(self.levels),) if variable(var).pressure else ()
+        lev = (len(self.levels),) if variable_by_name(var).pressure else ()
         return (len(self.times), *self.sample_shape, *lev, self.lat.size, self.lon.size)
 
     def _var_attrs(self, var: str) -> dict[str, Any]:
-        v = variable(var)
+        v = variable_by_name(var)
         return {"units": self.layout.units.get(var) or v.units, "long_name": v.long_name}
 
     def _create_zarr(self) -> None:
@@ -130,7 +130,7 @@ class FieldWriter:
         for var, chs in self.vars.items():
             first = block[chs[0]]
             nt = first.shape[0]
-            if variable(var).pressure:
+            if variable_by_name(var).pressure:
                 data = np.full((*first.shape[:-2], len(self.levels), *first.shape[-2:]), np.nan,
                                dtype=np.float32)
                 for c in chs:

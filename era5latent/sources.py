@@ -28,7 +28,7 @@ import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
 from era5latent.fsutil import fast_zarr, is_url
-from era5latent.variables import Channel, lookup_variable
+from era5latent.variables import Channel, lookup_variable, variable_by_name
 
 _TIME_DIMS = ("time", "valid_time")
 _LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa", "plev", "lev")
@@ -268,11 +268,15 @@ def _open_grib(path: str) -> xr.Dataset:
 
 
 def _canonical_name(name: str, da: xr.DataArray) -> str | None:
+    """The catalogue name of a source variable: its own name, else what its GRIB or CF
+    attributes say it is (shortName, cfgrib name, paramId, long name)."""
     for candidate in (name, da.attrs.get("GRIB_shortName"), da.attrs.get("GRIB_cfVarName"),
-                      da.attrs.get("long_name", "").replace(" ", "_")):
-        if candidate:
+                      da.attrs.get("GRIB_paramId"), da.attrs.get("long_name", "")):
+        if candidate is not None and str(candidate).strip():
             v = lookup_variable(str(candidate))
             if v is not None:
+                if v.name == "z" and da.attrs.get("GRIB_typeOfLevel") == "surface":
+                    return "zs"  # geopotential on the surface: ERA5's orography
                 return v.name
     return None
 
@@ -317,6 +321,12 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
             continue
         if "time" not in da.dims:
             continue
+        if variable_by_name(canon).pressure and "level" not in da.dims:
+            if canon != "z":
+                continue  # a pressure variable without a level cannot be a channel
+            canon = "zs"  # geopotential without a level: the surface's (ERA5's orography)
+            if canon in keep:
+                continue
         names[canon] = str(name)
         units[canon] = str(da.attrs.get("units", ""))
         keep[canon] = da
