@@ -110,6 +110,11 @@ Scheduler = Annotated[Optional[str], typer.Option(
 Workers = Annotated[Optional[int], typer.Option(
     min=1, help="Run on a local Dask cluster of N worker processes started here (one worker per "
                 "GPU, at most N, when dask-cuda and GPUs are present).", show_default=False)]
+TimeAxis = Annotated[str, typer.Option(
+    help="Source time axis: valid (reference time + forecast step; a GRIB of several steps "
+         "becomes one axis of valid times) or reference (then pick one --step).")]
+Step = Annotated[Optional[str], typer.Option(
+    help="Use only this forecast step of the source (6, 6h, 90min, PT6H).", show_default=False)]
 ChunksPerTask = Annotated[int, typer.Option(
     min=0, help="With --scheduler/--workers: time chunks per Dask task (0: about 4 tasks per "
                 "worker).")]
@@ -194,6 +199,8 @@ def encode_cmd(
     subset: Subset,
     out: Annotated[str, typer.Option(help="Output latent store (Zarr v3).")],
     time: TimeRange = None,
+    time_axis: TimeAxis = "valid",
+    step: Step = None,
     batch_size: BatchSize = 8,
     time_chunk: Annotated[Optional[int], typer.Option(
         min=1, show_default=False,
@@ -226,7 +233,7 @@ def encode_cmd(
 
     channels = parse_subset(subset)
     part = parse_part(parts) if parts is not None else None
-    source = open_source(data)
+    source = open_source(data, time_axis=time_axis, step=step)
     loaded = load_checkpoint(str(model))
     with _Bar("encode", "samples") as bar:
         if scheduler is not None or workers is not None:
@@ -390,6 +397,8 @@ def evaluate_cmd(
         help="Bytes per value for the rate-distortion sweep (default: 0.5x..16x the WLA's).")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Evaluate only these channels.")] = None,
     time: TimeRange = None,
+    time_axis: TimeAxis = "valid",
+    step: Step = None,
     climatology: Annotated[Optional[str], typer.Option(
         help="Climatology store for ACC (its time mean); default: the truth's own time mean.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write PNG maps, spectra and curves here.")] = None,
@@ -426,7 +435,7 @@ def evaluate_cmd(
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
                    device=device)
-        report = evaluate(open_source(truth), open_source(recon), subset=channels, time_range=time,
+        report = evaluate(open_source(truth, time_axis=time_axis, step=step), open_source(recon), subset=channels, time_range=time,
                           latent=store, climatology=open_source(climatology) if climatology else None,
                           baselines=[b for b in baselines.split(",") if b.strip()],
                           sweep=sweep_bpv, plot_dir=str(plot) if plot else None)
