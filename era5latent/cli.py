@@ -52,42 +52,108 @@ def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], 
     return wrap
 
 
+#: set by the global ``--quiet``: no progress output at all
+_QUIET = False
+#: seconds between one-line progress records when stderr is not a terminal
+PROGRESS_EVERY_S = 30.0
+
+
 class _Bar:
-    """A rich progress bar on stderr (silent when stderr is not a terminal)."""
+    """Progress on stderr: a rich bar on a terminal; elsewhere (scripts, batch jobs) a one-line
+    record every ``PROGRESS_EVERY_S`` seconds and at the end (percentage, rate, ETA); nothing
+    under ``--quiet``."""
 
     def __init__(self, description: str, unit: str) -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
+        self.description = description
         self.unit = unit
+        self.tty = sys.stderr.isatty()
+        self.lines = not self.tty and not _QUIET
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=False)
+            console=Console(stderr=True), disable=not self.tty or _QUIET, transient=False)
         self.task = self.progress.add_task(description, total=None, rate="")
         self.t0 = 0.0
-        self.first = 0
+        self.first: int | None = None
+        self.last_line = 0.0
+        self.state = (0, 0, "")
 
     def __enter__(self) -> _Bar:
         import time
 
         self.progress.start()
-        self.t0 = time.perf_counter()
+        self.t0 = self.last_line = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+        if self.lines and exc[0] is None and self.state[1]:
+            self._line(*self.state)
+
+    def _rate(self, done: int) -> float:
+        import time
+
+        dt = time.perf_counter() - self.t0
+        first = self.first or 0
+        return (done - first) / dt if dt > 0 and done > first else 0.0
+
+    def _line(self, done: int, total: int, extra: str) -> None:
+        rate = self._rate(done)
+        eta = f", ETA {_hms((total - done) / rate)}" if rate > 0 and done < total else ""
+        pct = 100.0 * done / total if total else 100.0
+        sys.stderr.write(f"{self.description}: {pct:.1f}% ({done}/{total} {self.unit}), "
+                         f"{rate:.1f} {self.unit}/s{eta}" + (f", {extra}" if extra else "") + "\n")
+        sys.stderr.flush()
 
     def update(self, done: int, total: int, extra: str = "") -> None:
         import time
 
-        if not self.first and done:
-            self.first = done
-        dt = time.perf_counter() - self.t0
-        rate = f"{(done - self.first) / dt:.1f} {self.unit}/s" if dt > 0 and done > self.first else ""
+        if self.first is None:
+            self.first = done  # what a resumed run had already done is not this run's rate
+        self.state = (done, total, extra)
+        if self.lines:
+            now = time.perf_counter()
+            if now - self.last_line >= PROGRESS_EVERY_S:
+                self.last_line = now
+                self._line(done, total, extra)
+            return
+        rate = self._rate(done)
+        text = f"{rate:.1f} {self.unit}/s" if rate > 0 else ""
         self.progress.update(self.task, completed=done, total=total,
-                             rate=" ".join(x for x in (rate, extra) if x))
+                             rate=" ".join(x for x in (text, extra) if x))
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("era5latent")
+        except PackageNotFoundError:
+            from era5latent import __version__ as v
+        print(f"era5latent {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output (bars or progress lines) from any command.")] = False,
+) -> None:
+    """Turn ERA5 into compact binary latent codes with a Weather Latent Autoencoder, and back."""
+    global _QUIET
+    _QUIET = quiet
 
 
 def _echo(text: str) -> None:
