@@ -266,25 +266,6 @@ class _MemoryFields(FieldWriter):
         # a name that never exists: nothing is written (close() is never called)
         super().__init__("\0in-memory.nc", times, sample_coords, lat, lon, groups, layout, attrs)
 
-    def dataset(self, data: Mapping[str, Any] | None = None, times: np.ndarray | None = None
-                ) -> xr.Dataset:
-        """The fields as ``decode`` writes them (what ``_write_netcdf`` builds, attrs unflattened).
-
-        ``data`` (arrays by output name) and ``times`` replace the writer's own, for lazy output.
-        """
-        coords: dict[str, Any] = {"time": ("time", self.times if times is None else times,
-                                           _TIME_ATTRS),
-                                  **self.sample_coords,
-                                  "latitude": ("latitude", self.lat, _coord_attrs("latitude")),
-                                  "longitude": ("longitude", self.lon, _coord_attrs("longitude"))}
-        if self.levels:
-            coords["level"] = ("level", np.asarray(self.levels, dtype=np.int64),
-                               _coord_attrs("level"))
-        arrays = data if data is not None else {self.out_name(v): self._mem[v] for v in self.vars}
-        return xr.Dataset({self.out_name(v): (self._dims(v), arrays[self.out_name(v)],
-                                              self._var_attrs(v)) for v in self.vars},
-                          coords=coords, attrs={"era5latent": dict(self.attrs)})
-
 
 def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
            subset: Channels | None = None, batch_size: int = 8, device: str = "auto",

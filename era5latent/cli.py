@@ -55,48 +55,110 @@ def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], 
     return wrap
 
 
+#: set by the global ``--quiet``: no progress output at all
+_QUIET = False
+#: seconds between one-line progress records when stderr is not a terminal
+PROGRESS_EVERY_S = 30.0
+
+
 class _Bar:
-    """A rich progress bar on stderr (silent when stderr is not a terminal)."""
+    """Progress on stderr: a rich bar on a terminal; elsewhere (scripts, batch jobs) a one-line
+    record every ``PROGRESS_EVERY_S`` seconds and at the end (percentage, rate, ETA); nothing
+    under ``--quiet``."""
 
     def __init__(self, description: str, unit: str, enabled: bool = True) -> None:
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
+        self.description = description
         self.unit = unit
+        self.tty = sys.stderr.isatty()
+        self.lines = enabled and not self.tty and not _QUIET  # not enabled: another rank's
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not (enabled and sys.stderr.isatty()),
+            console=Console(stderr=True), disable=not (enabled and self.tty) or _QUIET,
             transient=False)
         self.task = self.progress.add_task(description, total=None, rate="")
         self.t0 = 0.0
-        self.first = 0
+        self.first: int | None = None
+        self.last_line = 0.0
+        self.state = (0, 0, "")
 
     def __enter__(self) -> _Bar:
         import time
 
         self.progress.start()
-        self.t0 = time.perf_counter()
+        self.t0 = self.last_line = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+        if self.lines and exc[0] is None and self.state[1]:
+            self._line(*self.state)
 
     def rate(self, done: int) -> float:
-        """Units per second since the first update (0 until there are two)."""
+        """Units per second since the first update."""
         import time
 
-        if not self.first and done:
-            self.first = done
         dt = time.perf_counter() - self.t0
-        return (done - self.first) / dt if dt > 0 and done > self.first else 0.0
+        first = self.first or 0
+        return (done - first) / dt if dt > 0 and done > first else 0.0
+
+    def _line(self, done: int, total: int, extra: str) -> None:
+        rate = self.rate(done)
+        eta = f", ETA {_hms((total - done) / rate)}" if rate > 0 and done < total else ""
+        pct = 100.0 * done / total if total else 100.0
+        sys.stderr.write(f"{self.description}: {pct:.1f}% ({done}/{total} {self.unit}), "
+                         f"{rate:.1f} {self.unit}/s{eta}" + (f", {extra}" if extra else "") + "\n")
+        sys.stderr.flush()
 
     def update(self, done: int, total: int, extra: str = "") -> None:
-        r = self.rate(done)
-        rate = f"{r:.1f} {self.unit}/s" if r else ""
+        import time
+
+        if self.first is None:
+            self.first = done  # what a resumed run had already done is not this run's rate
+        self.state = (done, total, extra)
+        if self.lines:
+            now = time.perf_counter()
+            if now - self.last_line >= PROGRESS_EVERY_S:
+                self.last_line = now
+                self._line(done, total, extra)
+            return
+        rate = self.rate(done)
+        text = f"{rate:.1f} {self.unit}/s" if rate > 0 else ""
         self.progress.update(self.task, completed=done, total=total,
-                             rate=" ".join(x for x in (rate, extra) if x))
+                             rate=" ".join(x for x in (text, extra) if x))
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("era5latent")
+        except PackageNotFoundError:
+            from era5latent import __version__ as v
+        print(f"era5latent {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress output (bars or progress lines) from any command.")] = False,
+) -> None:
+    """Turn ERA5 into compact binary latent codes with a Weather Latent Autoencoder, and back."""
+    global _QUIET
+    _QUIET = quiet
 
 
 def _echo(text: str) -> None:
@@ -106,7 +168,7 @@ def _echo(text: str) -> None:
 
 
 Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z500,t850,t2m' "
-                                     "(also 2t, 10u, geopotential:500).")]
+                                     "(also t_850, temperature_850, 2t, 130:850; docs/variables.md).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Samples per model batch.")]
 Precision = Annotated[str, typer.Option(
@@ -119,6 +181,11 @@ Scheduler = Annotated[Optional[str], typer.Option(
 Workers = Annotated[Optional[int], typer.Option(
     min=1, help="Run on a local Dask cluster of N worker processes started here (one worker per "
                 "GPU, at most N, when dask-cuda and GPUs are present).", show_default=False)]
+TimeAxis = Annotated[str, typer.Option(
+    help="Source time axis: valid (reference time + forecast step; a GRIB of several steps "
+         "becomes one axis of valid times) or reference (then pick one --step).")]
+Step = Annotated[Optional[str], typer.Option(
+    help="Use only this forecast step of the source (6, 6h, 90min, PT6H).", show_default=False)]
 ChunksPerTask = Annotated[int, typer.Option(
     min=0, help="With --scheduler/--workers: time chunks per Dask task (0: about 4 tasks per "
                 "worker).")]
@@ -283,6 +350,8 @@ def encode_cmd(
     subset: Subset,
     out: Annotated[str, typer.Option(help="Output latent store (Zarr v3).")],
     time: TimeRange = None,
+    time_axis: TimeAxis = "valid",
+    step: Step = None,
     batch_size: BatchSize = 8,
     time_chunk: Annotated[Optional[int], typer.Option(
         min=1, show_default=False,
@@ -315,7 +384,7 @@ def encode_cmd(
 
     channels = parse_subset(subset)
     part = parse_part(parts) if parts is not None else None
-    source = open_source(data)
+    source = open_source(data, time_axis=time_axis, step=step)
     loaded = load_checkpoint(str(model))
     with _Bar("encode", "samples") as bar:
         if scheduler is not None or workers is not None:
@@ -480,6 +549,8 @@ def evaluate_cmd(
         help="Bytes per value for the rate-distortion sweep (default: 0.5x..16x the WLA's).")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Evaluate only these channels.")] = None,
     time: TimeRange = None,
+    time_axis: TimeAxis = "valid",
+    step: Step = None,
     climatology: Annotated[Optional[str], typer.Option(
         help="Climatology store for ACC (its time mean); default: the truth's own time mean.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write PNG maps, spectra and curves here.")] = None,
@@ -521,7 +592,7 @@ def evaluate_cmd(
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
                    device=device)
-        report = evaluate(open_source(truth), open_source(recon), subset=channels, time_range=time,
+        report = evaluate(open_source(truth, time_axis=time_axis, step=step), open_source(recon), subset=channels, time_range=time,
                           latent=store, climatology=open_source(climatology) if climatology else None,
                           baselines=[b for b in baselines.split(",") if b.strip()],
                           sweep=sweep_bpv, plot_dir=str(plot) if plot else None)

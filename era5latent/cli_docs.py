@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import typer.main
 
 from era5latent.cli import app
@@ -14,7 +16,11 @@ def render() -> str:
            "Generated from the Typer app by `make docs` (`python -m era5latent.cli_docs`); "
            "`tests/test_cli_docs.py` fails when it is out of date.", "",
            "Exit codes: 0 success; 2 bad input or usage (one line on stderr, no traceback); "
-           "3 `verify` found a problem; 1 a bug.", ""]
+           "3 `verify` found a problem; 1 a bug.", "",
+           "Global options, before the command: `--version` prints the version; `--quiet` (`-q`) "
+           "silences progress. Progress goes to stderr: a bar on a terminal, elsewhere (scripts, "
+           "batch jobs) a line such as `encode: 42.0% (420/1000 samples), 12.3 samples/s, "
+           "ETA 0:00:47` every 30 seconds and at the end.", ""]
     for name in root.list_commands(ctx):  # type: ignore[attr-defined]
         cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
         sub = cmd.context_class(cmd, info_name=name, parent=ctx)
@@ -27,7 +33,8 @@ def render() -> str:
                 rows.append((f"`{(p.name or '').upper()}`", "argument", getattr(p, "help", "") or "", ""))
             elif p.param_type_name == "option" and p.name != "help":
                 flags = ", ".join(f"`{o}`" for o in (*p.opts, *p.secondary_opts))
-                default = "" if p.default is None or p.default is False or p.required else f"`{p.default}`"
+                value = p.default.value if isinstance(p.default, Enum) else p.default
+                default = "" if value is None or value is False or p.required else f"`{value}`"
                 rows.append((flags, "required" if p.required else "", p.help or "", default))
         if rows:
             out += ["| option | | meaning | default |", "|---|---|---|---|"]

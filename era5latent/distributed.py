@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -296,9 +296,10 @@ class EncodeTask:
     batch_size: int
     device: str
     precision: str
+    open_options: dict[str, Any] = field(default_factory=dict)  # time_axis, step
 
     def job(self) -> EncodeJob:
-        source = open_source(self.source)
+        source = open_source(self.source, **self.open_options)
         times = source.times
         if len(times) < self.t1 or iso(times[self.t0]) != self.first_time:
             raise SourceError(
@@ -368,7 +369,7 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                 channels=tuple(c.code for c in channels), out=full_path(out), t0=job.t0,
                 t1=job.t0 + len(spec.times), first_time=iso(spec.times[0]),
                 time_chunk=spec.time_chunk, batch_size=batch_size, device=device,
-                precision=precision)
+                precision=precision, open_options=source.open_options)
             with dask_client(client, scheduler, workers, device) as c:
                 start = time.perf_counter()  # from a running cluster (not counting its start)
                 runs = _runs(todo, _per_task(len(todo), chunks_per_task, c))

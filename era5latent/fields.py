@@ -1,9 +1,12 @@
-"""Writing decoded fields in WeatherBench 2 layout, with the source's names, units and coordinates.
+"""Writing decoded fields in the source's layout: its names, dims, attributes and coordinates.
 
 Output dims are ``time, *sample_dims, level, latitude, longitude`` for pressure variables and
-``time, *sample_dims, latitude, longitude`` for single-level fields; variables carry the names
-the source used (``geopotential`` for a WB2 store, ``z`` for CDS or GRIB) and its units; latitude
-and longitude are put back in the source's orientation and longitude convention. Pressure
+``time, *sample_dims, latitude, longitude`` for single-level fields, each under the name the source
+gave it (``valid_time``/``pressure_level`` for CDS NetCDF, ``isobaricInhPa`` for GRIB, ``lat``/
+``lon``); variables carry the source's names (``geopotential`` for a WB2 store, ``z`` for CDS or
+GRIB) and its attributes verbatim, with CF ``units``, ``standard_name`` and ``long_name`` added from
+the catalogue where the source had none; latitude and longitude are put back in the source's
+orientation and longitude convention, levels in the source's unit (hPa, or Pa for ``plev``). Pressure
 variables share one ascending ``level`` axis (the union of decoded levels; a level a variable was
 not decoded at is NaN). Zarr outputs (v3) are written chunk by chunk into a temporary directory
 beside the target; NetCDF outputs are assembled in memory. Either is moved into place only when
@@ -13,17 +16,19 @@ complete.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
 from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
 from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
-from era5latent.store import array, consolidate, write_time_coord
-from era5latent.variables import Channel, variable
+from era5latent.store import TIME_UNITS, array, consolidate
+from era5latent.variables import Channel, variable_by_name
 
 
 #: decoded fields as WeatherBench 2 stores its own: Blosc LZ4 after a byte shuffle. On decoded
@@ -67,35 +72,73 @@ class FieldWriter:
             self._tmp = self._ctx.__enter__()
             self._create_zarr()
 
+    # -- names and attributes, as the source had them ------------------------------------------
+    def dim_name(self, dim: str) -> str:
+        """The source's name for canonical dim ``time``, ``level``, ``latitude`` or ``longitude``."""
+        return self.layout.dims.get(dim, dim)
+
+    def level_values(self) -> np.ndarray:
+        lev = np.asarray(self.levels, dtype=np.int64)
+        return lev * 100 if self.layout.level_pa else lev
+
+    def coord_attrs(self, dim: str) -> dict[str, Any]:
+        """The source's attributes of a coordinate, CF's added where it had none."""
+        attrs = dict(_coord_attrs(dim))
+        if dim == "level" and self.layout.level_pa:
+            attrs["units"] = "Pa"
+        src = self.layout.coord_attrs.get(dim, {})
+        if dim == "time":  # the values are written (and decoded) afresh: keep only descriptions
+            src = {k: v for k, v in src.items() if k in ("long_name", "standard_name")}
+        return {**attrs, **src}
+
+    def global_attrs(self) -> dict[str, Any]:
+        """The source dataset's attributes, with ``Conventions`` (CF) where it had none."""
+        return {**self.layout.global_attrs,
+                "Conventions": self.layout.global_attrs.get("Conventions", CF_CONVENTIONS)}
+
     @property
     def variables(self) -> list[str]:
         return [self.out_name(v) for v in self.vars]
 
     def out_name(self, var: str) -> str:
-        return self.layout.names.get(var) or variable(var).long_name
+        return self.layout.names.get(var) or variable_by_name(var).wb2_name
 
     def _dims(self, var: str) -> tuple[str, ...]:
-        lev = ("level",) if variable(var).pressure else ()
-        return ("time", *self.sample_coords, *lev, "latitude", "longitude")
+        lev = ("level",) if variable_by_name(var).pressure else ()
+        return tuple(self.dim_name(d) for d in ("time", *self.sample_coords, *lev, "latitude",
+                                                "longitude"))
 
     def _shape(self, var: str) -> tuple[int, ...]:
-        lev = (len(self.levels),) if variable(var).pressure else ()
+        lev = (len(self.levels),) if variable_by_name(var).pressure else ()
         return (len(self.times), *self.sample_shape, *lev, self.lat.size, self.lon.size)
 
     def _var_attrs(self, var: str) -> dict[str, Any]:
-        v = variable(var)
-        return {"units": self.layout.units.get(var) or v.units, "long_name": v.long_name}
+        """The source variable's attributes verbatim; CF ones from the catalogue where missing."""
+        v = variable_by_name(var)
+        attrs = dict(self.layout.attrs.get(var, {}))
+        attrs["units"] = self.layout.units.get(var) or attrs.get("units") or v.units
+        attrs.setdefault("long_name", v.long_name)
+        if v.standard_name:
+            attrs.setdefault("standard_name", v.standard_name)
+        return attrs
 
     def _create_zarr(self) -> None:
         with fast_zarr(self._tmp):  # the arrays keep zarrs for every later write
             root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
-            write_time_coord(root, self.times)
-            for name, vals in [*self.sample_coords.items(),
-                               ("latitude", self.lat), ("longitude", self.lon)] + (
-                    [("level", np.asarray(self.levels, dtype=np.int64))] if self.levels else []):
-                a = root.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                      dimension_names=(name,), compressors=None, fill_value=0,
-                                      attributes=_coord_attrs(name))
+            secs = self.times.astype("datetime64[s]").astype(np.int64)
+            coords: list[tuple[str, np.ndarray, dict[str, Any]]] = [
+                (self.dim_name("time"), secs, {**self.coord_attrs("time"), "units": TIME_UNITS,
+                                               "calendar": "proleptic_gregorian"})]
+            coords += [(name, vals, {}) for name, vals in self.sample_coords.items()]
+            coords += [(self.dim_name(d), vals, self.coord_attrs(d))
+                       for d, vals in (("latitude", self.lat), ("longitude", self.lon))]
+            if self.levels:
+                coords.append((self.dim_name("level"), self.level_values(),
+                               self.coord_attrs("level")))
+            for name, vals, attrs in coords:
+                a = root.create_array(name, shape=vals.shape, chunks=vals.shape or (1,),
+                                      dtype=vals.dtype, dimension_names=(name,), compressors=None,
+                                      fill_value=0, attributes=attrs)
                 a[...] = vals
             self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
             for var in self.vars:
@@ -104,7 +147,7 @@ class FieldWriter:
                     self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
                     compressors=FIELD_CODEC, dimension_names=self._dims(var),
                     fill_value=float("nan"), attributes=self._var_attrs(var))
-            root.attrs["era5latent"] = self.attrs
+            root.attrs.update({**self.global_attrs(), "era5latent": self.attrs})
 
     def state(self) -> dict[str, Any] | None:
         """What another process needs to write into this Zarr output (None for NetCDF, which is
@@ -130,7 +173,7 @@ class FieldWriter:
         for var, chs in self.vars.items():
             first = block[chs[0]]
             nt = first.shape[0]
-            if variable(var).pressure:
+            if variable_by_name(var).pressure:
                 data = np.full((*first.shape[:-2], len(self.levels), *first.shape[-2:]), np.nan,
                                dtype=np.float32)
                 for c in chs:
@@ -165,21 +208,50 @@ class FieldWriter:
             self._ctx.__exit__(StoreError, StoreError("aborted"), None)
 
     def _write_netcdf(self) -> None:
-        import xarray as xr
-
-        coords: dict[str, Any] = {"time": self.times, **self.sample_coords,
-                                  "latitude": ("latitude", self.lat, _coord_attrs("latitude")),
-                                  "longitude": ("longitude", self.lon, _coord_attrs("longitude"))}
-        if self.levels:
-            coords["level"] = ("level", np.asarray(self.levels, dtype=np.int64), _coord_attrs("level"))
-        ds = xr.Dataset({self.out_name(v): (self._dims(v), self._mem[v], self._var_attrs(v))
-                         for v in self.vars}, coords=coords,
-                        attrs={f"era5latent_{k}": str(v) for k, v in self.attrs.items()})
+        ds = self.dataset()
+        ds.attrs = _netcdf_attrs({**self.global_attrs(),
+                                  **{f"era5latent_{k}": str(v) for k, v in self.attrs.items()}})
+        for name in ds.variables:
+            ds[name].attrs = _netcdf_attrs(ds[name].attrs)
         with atomic_file(self.out) as tmp:
             ds.to_netcdf(tmp, engine="h5netcdf")
 
+    def dataset(self, data: Mapping[str, Any] | None = None, times: np.ndarray | None = None
+                ) -> xr.Dataset:
+        """The fields as an ``xr.Dataset`` in the source's layout (NetCDF output, the Python API).
+
+        ``data`` (arrays by output name) and ``times`` replace the writer's own, for lazy output.
+        """
+        t = self.dim_name("time")
+        coords: dict[str, Any] = {t: (t, self.times if times is None else times,
+                                      self.coord_attrs("time")),
+                                  **self.sample_coords}
+        for d, vals in (("latitude", self.lat), ("longitude", self.lon)):
+            coords[self.dim_name(d)] = (self.dim_name(d), vals, self.coord_attrs(d))
+        if self.levels:
+            coords[self.dim_name("level")] = (self.dim_name("level"), self.level_values(),
+                                              self.coord_attrs("level"))
+        arrays = data if data is not None else {self.out_name(v): self._mem[v] for v in self.vars}
+        return xr.Dataset({self.out_name(v): (self._dims(v), arrays[self.out_name(v)],
+                                              self._var_attrs(v)) for v in self.vars},
+                          coords=coords, attrs={**self.global_attrs(), "era5latent": dict(self.attrs)})
+
+
+#: the CF version decoded outputs declare when the source declared none
+CF_CONVENTIONS = "CF-1.8"
+
 
 def _coord_attrs(name: str) -> dict[str, Any]:
-    return {"latitude": {"units": "degrees_north", "standard_name": "latitude"},
-            "longitude": {"units": "degrees_east", "standard_name": "longitude"},
-            "level": {"units": "hPa", "long_name": "pressure level"}}.get(name, {})
+    """CF attributes of the canonical coordinates (so cf-xarray finds X, Y, Z and T)."""
+    return {"latitude": {"units": "degrees_north", "standard_name": "latitude", "axis": "Y",
+                         "long_name": "latitude"},
+            "longitude": {"units": "degrees_east", "standard_name": "longitude", "axis": "X",
+                          "long_name": "longitude"},
+            "level": {"units": "hPa", "long_name": "pressure level", "standard_name": "air_pressure",
+                      "positive": "down", "axis": "Z"},
+            "time": {"standard_name": "time", "axis": "T"}}.get(name, {})
+
+
+def _netcdf_attrs(attrs: dict[Any, Any]) -> dict[Any, Any]:
+    """NetCDF has no boolean attributes: write them as 0/1."""
+    return {k: int(v) if isinstance(v, bool) else v for k, v in attrs.items()}

@@ -180,9 +180,11 @@ def atomic_file(path: str, overwrite: bool = True) -> Iterator[str]:
     except OSError as err:
         raise StoreError(f"cannot write in {parent}: {err.strerror}; choose a writable output") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
     try:
         yield tmp
+        # mkstemp makes 0600, and writers that replace the file (safetensors) keep that: give
+        # the finished file the mode of any other output
+        os.chmod(tmp, 0o666 & ~umask())
         if os.path.isdir(path):
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -249,7 +249,7 @@ def expected_lag1(name: str, level: int | None, step_hours: float) -> float:
     time step matches ERA5 at that step.
     """
     v = lookup_variable(name)
-    if v is None:
+    if v is None or v.name not in DEFAULT_VARIABLES:
         raise OptionError(f"unknown variable {name!r}: expected one of {', '.join(DEFAULT_VARIABLES)}")
     if step_hours <= 0:
         raise OptionError(f"time step {step_hours} h is not positive: expected a positive step")
@@ -528,6 +528,9 @@ def _spec(grid: object = (73, 144), times: int = 64, start: str = "2020-01-01T00
         if v is None:
             raise OptionError(f"unknown variable {name!r}: expected some of {', '.join(DEFAULT_VARIABLES)} "
                               f"(or their WB2 long names)")
+        if v.name not in DEFAULT_VARIABLES:
+            raise OptionError(f"variable {name!r} ({v.name}) has no calibration in the sample "
+                              f"generator: expected some of {', '.join(DEFAULT_VARIABLES)}")
         if v in chosen:
             raise OptionError(f"variable {name!r} is listed twice: list each variable once")
         chosen.append(v)
@@ -838,7 +841,7 @@ def make_sample(grid: tuple[int, int] = (73, 144), times: int = 64, start: str =
     for v in spec.variables:
         da = xr.Variable(_dims(v), arrays[v.name], _var_attrs(v))
         da.encoding["chunks"] = _chunks(spec, v)
-        data_vars[v.long_name] = da
+        data_vars[v.wb2_name] = da
     return xr.Dataset(data_vars, coords=_coords(spec), attrs=_attrs(spec))
 
 
@@ -854,11 +857,11 @@ def write_sample(path: str | os.PathLike[str], *, overwrite: bool = False, **kwa
 
         nt = len(spec.time)
         template = xr.Dataset(
-            {v.long_name: xr.Variable(_dims(v), dsa.zeros((nt, *_chunks(spec, v)[1:]), chunks=_chunks(spec, v),
+            {v.wb2_name: xr.Variable(_dims(v), dsa.zeros((nt, *_chunks(spec, v)[1:]), chunks=_chunks(spec, v),
                                                           dtype=np.float32), _var_attrs(v))
              for v in spec.variables},
             coords=_coords(spec), attrs=_attrs(spec))
-        encoding = {v.long_name: {"chunks": _chunks(spec, v)} for v in spec.variables}
+        encoding = {v.wb2_name: {"chunks": _chunks(spec, v)} for v in spec.variables}
         step_bytes = sum(4 * math.prod(_chunks(spec, v)) for v in spec.variables)
         block = max(1, min(nt, (64 << 20) // step_bytes))  # time steps buffered per write (1 on big grids)
         with warnings.catch_warnings():
@@ -868,7 +871,7 @@ def write_sample(path: str | os.PathLike[str], *, overwrite: bool = False, **kwa
 
         group = zarr.open_group(path, mode="r+", zarr_format=3)
         # arrays this function just wrote through to_zarr above
-        targets = {v.name: cast("zarr.Array[Any]", group[v.long_name]) for v in spec.variables}
+        targets = {v.name: cast("zarr.Array[Any]", group[v.wb2_name]) for v in spec.variables}
         pressure = {v.name: v.pressure for v in spec.variables}
         buf: dict[str, np.ndarray] = {}
         for i, name, field in _Engine(spec).steps():

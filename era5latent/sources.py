@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
 from era5latent.fsutil import fast_zarr, is_url
-from era5latent.variables import Channel, lookup_variable
+from era5latent.variables import Channel, lookup_variable, variable_by_name
 
 _TIME_DIMS = ("time", "valid_time")
 _LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa", "plev", "lev")
@@ -42,11 +43,26 @@ _NC_EXT = (".nc", ".nc4", ".netcdf", ".cdf", ".h5")
 class SourceLayout:
     """How the source laid its data out, so outputs can follow it (JSON-safe)."""
 
-    format: str  # "zarr" | "netcdf" | "grib"
+    format: str  # "zarr" | "netcdf" | "grib" | "xarray"
     names: dict[str, str]  # canonical short name -> source variable name
     units: dict[str, str]  # canonical short name -> source units attr
     lat_descending: bool
     lon_min: float  # the source's own longitude convention: its smallest longitude
+    #: canonical dim -> the source's name for it (``time`` -> ``valid_time``, ``level`` ->
+    #: ``pressure_level``); absent: the source used the canonical name
+    dims: dict[str, str] = field(default_factory=dict)
+    #: canonical short name -> the source variable's attributes, verbatim (JSON-safe ones)
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the source dataset's own attributes (JSON-safe ones)
+    global_attrs: dict[str, Any] = field(default_factory=dict)
+    #: which time the time axis holds: "valid" (reference + step) or "reference"
+    time_axis: str = "valid"
+    #: the forecast step selected with ``--step`` (hours), if any
+    step_hours: float | None = None
+    #: the source's pressure levels were in Pa (CMIP ``plev``); era5latent works in hPa
+    level_pa: bool = False
+    #: canonical coordinate (``time``, ``level``, ``latitude``, ``longitude``) -> its attributes
+    coord_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +70,23 @@ class SourceLayout:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceLayout:
         return cls(**d)
+
+
+def json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    """The attributes that survive JSON unchanged (strings, numbers, booleans, lists of them);
+    numpy scalars become Python ones, anything else is left out."""
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iufb":
+            v = v.tolist()
+        if isinstance(v, float) and not np.isfinite(v):
+            continue
+        if isinstance(v, (str, bool, int, float)) or (
+                isinstance(v, list) and all(isinstance(x, (str, bool, int, float)) for x in v)):
+            out[str(k)] = v
+    return out
 
 
 @dataclass
@@ -64,6 +97,8 @@ class Source:
     ds: xr.Dataset
     layout: SourceLayout
     sample_dims: tuple[str, ...] = field(default=())
+    #: how it was opened (``time_axis``, ``step``): workers that reopen the path pass them again
+    open_options: dict[str, Any] = field(default_factory=dict)
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -208,7 +243,29 @@ def iso(t: Any) -> str:
     return str(np.datetime_as_string(np.asarray(t).astype("datetime64[s]"), unit="s"))
 
 
+def _magic(path: str) -> str | None:
+    """What the first bytes of a local file say it is: grib, netcdf3, hdf5 (NetCDF 4) or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"GRIB"):
+        return "grib"
+    if head.startswith(b"CDF") and head[3:4] in (b"\x01", b"\x02", b"\x05"):
+        return "netcdf3"
+    if head.startswith(b"\x89HDF"):
+        return "hdf5"
+    return None
+
+
 def detect_format(path: str) -> str:
+    """zarr, netcdf or grib: a local file by its first bytes (a '.nc' download that is really
+    GRIB opens as GRIB), else by its name."""
+    if not is_url(path) and os.path.isfile(path):
+        magic = _magic(path)
+        if magic is not None:
+            return "grib" if magic == "grib" else "netcdf"
     low = path.rstrip("/").lower()
     if low.endswith(_GRIB_EXT):
         return "grib"
@@ -218,16 +275,47 @@ def detect_format(path: str) -> str:
         return "zarr"
     if os.path.isdir(path):
         return "zarr"
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            magic = f.read(8)
-        if magic.startswith(b"GRIB"):
-            return "grib"
-        if magic.startswith((b"\x89HDF", b"CDF")):
-            return "netcdf"
     raise SourceError(
         f"cannot tell the format of {path}: expected a Zarr store (.zarr), NetCDF (.nc) or GRIB "
         "(.grib); rename it with one of those extensions")
+
+
+#: xarray engines for NetCDF, in the order tried: h5netcdf reads NetCDF 4 (HDF5), scipy reads
+#: classic NetCDF 3 (CDS grib_to_netcdf, ERA-Interim), netCDF4 reads both where it is installed
+NETCDF_ENGINES = ("h5netcdf", "scipy", "netcdf4")
+
+
+def _netcdf_engines(path: str) -> list[str]:
+    """The engines to try for ``path``, those that can read its format first."""
+    import importlib.util
+
+    modules = {"h5netcdf": "h5netcdf", "scipy": "scipy", "netcdf4": "netCDF4"}
+    installed = [e for e in NETCDF_ENGINES if importlib.util.find_spec(modules[e]) is not None]
+    magic = None if is_url(path) else _magic(path)
+    preferred = {"netcdf3": ("scipy", "netcdf4"), "hdf5": ("h5netcdf", "netcdf4")}.get(magic or "")
+    if preferred:
+        return [e for e in preferred if e in installed] or installed
+    return installed
+
+
+def _open_netcdf(path: str) -> xr.Dataset:
+    engines = _netcdf_engines(path)
+    errors: list[str] = []
+    for engine in engines:
+        try:
+            ds: xr.Dataset = xr.open_dataset(path, engine=engine, chunks=None,
+                                             decode_timedelta=False)
+            return ds
+        except Exception as err:  # try the next engine; report them all if none reads it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            errors.append(f"{engine}: {first}")
+    kind = {"netcdf3": "classic NetCDF 3", "hdf5": "NetCDF 4 (HDF5)"}.get(
+        _magic(path) or "", "NetCDF")
+    if not engines:
+        raise SourceError(f"cannot read {path}: no NetCDF engine is installed; install scipy "
+                          "(classic NetCDF) or h5netcdf (NetCDF 4)")
+    raise SourceError(f"cannot read {path} as {kind} (tried {'; '.join(errors)}); check that the "
+                      "file is complete, or install netCDF4 to try its reader")
 
 
 def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr.Dataset:
@@ -243,8 +331,10 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
                                                   decode_timedelta=False)
                 return opened
         if fmt == "netcdf":
-            return xr.open_dataset(path, engine="h5netcdf", chunks=None, decode_timedelta=False)
+            return _open_netcdf(path)
         return _open_grib(path)
+    except SourceError:
+        raise
     except Exception as err:  # any reader failure means the file is unreadable to us
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceError(
@@ -262,26 +352,104 @@ def _open_grib(path: str) -> xr.Dataset:
         # several hypercubes (e.g. pressure and surface fields in one file): merge them
         parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
         parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
-                              if c in p.coords]) for p in parts]
+                              if c in p.coords and c not in p.dims]) for p in parts]
         merged: xr.Dataset = xr.merge(parts, compat="override", join="exact")
         return merged
 
 
 def _canonical_name(name: str, da: xr.DataArray) -> str | None:
+    """The catalogue name of a source variable: its own name, else what its GRIB or CF
+    attributes say it is (shortName, cfgrib name, paramId, long name)."""
     for candidate in (name, da.attrs.get("GRIB_shortName"), da.attrs.get("GRIB_cfVarName"),
-                      da.attrs.get("long_name", "").replace(" ", "_")):
-        if candidate:
+                      da.attrs.get("GRIB_paramId"), da.attrs.get("long_name", "")):
+        if candidate is not None and str(candidate).strip():
             v = lookup_variable(str(candidate))
             if v is not None:
+                if v.name == "z" and da.attrs.get("GRIB_typeOfLevel") == "surface":
+                    return "zs"  # geopotential on the surface: ERA5's orography
                 return v.name
     return None
 
 
-def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
-    """Bring any ERA5 layout into the canonical one (see module docstring)."""
-    ds = raw
-    # time: CDS 'valid_time' dim, or GRIB 'time' dim with a 'valid_time' coordinate
-    time_dim = next((d for d in _TIME_DIMS if d in ds.dims), None)
+TIME_AXES = ("valid", "reference")
+
+
+def parse_step(text: str) -> float:
+    """A forecast step as hours: ``6`` (hours), ``6h``, ``90min``, ``1d``, ``PT6H``."""
+    t = text.strip()
+    try:
+        hours = float(t) if t.replace(".", "", 1).isdigit() else \
+            pd.Timedelta(t).total_seconds() / 3600.0
+    except (ValueError, TypeError):
+        raise OptionError(f"--step {text!r}: expected a forecast step such as 6, 6h, 90min or "
+                          "PT6H") from None
+    if not np.isfinite(hours) or hours < 0:
+        raise OptionError(f"--step {text!r}: expected a step of zero or more hours")
+    return hours
+
+
+def _step_hours(step: xr.DataArray, path: str) -> np.ndarray:
+    vals = np.asarray(step.values)
+    if vals.dtype.kind == "m":
+        return np.asarray(vals / np.timedelta64(1, "h"), dtype=np.float64)
+    unit = str(step.attrs.get("units", "hours")).split(" since ")[0].strip().lower()
+    factor = {"hours": 1.0, "hour": 1.0, "h": 1.0, "minutes": 1 / 60, "minute": 1 / 60,
+              "seconds": 1 / 3600, "second": 1 / 3600, "s": 1 / 3600, "days": 24.0,
+              "day": 24.0}.get(unit)
+    if factor is None:
+        raise SourceError(f"{path}: forecast step in unknown units {unit!r}; expected hours, "
+                          "minutes, seconds or days")
+    return np.asarray(vals, dtype=np.float64) * factor
+
+
+def _fmt_hours(h: np.ndarray | float) -> str:
+    return ", ".join(f"{x:g}h" for x in np.atleast_1d(h))
+
+
+def _select_step(ds: xr.Dataset, path: str, step: str | None) -> tuple[xr.Dataset, float | None]:
+    if step is None:
+        return ds, None
+    want = parse_step(step)
+    if "step" not in ds.coords:
+        raise OptionError(f"--step {step}: {path} holds no forecast step (analyses); drop --step")
+    hours = _step_hours(ds["step"], path)
+    idx = np.flatnonzero(np.isclose(np.atleast_1d(hours), want))
+    if not idx.size:
+        raise OptionError(f"--step {step}: {path} holds step(s) {_fmt_hours(hours)}; choose "
+                          "one of them")
+    if "step" in ds.dims:
+        ds = ds.isel(step=int(idx[0]))
+    return ds, want
+
+
+def _flatten_steps(ds: xr.Dataset, path: str, time_dim: str) -> xr.Dataset:
+    """(reference time, step) -> one axis of valid times, in time order."""
+    if "valid_time" in ds.coords and set(ds["valid_time"].dims) == {time_dim, "step"}:
+        valid = ds["valid_time"].transpose(time_dim, "step").values.astype("datetime64[ns]")
+    else:
+        hours = _step_hours(ds["step"], path)
+        ref = np.asarray(ds[time_dim].values).astype("datetime64[ns]")
+        valid = ref[:, None] + (hours * 3.6e12).astype("timedelta64[ns]")[None, :]
+    flat = valid.reshape(-1)
+    uniq, counts = np.unique(flat, return_counts=True)
+    if np.any(counts > 1):
+        raise SourceError(
+            f"{path} holds forecasts whose valid times overlap ({iso(uniq[np.argmax(counts > 1)])} "
+            "comes from two reference times); pick one forecast step with --step, or use "
+            "--time-axis reference with --step")
+    st = ds.drop_vars([c for c in ds.coords if c in ("valid_time",) or
+                       (c not in ds.dims and {time_dim, "step"} & set(ds[c].dims))])
+    st = st.stack(_valid=(time_dim, "step"))
+    st = st.drop_vars(["_valid", time_dim, "step"]).assign_coords(_valid=flat)
+    order = np.argsort(flat, kind="stable")
+    out: xr.Dataset = st.isel(_valid=order).rename({"_valid": "valid_time"})
+    return out
+
+
+def _choose_time(ds: xr.Dataset, path: str, time_axis: str) -> tuple[xr.Dataset, str]:
+    """Make one time dimension ``time`` of the chosen kind; returns the dataset and the name of
+    the source coordinate whose values it holds (what decode calls the axis)."""
+    time_dim = next((d for d in (*_TIME_DIMS, "forecast_reference_time") if d in ds.dims), None)
     if time_dim is None:
         scalar = next((d for d in _TIME_DIMS if d in ds.coords and ds[d].ndim == 0), None)
         if scalar is None:
@@ -291,10 +459,66 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
         ds = ds.expand_dims(scalar)
         time_dim = scalar
     if "step" in ds.dims:
-        raise SourceError(f"{path} holds forecasts with a 'step' dimension; expected analyses "
-                          "(one time axis): select a single step first")
+        if time_axis == "reference":
+            hours = _step_hours(ds["step"], path)
+            raise OptionError(f"{path} holds forecast steps {_fmt_hours(hours)}: with --time-axis "
+                              "reference pick one with --step")
+        ds = _flatten_steps(ds, path, time_dim)
+        time_dim = "valid_time"
+    name = time_dim
+    want = "valid_time" if time_axis == "valid" else (
+        "time" if time_dim != "time" else "forecast_reference_time")
+    alt = ds.coords.get(want) if want != time_dim else None
+    if alt is not None and alt.dims in ((), (time_dim,)):
+        alt_vals = np.atleast_1d(np.asarray(alt.values)).astype("datetime64[ns]")
+        own = np.asarray(ds[time_dim].values).astype("datetime64[ns]")
+        if alt_vals.shape == own.shape and not np.array_equal(alt_vals, own):
+            ds = ds.assign_coords({time_dim: alt_vals})
+            name = want
+    elif time_axis == "reference" and time_dim == "valid_time" and "step" in ds.coords and \
+            np.any(_step_hours(ds["step"], path) != 0):
+        raise OptionError(f"--time-axis reference: {path} holds only valid times of forecasts "
+                          "(no reference time); use --time-axis valid")
     if time_dim != "time":
         ds = ds.drop_vars([c for c in ("time",) if c in ds.coords]).rename({time_dim: "time"})
+    return ds, name
+
+
+def _scalar_level_as_axis(ds: xr.Dataset) -> xr.Dataset:
+    """A single-level selection (scalar ``isobaricInhPa``/``level`` coordinate) as a one-level
+    axis of its pressure variables."""
+    if any(d in ds.dims for d in _LEVEL_DIMS):
+        return ds
+    lev = next((c for c in _LEVEL_DIMS if c in ds.coords and ds[c].ndim == 0), None)
+    if lev is None:
+        return ds
+    out: dict[str, xr.DataArray] = {}
+    for name, da in ds.data_vars.items():
+        canon = _canonical_name(str(name), da)
+        if canon is not None and variable_by_name(canon).pressure and lev in da.coords:
+            out[str(name)] = da.expand_dims(lev, axis=-3 if da.ndim >= 2 else 0)
+        else:
+            out[str(name)] = da.drop_vars(lev, errors="ignore")
+    return xr.Dataset(out, attrs=ds.attrs)
+
+
+def normalise(raw: xr.Dataset, path: str, fmt: str, *, time_axis: str = "valid",
+              step: str | None = None) -> Source:
+    """Bring any ERA5 layout into the canonical one (see module docstring).
+
+    ``time_axis``: ``valid`` (default) makes the valid time (reference time + step) the time
+    axis; a GRIB of several forecast steps then becomes one axis of valid times. ``reference``
+    keeps the forecast reference time (one step must then be chosen). ``step`` (``6h``) selects
+    one forecast step first.
+    """
+    axis = time_axis.strip().lower()
+    if axis not in TIME_AXES:
+        raise OptionError(f"--time-axis {time_axis!r}: expected valid or reference")
+    ds, step_hours = _select_step(raw, path, step)
+    ds, time_name = _choose_time(ds, path, axis)
+    ds = _scalar_level_as_axis(ds)
+    coord_attrs = {"time": json_attrs(raw[time_name].attrs) if time_name in raw.variables
+                   else {}}
     ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims], errors="ignore")
 
     renames: dict[str, str] = {}
@@ -302,6 +526,11 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
         found = next((d for d in cands if d in ds.dims), None)
         if found is not None and found != dim:
             renames[found] = dim
+    for found, dim in renames.items():
+        coord_attrs[dim] = json_attrs(ds[found].attrs) if found in ds.coords else {}
+    for dim in ("level", "latitude", "longitude"):
+        if dim in ds.coords and dim not in coord_attrs:
+            coord_attrs[dim] = json_attrs(ds[dim].attrs)
     ds = ds.rename(renames)
     for need in ("latitude", "longitude"):
         if need not in ds.dims or need not in ds.coords:
@@ -310,6 +539,7 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
 
     names: dict[str, str] = {}
     units: dict[str, str] = {}
+    var_attrs: dict[str, dict[str, Any]] = {}
     keep: dict[str, xr.DataArray] = {}
     for name, da in ds.data_vars.items():
         canon = _canonical_name(str(name), da)
@@ -317,8 +547,15 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
             continue
         if "time" not in da.dims:
             continue
+        if variable_by_name(canon).pressure and "level" not in da.dims:
+            if canon != "z":
+                continue  # a pressure variable without a level cannot be a channel
+            canon = "zs"  # geopotential without a level: the surface's (ERA5's orography)
+            if canon in keep:
+                continue
         names[canon] = str(name)
         units[canon] = str(da.attrs.get("units", ""))
+        var_attrs[canon] = json_attrs(da.attrs)
         keep[canon] = da
     if not keep:
         raise SourceError(
@@ -327,10 +564,12 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
     _check_units(path, units)
     ds = xr.Dataset(keep)
 
+    level_pa = False
     if "level" in ds.dims:
         lev = np.asarray(ds["level"].values, dtype=np.float64)
         if "plev" in renames or (lev.size and lev.max() > 2000):  # Pa -> hPa
             lev = lev / 100.0
+            level_pa = True
         ds = ds.assign_coords(level=np.rint(lev).astype(np.int64))
 
     _check_time(path, ds)
@@ -340,13 +579,19 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
     if not lat_desc:
         ds = ds.isel(latitude=slice(None, None, -1))
     ds = _normalise_longitude(ds, lon)
-    layout = SourceLayout(fmt, names, units, lat_desc, float(lon.min()) if lon.size else 0.0)
+    dims = {"time": time_name} if time_name != "time" else {}
+    dims.update({dim: found for found, dim in renames.items()})
+    layout = SourceLayout(fmt, names, units, lat_desc, float(lon.min()) if lon.size else 0.0,
+                          dims=dims, attrs=var_attrs, global_attrs=json_attrs(raw.attrs),
+                          time_axis=axis, step_hours=step_hours, level_pa=level_pa,
+                          coord_attrs={k: v for k, v in coord_attrs.items() if v})
 
     sample_dims = tuple(
         str(d) for d in ds.dims if d not in ("time", "level", "latitude", "longitude"))
     order = ("time", *sample_dims, "level", "latitude", "longitude")
     ds = ds.transpose(*[d for d in order if d in ds.dims])
-    return Source(path=path, ds=ds, layout=layout, sample_dims=sample_dims)
+    return Source(path=path, ds=ds, layout=layout, sample_dims=sample_dims,
+                  open_options={"time_axis": axis, "step": step})
 
 
 def _normalise_longitude(ds: xr.Dataset, lon: np.ndarray) -> xr.Dataset:
@@ -389,12 +634,14 @@ def _check_units(path: str, units: dict[str, str]) -> None:
             "multiply by 9.80665 and set units to 'm2 s-2'")
 
 
-def open_source(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
-                ) -> Source:
-    """Open any supported ERA5 source (local path or fsspec URL) and normalise it."""
+def open_source(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+                *, time_axis: str = "valid", step: str | None = None) -> Source:
+    """Open any supported ERA5 source (local path or fsspec URL) and normalise it.
+
+    ``time_axis`` and ``step``: see :func:`normalise`."""
     p = os.fspath(path)
     fmt = detect_format(p)
-    return normalise(_open_raw(p, fmt, storage_options), p, fmt)
+    return normalise(_open_raw(p, fmt, storage_options), p, fmt, time_axis=time_axis, step=step)
 
 
 def check_finite(values: np.ndarray, what: str) -> None:

@@ -249,3 +249,27 @@ def test_tiny_preset_learns_better_than_the_mean(tmp_path: Path) -> None:
     val = read_meta(str(model)).training["val_mse"]
     # predicting each channel's mean scores ~1.0 in these z-score units
     assert val < 0.3, val
+
+
+def test_version_and_quiet_and_progress_lines(sample_zarr, tiny_model, tmp_path) -> None:
+    """--version prints it; without a terminal, progress is one-line records on stderr (rate,
+    percentage); --quiet silences them."""
+    import era5latent
+    from era5latent import cli
+
+    res = run_cli("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"era5latent {era5latent.__version__}"
+    base = ("encode", sample_zarr, "--model", tiny_model, "--subset", "z500", "--device", "cpu",
+            "--time-chunk", "8")
+    every = cli.PROGRESS_EVERY_S
+    cli.PROGRESS_EVERY_S = 0.0  # a record at every update
+    try:
+        res = run_cli(*base, "--out", tmp_path / "a.zarr")
+        assert res.exit_code == 0, res.stderr
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith("encode: ")]
+        assert lines and lines[-1].startswith("encode: 100.0% (24/24 samples)"), res.stderr
+        assert all("samples/s" in ln for ln in lines)
+        res = run_cli("--quiet", *base, "--out", tmp_path / "b.zarr")
+        assert res.exit_code == 0 and res.stderr == ""
+    finally:
+        cli.PROGRESS_EVERY_S = every

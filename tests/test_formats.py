@@ -81,3 +81,13 @@ def test_latent_store_of_newer_version_is_refused(tmp_path: Path) -> None:
     h.attrs["title"] = "some ERA5"
     with pytest.raises(StoreError, match="not an era5latent latent store"):
         open_latent_store(str(tmp_path / "plain.zarr"))
+
+
+def test_checkpoints_get_the_mode_of_any_other_output(tiny_model: Path) -> None:
+    """Written through a temporary file that safetensors recreates (0600); the finished
+    checkpoint is 0666 less the umask, like every other output."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(tiny_model).st_mode & 0o777 == 0o666 & ~mask

@@ -36,3 +36,24 @@ def test_doc_examples_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         table = [ln.split() for ln in out.splitlines() if ln.startswith(("forecast", "persistence"))]
         assert len(table) == 2 and all(len(row) == 5 for row in table), out
     assert took < 300, f"{doc} took {took:.0f} s; keep the examples small"
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             sample_zarr: Path, tiny_model: Path) -> None:
+    """README's Python block, as written, on the files its quick start makes."""
+    import xarray as xr
+
+    from .conftest import run_cli
+
+    readme = DOCS.parent / "README.md"
+    (block,) = python_blocks(readme)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.zarr").symlink_to(sample_zarr)
+    (tmp_path / "wla.safetensors").symlink_to(tiny_model)
+    res = run_cli("encode", "demo.zarr", "--model", "wla.safetensors", "--subset", "z500,t850",
+                  "--out", "latent.zarr", "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    namespace: dict[str, object] = {"__name__": "readme"}
+    exec(compile(block, f"{readme}:python", "exec"), namespace)  # noqa: S102 -- our own README
+    assert isinstance(namespace["codes"], xr.Dataset) and isinstance(namespace["fields"], xr.Dataset)

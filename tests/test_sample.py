@@ -16,7 +16,7 @@ from era5latent.sample import (TARGETS, expected_lag1, make_sample, mid_band, pa
                                write_sample, zonal_slope)
 from era5latent.variables import VARIABLES, WB2_LEVELS
 
-LONG = {v.name: v.long_name for v in VARIABLES}
+LONG = {v.name: v.wb2_name for v in VARIABLES}
 PRESSURE = ("z", "t", "u", "v", "q")
 SURFACE = ("t2m", "u10", "v10", "msl")
 
@@ -173,6 +173,7 @@ def test_option_handling() -> None:
 
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(variables=("z", "zz")), "unknown variable"),
+    (dict(variables=("z", "tp")), "no calibration"),
     (dict(variables=("z", "geopotential")), "twice"),
     (dict(variables=()), "no variables"),
     (dict(levels=(500, 500)), "twice"),

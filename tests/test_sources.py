@@ -150,3 +150,25 @@ def test_a_damaged_source_chunk_is_a_clear_error(tmp_path: Path, zarrs: str,
         src.read(parse_subset("z500,t2m"), 0, 4)
     np.testing.assert_array_equal(src.read(parse_subset("t2m"), 0, 4)[:, 0],  # the rest reads
                                   wb2_dataset(nt=4)["2m_temperature"].values)
+
+
+def test_new_catalogue_variables_open_by_any_name(tmp_path: Path) -> None:
+    """sp, tp, w, r, the 100 m wind (cfgrib's u100), the surface geopotential and a variable
+    known only by its GRIB paramId attribute all open as their catalogue channels."""
+    ref = wb2_dataset()
+    lev = ref["geopotential"]
+    sfc = ref["2m_temperature"]
+    ds = xr.Dataset({
+        "sp": sfc * 360.0, "tp": sfc * 0 + 1e-3, "w": lev * 0 + 0.1, "r": lev * 0 + 50.0,
+        "u100": sfc - 280.0, "z": sfc * 0 + 500.0,
+        "var_x": (sfc.dims, (sfc * 0 + 1.0).values, {"GRIB_paramId": 172}),
+    }).drop_vars("z").assign(z=(sfc.dims, (sfc * 0 + 500.0).values, {"units": "m2 s-2"}))
+    ds = ds.rename({"time": "valid_time", "level": "pressure_level"})
+    path = tmp_path / "cds.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    src = open_source(path)
+    assert src.layout.names == {"sp": "sp", "tp": "tp", "w": "w", "r": "r", "u100m": "u100",
+                                "lsm": "var_x", "zs": "z"}
+    x = src.read(parse_subset("sp,tp,w500,r_850,100u,lsm,zs"), 0, 1)
+    np.testing.assert_allclose(x[0, [1, 2, 3, 5, 6]].mean(axis=(1, 2)), [1e-3, 0.1, 50.0, 1.0, 500.0],
+                               rtol=1e-6)
