@@ -41,7 +41,7 @@ class PatchDiscriminator(nn.Module):
         layers.append(nn.Conv2d(ch, 1, 3, 1, 1))
         self.body = nn.Sequential(*layers)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.pvum.weight_head.weight, 0.0, 1.0)  # generated 1x1 weights ~0.01

@@ -528,19 +528,19 @@ def bsq_entropy(u: Tensor, *, form: str = "era5latent", temperature: float, w_sa
     """
     K = u.shape[-1]
     u = u.float().flatten(0, -2)  # (N, K)
-    if form == "era5latent":
-        p = torch.sigmoid(2.0 * temperature * u * math.sqrt(K))
-        log, reduce, scale = torch.log2, torch.mean, 1.0
-    elif form == "upstream":
-        p = torch.sigmoid(4.0 * temperature * u / math.sqrt(K))
-        log, reduce, scale = torch.log, torch.sum, 1.0 / temperature
-    else:
+    if form not in ("era5latent", "upstream"):
         raise OptionError(f"BSQ entropy form {form!r}: expected era5latent or upstream")
+    ours = form == "era5latent"
+    p = torch.sigmoid(2.0 * temperature * u * math.sqrt(K) if ours
+                      else 4.0 * temperature * u / math.sqrt(K))
+    log = torch.log2 if ours else torch.log
+    scale = 1.0 if ours else 1.0 / temperature
     pbar = p.mean(0)
     if batch_mean is not None:
         pbar = batch_mean(pbar)
-    sample = reduce(_binary_entropy(p, log), dim=-1).mean()
-    codebook = reduce(_binary_entropy(pbar, log), dim=-1)
+    h_sample, h_codebook = _binary_entropy(p, log), _binary_entropy(pbar, log)
+    sample = (h_sample.mean(-1) if ours else h_sample.sum(-1)).mean()
+    codebook = h_codebook.mean(-1) if ours else h_codebook.sum(-1)
     return {"entropy_sample": sample, "entropy_codebook": codebook,
             "bsq": (w_sample * sample - w_codebook * codebook) * scale}
 

@@ -123,12 +123,12 @@ def spawn(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
     A rank that fails with a library error prints it (rank 0 only) and the whole run ends with
     that error's exit code; raises ``SystemExit``.
     """
-    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessExitedException, start_processes
 
     if nproc < 1:
         raise OptionError(f"--nproc {nproc}: expected a positive number of processes")
     try:
-        mp.start_processes(_child, args=(nproc, free_port(), fn, args), nprocs=nproc,
-                           start_method="spawn")
-    except mp.ProcessExitedException as err:
+        start_processes(_child, args=(nproc, free_port(), fn, args), nprocs=nproc,
+                        start_method="spawn")
+    except ProcessExitedException as err:
         raise SystemExit(err.exit_code or 1) from None

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -365,7 +365,7 @@ class Trainer:
         units, through the binary codes (what encode/decode will give), with the EMA weights
         when they are kept."""
         assert self.val_reader is not None
-        model = self.ema.module if self.ema is not None else self.model
+        model = cast(WLA, self.ema.module if self.ema is not None else self.model)
         model.eval()
         sq: dict[str, float] = {c.code: 0.0 for c in self.channels}
         n = 0
@@ -517,7 +517,7 @@ def _last_layer(ae: nn.Module) -> Tensor:
 def _no_sync(module: nn.Module, skip_sync: bool) -> Any:
     """DDP's no_sync for all but the last accumulation step (nothing to do in one process)."""
     inner = getattr(module, "_orig_mod", module)
-    if skip_sync and hasattr(inner, "no_sync"):
+    if skip_sync and isinstance(inner, nn.parallel.DistributedDataParallel):
         return inner.no_sync()
     return contextlib.nullcontext()
 

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ def _mean_across_ranks(t: Tensor) -> Tensor:
 
         with warnings.catch_warnings():  # its successor in _functional_collectives is private
             warnings.simplefilter("ignore", FutureWarning)
-            return all_reduce(t) / dist.get_world_size()
+            return cast(Tensor, all_reduce(t)) / dist.get_world_size()
     return t
 
 
