@@ -593,11 +593,19 @@ class WLAOutput:
 class WLA(nn.Module):
     """The Weather Latent Autoencoder: one :class:`GroupAutoencoder` per group."""
 
-    def __init__(self, config: WLAConfig) -> None:
+    def __init__(self, config: WLAConfig, *, init_weights: bool = True) -> None:
+        """``init_weights=False`` skips era5latent's random initialisers: for a model built on
+        the meta device whose weights come from a file (:func:`checkpoint.load_checkpoint`)."""
         super().__init__()
         config._validate()  # a config is validated on creation; this guards hand-made copies
         self.config = config
         self.autoencoders = nn.ModuleDict({g: GroupAutoencoder(config) for g in config.groups})
+        if init_weights:
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """Random initialisation (truncated normal, GPT-2 scaled residual outputs, PVUM heads)."""
+        config = self.config
         self.apply(_init_weights)
         for name, p in self.named_parameters():  # GPT-2 style scaled init of residual outputs
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
