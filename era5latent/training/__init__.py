@@ -1,0 +1,1 @@
+"""Training (the lead writes this package; only ``memory`` lives here so far)."""
