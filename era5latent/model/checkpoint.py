@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from era5latent import __version__
@@ -129,8 +129,6 @@ def read_meta(path: str) -> CheckpointMeta:
     if not os.path.isfile(path):
         raise CheckpointError(f"no such checkpoint: {path}; train one with 'era5latent train'")
     try:
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as f:
             header = (f.metadata() or {}).get(HEADER_KEY)
     except (SafetensorError, OSError, ValueError) as err:
@@ -142,27 +140,66 @@ def read_meta(path: str) -> CheckpointMeta:
     return CheckpointMeta.from_json(header, path)
 
 
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors header alone (nothing is read or allocated)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the weight index ({err}); the file is "
+                              "truncated or damaged") from None
+
+
+def _names(keys: list[str]) -> str:
+    return f"{keys[:5]}{'...' if len(keys) > 5 else ''}"
+
+
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a checkpoint strictly: every weight present, nothing unexpected, shapes equal."""
+    """Load a checkpoint strictly: every weight present, nothing unexpected, shapes equal.
+
+    The model is built on the meta device without its random initialisers, its parameter shapes
+    are checked against the safetensors header before any weight is read (so a config that
+    claims huge sizes fails at once, without allocating them), and the parameters then *are* the
+    tensors read from the file (``load_state_dict(assign=True)``): one copy of the weights, no
+    initialisation cost.
+    """
     meta = read_meta(path)
+    with torch.device("meta"):
+        model = WLA(meta.config, init_weights=False)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = _file_shapes(path)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match its config: missing {_names(missing)}, "
+            f"unexpected {_names(unexpected)}; the file is damaged or was not written by "
+            f"era5latent")
+    bad = [f"{k} {shapes[k]} (config: {expected[k]})" for k in expected
+           if shapes[k] != expected[k]]
+    if bad:
+        raise CheckpointError(f"{path}: weight shapes differ from its config for "
+                              f"{'; '.join(bad[:3])}{'...' if len(bad) > 3 else ''}; the file "
+                              f"is damaged or was not written by era5latent")
     try:
         tensors = load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read weights ({err}); the file is truncated or "
                               "damaged") from None
-    model = WLA(meta.config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match its config: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{'...' if len(unexpected) > 5 else ''}")
-    bad = [k for k in expected if tuple(expected[k].shape) != tuple(tensors[k].shape)]
-    if bad:
-        raise CheckpointError(f"{path}: weight shapes differ from its config for {bad[:5]}")
-    model.load_state_dict(tensors, strict=True)
+    params = dict(model.state_dict())
+    for k, t in tensors.items():
+        want = params[k].dtype
+        if t.dtype != want:
+            if not t.dtype.is_floating_point:
+                raise CheckpointError(f"{path}: weight {k} has dtype {t.dtype}, expected "
+                                      f"{want}; the file is damaged or was not written by "
+                                      f"era5latent")
+            tensors[k] = t.to(want)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # a non-persistent buffer would need recomputing here; the WLA has none
+        raise CheckpointError(f"{path}: model tensors {_names(left)} are not in the file and "
+                              "cannot be rebuilt; this era5latent cannot load it")
     model.eval().to(device)
     return LoadedModel(model, meta, file_sha256(path), path)
 

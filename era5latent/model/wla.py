@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ def _coerce_field(name: str, value: Any) -> Any:
 
 
 #: Architecture presets; geometry (grid, groups) comes from the data. Token grids:
-#: tiny/small on 73x144 -> 9x18; paper on 721x1440 -> 72x144 (kernel 15x14).
+#: tiny/small on 73x144 -> 9x18, on 721x1440 -> 90x180; paper on 721x1440 -> 72x144 (kernel 15x14).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(patch_stride=8, patch_padding=2, width=64, enc_depth=2, dec_depth=2, heads=4,
                  feat_dim=32, meta_dim=32),
@@ -280,6 +281,55 @@ def _paper_windows(token_grid: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     return ((h // 2, w // 4), (h // 4, w // 2), (h, w // 8))
 
 
+#: tiny and small attend globally up to this many tokens per frame, and in windows of at most
+#: this many tokens above it, so that encode cost grows linearly with the grid.
+WINDOW_TOKENS = 2048
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _grid_windows(token_grid: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """Window cycle for tiny and small, derived from the token grid.
+
+    ``()`` (global attention) up to :data:`WINDOW_TOKENS` tokens. Above, the paper's three window
+    shapes -- square, 4x wider than tall, 4x taller than wide (token units) -- with sides
+    dividing the grid and WINDOW_TOKENS / 16 to WINDOW_TOKENS tokens each: the cycle minimising
+    the sum of ``|log2(area / WINDOW_TOKENS)| + |log2(aspect / target aspect)|`` over its three
+    windows among each shape's 12 best (duplicates dropped).
+    Since these presets have no global block, the cycle must let tokens reach the whole grid:
+    the least common multiple of its window heights must be h and of its widths w (no border
+    shared by every window). On 90x180 tokens (721x1440, stride 8): (45, 45), (18, 90), (90, 20).
+    Sides without convenient divisors (e.g. primes: no such cycle) get axial row and column
+    strips (1, w), (h, 1) instead; if a strip itself is longer than WINDOW_TOKENS, global
+    attention.
+    """
+    h, w = token_grid
+    if h * w <= WINDOW_TOKENS:
+        return ()
+    pairs = [(a, b) for a in _divisors(h) for b in _divisors(w)
+             if WINDOW_TOKENS // 16 <= a * b <= WINDOW_TOKENS]
+
+    def score(p: tuple[int, int], aspect: float) -> float:
+        return abs(math.log2(p[0] * p[1] / WINDOW_TOKENS)) + abs(math.log2(p[1] / p[0] / aspect))
+
+    # the 12 best windows per shape, then the best-scoring connected cycle among them
+    ranked = [sorted(pairs, key=lambda p: (score(p, r), p))[:12] for r in (1.0, 4.0, 0.25)]
+    best: tuple[float, tuple[tuple[int, int], ...]] | None = None
+    for cycle in itertools.product(*ranked):
+        # With no global block, tokens reach across the grid only if no window border is shared
+        # by every window of the cycle: the sides' least common multiples are the grid's sides.
+        if math.lcm(*(a for a, _ in cycle)) != h or math.lcm(*(b for _, b in cycle)) != w:
+            continue
+        total = sum(score(p, r) for p, r in zip(cycle, (1.0, 4.0, 0.25)))
+        if best is None or total < best[0]:
+            best = (total, cycle)
+    if best is None:
+        return ((1, w), (h, 1)) if max(h, w) <= WINDOW_TOKENS else ()
+    return tuple(dict.fromkeys(best[1]))  # duplicates dropped, order kept
+
+
 def preset_config(preset: str, grid: tuple[int, int], groups: tuple[str, ...],
                   **overrides: Any) -> WLAConfig:
     """A validated config for ``preset`` on ``grid``; ``overrides`` replace any preset field.
@@ -287,8 +337,11 @@ def preset_config(preset: str, grid: tuple[int, int], groups: tuple[str, ...],
     ``custom`` starts from ``tiny`` and is meant to be given overrides.
 
     The ``paper`` preset takes the paper's window cycle, scaled to the token grid where it divides
-    (on 721x1440 exactly the paper's), else global attention; an explicit ``windows`` override is
-    used as given and must divide the token grid. Raises :class:`OptionError`.
+    (on 721x1440 exactly the paper's), else global attention, with every 4th block global.
+    ``tiny`` and ``small`` attend globally up to :data:`WINDOW_TOKENS` tokens per frame and in
+    :func:`_grid_windows` above it, with no global block (``global_every`` past the depth), so
+    their cost grows linearly with the grid. An explicit ``windows`` override is used as given
+    and must divide the token grid. Raises :class:`OptionError`.
     """
     if preset not in PRESETS and preset != "custom":
         raise OptionError(f"unknown preset {preset!r}: expected one of "
@@ -300,10 +353,15 @@ def preset_config(preset: str, grid: tuple[int, int], groups: tuple[str, ...],
                           f"{sorted(fields - {'preset', 'grid', 'groups'})}")
     base = dict(PRESETS["tiny" if preset == "custom" else preset])
     base.update(overrides)
-    if preset == "paper" and "windows" not in overrides:
+    if preset != "custom" and "windows" not in overrides:
         stride, padding = base["patch_stride"], base["patch_padding"]
         token_grid = patch_geometry(tuple(grid), stride, padding)[0]  # type: ignore[arg-type]
-        base["windows"] = _paper_windows(token_grid)
+        if preset == "paper":
+            base["windows"] = _paper_windows(token_grid)
+        else:  # tiny, small: windows only, no global block (cost linear in the grid)
+            base["windows"] = _grid_windows(token_grid)
+            if base["windows"] and "global_every" not in overrides:
+                base["global_every"] = max(base["enc_depth"], base["dec_depth"]) + 1
     # callers may pass a list (e.g. read back from JSON); WLAConfig checks its length
     return WLAConfig(preset=preset, grid=cast("tuple[int, int]", tuple(grid)),
                      groups=tuple(groups), **base)
@@ -652,11 +710,19 @@ class WLAOutput:
 class WLA(nn.Module):
     """The Weather Latent Autoencoder: one :class:`GroupAutoencoder` per group."""
 
-    def __init__(self, config: WLAConfig) -> None:
+    def __init__(self, config: WLAConfig, *, init_weights: bool = True) -> None:
+        """``init_weights=False`` skips era5latent's random initialisers: for a model built on
+        the meta device whose weights come from a file (:func:`checkpoint.load_checkpoint`)."""
         super().__init__()
         config._validate()  # a config is validated on creation; this guards hand-made copies
         self.config = config
         self.autoencoders = nn.ModuleDict({g: GroupAutoencoder(config) for g in config.groups})
+        if init_weights:
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """Random initialisation (truncated normal, GPT-2 scaled residual outputs, PVUM heads)."""
+        config = self.config
         self.apply(_init_weights)
         for name, p in self.named_parameters():  # GPT-2 style scaled init of residual outputs
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
