@@ -277,6 +277,12 @@ def train_cmd(
     log_every: Annotated[int, typer.Option(min=1, help="Steps between log records.")] = 10,
     anonymous: Annotated[bool, typer.Option(
         "--anonymous", help="Read a public s3:// or gs:// bucket without credentials.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the memory one step needs per rank (weights, optimizer, saved "
+                          "activations, measured on fake tensors) and the largest batch that "
+                          "fits --memory-budget; train nothing.")] = False,
+    memory_budget: Annotated[float, typer.Option(
+        help="GB of device memory per rank, for --dry-run's largest batch.")] = 80.0,
 ) -> None:
     """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
     from era5latent.sources import open_source
@@ -297,6 +303,9 @@ def train_cmd(
         ema=ema, quantizer=quantizer, precision=precision,
         checkpoint_activations=checkpoint_activations, grad_accum=grad_accum, compile=compile_,
         log_dir=str(log_dir) if log_dir else None, log_every=log_every)
+    if dry_run:
+        _dry_run(open_source(data, storage), channels, opts, nproc, memory_budget)
+        return
     if nproc > 1:
         if world_from_env().distributed:
             raise OptionError("--nproc starts its own processes; under torchrun leave it out")
@@ -306,6 +315,43 @@ def train_cmd(
         spawn(nproc, _train_rank, data, channels, str(out), opts, storage)
     else:
         _train_rank(data, channels, str(out), opts, storage)
+
+
+def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: int,
+             budget_gb: float) -> None:
+    """``train --dry-run``: the memory of one step per rank, and the batch that fits."""
+    from era5latent.model.discriminator import PatchDiscriminator
+    from era5latent.model.wla import preset_config
+    from era5latent.sources import Source
+    from era5latent.training import TrainOptions
+    from era5latent.training.memory import estimate_memory, flops, largest_batch
+    from era5latent.variables import group_channels
+
+    assert isinstance(opts, TrainOptions) and isinstance(source, Source)
+    opts.validate(nproc)
+    groups = group_channels(channels)  # type: ignore[arg-type]
+    if opts.group is not None:
+        groups = {opts.group: groups[opts.group]} if opts.group in groups else {}
+    config = preset_config(opts.preset, source.grid, tuple(groups), **opts.overrides)
+    disc = (sum(p.numel() for p in PatchDiscriminator(config.meta_dim, config.feat_dim).parameters())
+            if opts.adversarial_weight > 0 else 0)
+    micro = opts.batch_size // (nproc * opts.grad_accum)
+    kw = dict(checkpoint_activations=opts.checkpoint_activations,
+              precision="bf16" if opts.precision in ("auto", "bf16") else "fp32",
+              ema=opts.ema > 0, discriminator_params=disc,
+              channels=max(len(c) for c in groups.values()))
+    est = estimate_memory(config, micro, **kw)  # type: ignore[arg-type]
+    fits = largest_batch(config, int(budget_gb * 1e9), **kw)
+    f = flops(config, kw["channels"])  # type: ignore[arg-type]
+    _echo(f"{opts.preset} preset on {config.grid[0]} x {config.grid[1]}, groups "
+          f"{', '.join(groups)}, {est.precision} autocast, activation checkpointing "
+          f"{'on' if opts.checkpoint_activations else 'off'}; per rank: batch {micro} "
+          f"(global {opts.batch_size} over {nproc} rank(s) x {opts.grad_accum} accumulation)")
+    for label, nbytes in est.rows():
+        _echo(f"  {label:<58} {nbytes / 2**30:9.2f} GiB")
+    _echo(f"largest batch per rank in {budget_gb:g} GB: {fits}; per sample and group: "
+          f"{f['encode'] / 1e12:.2f} TFLOP to encode, {f['decode'] / 1e12:.2f} TFLOP to decode "
+          f"(a training step is about 3x encode + decode)")
 
 
 def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,

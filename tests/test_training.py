@@ -178,3 +178,18 @@ def test_tiny_preset_with_the_defaults_learns_better_than_the_mean(tmp_path: Pat
     val = read_meta(str(out)).training["val_mse"]
     assert val < 0.3, val  # predicting each channel's mean scores ~1.0 in z-units
     assert np.isfinite(val)
+
+
+def test_dry_run_prints_the_memory_and_writes_nothing(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    res = run_cli("train", data, "--subset", SUBSET, "--out", out, "--dry-run", "--batch-size",
+                  "4", "--memory-budget", "1")
+    assert res.exit_code == 0, res.stderr
+    assert "saved activations (one group, batch 4)" in res.stdout
+    assert "largest batch per rank in 1 GB" in res.stdout
+    assert not out.exists()
+    with_ckpt = run_cli("train", data, "--subset", SUBSET, "--out", out, "--dry-run",
+                        "--batch-size", "4", "--checkpoint-activations")
+    line = [ln for ln in res.stdout.splitlines() if "saved activations" in ln][0]
+    line_ck = [ln for ln in with_ckpt.stdout.splitlines() if "saved activations" in ln][0]
+    assert float(line_ck.split()[-2]) <= float(line.split()[-2])
