@@ -342,7 +342,7 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
               channels=max(len(c) for c in groups.values()))
     est = estimate_memory(config, micro, **kw)  # type: ignore[arg-type]
     fits = largest_batch(config, int(budget_gb * 1e9), **kw)
-    f = flops(config, kw["channels"])  # type: ignore[arg-type]
+    f = flops(config, kw["channels"])
     _echo(f"{opts.preset} preset on {config.grid[0]} x {config.grid[1]}, groups "
           f"{', '.join(groups)}, {est.precision} autocast, activation checkpointing "
           f"{'on' if opts.checkpoint_activations else 'off'}; per rank: batch {micro} "
