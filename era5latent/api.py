@@ -413,17 +413,30 @@ def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *
           steps: int = 300, batch_size: int = 8, lr: float | None = None, device: str = "auto",
           time_range: str | None = None, val_fraction: float = 0.1, checkpoint_every: int = 100,
           patch_stride: int | None = None, seed: int = 0, resume: bool = False,
-          progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int, float], None] | None = None,
+          **options: Any) -> TrainResult:
     """``era5latent train``: train a WLA on ``subset`` of ``data`` and write it to ``out``.
 
-    (Not named ``train``: that is the ``era5latent.train`` module, which would shadow it.)
+    ``options`` are the other :class:`era5latent.training.TrainOptions` fields, named as the
+    CLI's options are (``workers``, ``group``, ``level_weights``, ``adversarial_weight``,
+    ``disc_start``, ``ema``, ``quantizer``, ``precision``, ``checkpoint_activations``,
+    ``grad_accum``, ``log_dir``, ...). Run inside ``torchrun`` it trains data-parallel.
+    (Not named ``train``: that would shadow the ``era5latent.training`` verb's name.)
     """
+    import dataclasses
+
     from era5latent.training import train as run_train
 
+    known = {f.name for f in dataclasses.fields(TrainOptions)} - {"overrides"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(f"train_model got unknown options {unknown}; expected some of "
+                          f"{sorted(known)}")
     opts = TrainOptions(preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device,
                         time_range=time_range, val_fraction=val_fraction, resume=resume,
                         seed=seed, checkpoint_every=checkpoint_every,
-                        overrides={"patch_stride": patch_stride} if patch_stride else {})
+                        overrides={"patch_stride": patch_stride} if patch_stride else {},
+                        **options)
     return run_train(_source(data), _channels(subset), os.fspath(out), opts, progress=progress)
 
 

@@ -244,7 +244,8 @@ def train_cmd(
         min=1, help="Override the preset's patch stride (tokens = grid / stride).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue training OUT from its last checkpoint (any world size).")] = False,
+        "--resume", help="Continue training OUT from its last checkpoint (any world size); start "
+                    "afresh while OUT does not exist yet (a batch job's first run).")] = False,
     group: Annotated[Optional[str], typer.Option(
         help="Train only this variable group (z, t, ..., surface); 'era5latent combine' joins "
              "groups trained apart.", show_default=False)] = None,

@@ -85,7 +85,7 @@ def test_each_option_resumes_to_the_uninterrupted_state(data: Path, tmp_path: Pa
                                                        extra: tuple[str, ...]) -> None:
     full, cut = tmp_path / "full.safetensors", tmp_path / "cut.safetensors"
     _train(data, full, 4, *extra)
-    _train(data, cut, 2, *extra)  # a run stopped after its checkpoint at step 2 ...
+    _train(data, cut, 2, "--resume", *extra)  # nothing to resume: a fresh run, stopped at 2 ...
     _train(data, cut, 4, "--resume", *extra)  # ... and continued
     a, b = load_file(str(full)), load_file(str(cut))
     for k in a:

@@ -148,7 +148,7 @@ class Trainer:
 
         state: dict[str, Any] | None = None
         tensors: dict[str, Tensor] = {}
-        if opts.resume:
+        if opts.resume and os.path.exists(out):  # nothing written yet: a fresh start
             stats, state, tensors = self._resume_meta()
         else:
             stats = self._stats()
