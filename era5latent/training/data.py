@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from era5latent.errors import Era5LatentError
 from era5latent.sources import Source, check_finite, open_source
 from era5latent.variables import Channel
 
@@ -209,11 +210,15 @@ class TrainStream(IterableDataset[dict[str, torch.Tensor]]):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         for k in range(self.first_run + wid, self.last_run, nw):
-            yield self.run(k)
+            try:
+                yield self.run(k)
+            except Era5LatentError as err:  # crosses the process boundary as data, not traceback
+                yield {"error": err}  # type: ignore[dict-item]
+                return
 
 
 def batches(stream: TrainStream, workers: int, pin_memory: bool, skip: int = 0
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            ) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:
     """This rank's batches ``(x (b, C, H, W), ids (b,))`` in stream order, skipping the first
     ``skip`` batches of the first run (a resume in the middle of a run)."""
     loader = DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
@@ -222,6 +227,8 @@ def batches(stream: TrainStream, workers: int, pin_memory: bool, skip: int = 0
                         persistent_workers=False)
     first = True
     for item in loader:
+        if "error" in item:
+            raise item["error"]  # a worker's one-line library error
         x, ids = item["x"], item["ids"]
         for i in range(skip if first else 0, x.shape[0]):
             yield x[i], ids[i]

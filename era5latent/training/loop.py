@@ -16,7 +16,7 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -267,7 +267,7 @@ class Trainer:
         self.ch_w = {g: level_weights(chs, std_by_code, opts.level_weights).to(self.device)
                      for g, chs in self.groups.items()}
 
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches(self) -> Generator[tuple[Tensor, Tensor], None, None]:
         R = self.schedule.run_batches
         first_run, skip = divmod(self.step0, R)
         stream = TrainStream(self.schedule, self.reader, self.world.rank, self.world.size,
@@ -432,6 +432,7 @@ class Trainer:
                         self._save(step + 1, loss_ema, val_mse)
                     ddp_setup.barrier(world)
         finally:
+            it.close()  # stops the loader's workers now, not at garbage collection
             monitor.close()
         seconds = time.perf_counter() - t_start
         done = opts.steps - self.step0
