@@ -14,6 +14,7 @@ changes. Options:
 * ``levels``      + per-level loss weights proportional to each level's variance (u, v, t)
 * ``adversarial`` + a PVUM patch discriminator, hinge loss, adaptive weight, from 1/4 of the run
 * ``ema``         + an exponential moving average of the weights (0.999), validated and saved
+* ``ema-0.99``    the same with decay 0.99 (an average over ~100 steps, for short runs)
 * ``upstream``    the WLA authors' straight-through gradient (1/sqrt(K)) and entropy form
 * ``all``         everything above together
 """
@@ -40,6 +41,7 @@ def option_sets(steps: int) -> dict[str, dict[str, Any]]:
         "levels": {"level_weights": "variance"},
         "adversarial": {"level_weights": "none", **adv},
         "ema": {"level_weights": "none", "ema": 0.999},
+        "ema-0.99": {"level_weights": "none", "ema": 0.99},
         "upstream": {"level_weights": "none", "quantizer": "upstream"},
         "all": {"level_weights": "variance", "ema": 0.999, "quantizer": "upstream", **adv},
     }
