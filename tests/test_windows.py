@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from era5latent.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from era5latent.model.wla import (WINDOW_TOKENS, WLA, _grid_windows, _window_schedule,
-                                  preset_config)
+from era5latent.model.config import WINDOW_TOKENS, _grid_windows
+from era5latent.model.wla import WLA, _window_schedule, preset_config
 from era5latent.variables import parse_subset
 
 
