@@ -271,7 +271,6 @@ def train_cmd(
     ] = False,
     grad_accum: Annotated[int, typer.Option(
         min=1, help="Micro-batches per optimiser step (the batch is split this many times).")] = 1,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     log_dir: Annotated[Optional[Path], typer.Option(
         help="Write metrics.csv, TensorBoard events and every checkpoint here.",
         show_default=False)] = None,
@@ -302,7 +301,7 @@ def train_cmd(
         checkpoint_every=checkpoint_every, overrides=overrides, group=group, workers=workers,
         level_weights=level_weights, adversarial_weight=adversarial_weight, disc_start=disc_start,
         ema=ema, quantizer=quantizer, precision=precision,
-        checkpoint_activations=checkpoint_activations, grad_accum=grad_accum, compile=compile_,
+        checkpoint_activations=checkpoint_activations, grad_accum=grad_accum,
         log_dir=str(log_dir) if log_dir else None, log_every=log_every)
     if dry_run:
         _dry_run(open_source(data, storage), channels, opts, nproc, memory_budget)

@@ -230,8 +230,6 @@ class Trainer:
             if self.world.distributed else (lambda m: m))
         self.ae_fwd = {g: wrap(ae) for g, ae in self.model.autoencoders.items()}
         self.d_fwd = {g: wrap(d) for g, d in self.discs.items()}
-        if opts.compile:
-            self.ae_fwd = {g: torch.compile(m) for g, m in self.ae_fwd.items()}  # type: ignore[misc]
 
     def _data(self, storage_options: dict[str, Any] | None) -> None:
         opts, src = self.opts, self.source
@@ -517,9 +515,8 @@ def _last_layer(ae: nn.Module) -> Tensor:
 
 def _no_sync(module: nn.Module, skip_sync: bool) -> Any:
     """DDP's no_sync for all but the last accumulation step (nothing to do in one process)."""
-    inner = getattr(module, "_orig_mod", module)
-    if skip_sync and isinstance(inner, nn.parallel.DistributedDataParallel):
-        return inner.no_sync()
+    if skip_sync and isinstance(module, nn.parallel.DistributedDataParallel):
+        return module.no_sync()
     return contextlib.nullcontext()
 
 

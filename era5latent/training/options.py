@@ -46,7 +46,6 @@ class TrainOptions:
     precision: str = "auto"
     checkpoint_activations: bool = False
     grad_accum: int = 1
-    compile: bool = False
     # monitoring
     log_dir: str | None = None
     log_every: int = 10
