@@ -81,3 +81,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, sample_zarr: Path) -> P
                   "--batch-size", "4", "--device", "cpu", "--checkpoint-every", "10")
     assert res.exit_code == 0, res.stderr
     return out
+
+
+#: the channels of ``train_zarr``: two levels of one pressure group and the surface group
+TRAIN_DATA_SUBSET = "z500,z850,t2m"
+
+
+@pytest.fixture(scope="session")
+def train_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small source for the training tests (33 x 64, 24 six-hourly steps, z and t2m)."""
+    from era5latent.sample import write_sample
+
+    path = tmp_path_factory.mktemp("train") / "d.zarr"
+    write_sample(str(path), grid=(33, 64), times=24, variables=("z", "t2m"), levels=(500, 850),
+                 seed=5)
+    return path

@@ -10,19 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import TRAIN_DATA_SUBSET as SUBSET
 from tests.conftest import assert_clean_error, run_cli
 
-SUBSET = "z500,z850,t2m"
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from era5latent.sample import write_sample
-
-    path = tmp_path_factory.mktemp("train") / "d.zarr"
-    write_sample(str(path), grid=(33, 64), times=24, variables=("z", "t2m"), levels=(500, 850),
-                 seed=5)
-    return path
+@pytest.fixture
+def data(train_zarr: Path) -> Path:
+    return train_zarr  # the shared training source (conftest)
 
 
 def _train(data: Path, out: Path, steps: int, *extra: str, subset: str = SUBSET) -> None:

@@ -9,19 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import TRAIN_DATA_SUBSET as SUBSET
 from tests.conftest import assert_clean_error, cli_subprocess, run_cli
 
-SUBSET = "z500,z850,t2m"
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from era5latent.sample import write_sample
-
-    path = tmp_path_factory.mktemp("ddp") / "d.zarr"
-    write_sample(str(path), grid=(33, 64), times=24, variables=("z", "t2m"), levels=(500, 850),
-                 seed=4)
-    return path
+@pytest.fixture
+def data(train_zarr: Path) -> Path:
+    return train_zarr  # the shared training source (conftest)
 
 
 def _args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
