@@ -246,7 +246,13 @@ class Trainer:
                               "or lower --val-fraction")
         window = max(opts.batch_size, (opts.shuffle_mb << 20) // sample_bytes)
         self.schedule = Schedule(layout, opts.seed, opts.batch_size, window)
-        self.reader = BlockReader(ref, self.channels, layout, mean, std, opts.cache_mb << 20)
+        # the whole training range if it fits (each loader process holds its own cache: small
+        # data is then read once), else two shuffle windows: bounded whatever the range
+        whole = layout.n_samples * sample_bytes
+        budget = (opts.cache_mb << 20) // max(1, opts.workers)
+        cache = whole if whole <= budget else 2 * self.schedule.blocks_per_window * block * \
+            members * sample_bytes
+        self.reader = BlockReader(ref, self.channels, layout, mean, std, cache)
         self.val_reader: BlockReader | None = None
         if self.split < self.t1:
             vlay = Layout(self.split, self.t1 - self.split, members, block)
@@ -358,11 +364,13 @@ class Trainer:
     # -- validation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def validate(self, batch_size: int = 8) -> tuple[float, dict[str, float]]:
+    def validate(self) -> tuple[float, dict[str, float]]:
         """Latitude-weighted MSE (z-units, mean over channels) and RMSE per channel in physical
         units, through the binary codes (what encode/decode will give), with the EMA weights
-        when they are kept."""
+        when they are kept. Batches of the training micro-batch's size, so memory does not grow
+        with the validation range."""
         assert self.val_reader is not None
+        batch_size = max(1, self.opts.batch_size // (self.world.size * self.opts.grad_accum))
         model = cast(WLA, self.ema.module if self.ema is not None else self.model)
         model.eval()
         sq: dict[str, float] = {c.code: 0.0 for c in self.channels}

@@ -35,7 +35,7 @@ class TrainOptions:
     # data loader
     workers: int = 0
     shuffle_mb: int = 256  # block-shuffle window, MiB of samples
-    cache_mb: int = 2048  # per-process block cache; a training range this small is read once
+    cache_mb: int = 2048  # a training range this small (over all loader processes) is read once
     # objective
     level_weights: str = "variance"
     adversarial_weight: float = 0.0  # 0: no adversarial term
