@@ -299,7 +299,8 @@ def decode_cmd(
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          precision=precision, allow_corrupt=allow_corrupt, progress=bar.update)
     for where in res.corrupt:
-        sys.stderr.write(f"warning: corrupt chunk filled with NaN: {where}\n")
+        sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
+            "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 

@@ -401,7 +401,7 @@ def finalize(path: str, parts: int | None = None, break_lock: bool = False) -> F
     created the store). Refused while any writer (whole or part) of the store is alive.
     """
     store = open_latent_store(path, mode="r+")
-    if store.complete:
+    if store.finished:
         return FinalizeResult(path, int(store.done().size), True)
     with writer_lock(path, break_lock):
         done = store.done()
@@ -524,13 +524,14 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
     if client is None and scheduler is None:  # workers on this machine: check the device here
         resolve_precision(precision, resolve_device(device))
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords = plan.sample_coords
     step = store.time_chunk
     per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
     total = (hi - lo) * per_step
-    corrupt: list[tuple[int, str]] = []  # (block start, where), in block order at the end
+    # (block start, where), in block order at the end; metadata damage (allowed) first
+    corrupt: list[tuple[int, str]] = [(lo - 1, d) for d in plan.damaged]
     start_t = time.perf_counter()
     try:
         if progress:

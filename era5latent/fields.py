@@ -22,13 +22,13 @@ from zarr.codecs import BloscCodec
 from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
 from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
-from era5latent.store import array, consolidate, write_time_coord
+from era5latent.store import CRC, array, consolidate, write_time_coord
 from era5latent.variables import Channel, variable
 
 
 #: decoded fields as WeatherBench 2 stores its own: Blosc LZ4 after a byte shuffle. On decoded
 #: tiny-preset fields 1.69x against 1.24x for zarr's default Zstd, and no slower to write
-#: (docs/benchmarks.md)
+#: (docs/benchmarks.md). Every array is followed by crc32c (store.CRC), which zarr checks on read
 FIELD_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
@@ -94,7 +94,7 @@ class FieldWriter:
                                ("latitude", self.lat), ("longitude", self.lon)] + (
                     [("level", np.asarray(self.levels, dtype=np.int64))] if self.levels else []):
                 a = root.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                      dimension_names=(name,), compressors=None, fill_value=0,
+                                      dimension_names=(name,), compressors=[CRC], fill_value=0,
                                       attributes=_coord_attrs(name))
                 a[...] = vals
             self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
@@ -102,7 +102,7 @@ class FieldWriter:
                 shape = self._shape(var)
                 self._arrays[var] = root.create_array(
                     self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
-                    compressors=FIELD_CODEC, dimension_names=self._dims(var),
+                    compressors=[FIELD_CODEC, CRC], dimension_names=self._dims(var),
                     fill_value=float("nan"), attributes=self._var_attrs(var))
             root.attrs["era5latent"] = self.attrs
 

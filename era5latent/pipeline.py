@@ -29,7 +29,7 @@ from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, iso,
                                 time_index_range)
-from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
+from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
@@ -287,11 +287,23 @@ def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
     step, times = store.time_chunk, None
     out: dict[str, np.ndarray | None] = {}
     corrupt: list[str] = []
+    flags: dict[int, str | None] = {}  # chunk -> why its done flag is unusable (None: it is set)
+
+    def flag(c: int) -> str | None:
+        if c not in flags:
+            try:
+                flags[c] = None if store.done(c, c + 1).all() else "its done flag is not set"
+            except CorruptArrayError as err:
+                flags[c] = f"its done flag is corrupt: {err.why}"
+        return flags[c]
+
     for g in groups:
         parts: list[np.ndarray] = []
         for c in range(a // step, (b - 1) // step + 1):
             c0, c1 = store.chunk_bounds(c)
             try:
+                if (why := flag(c)) is not None:
+                    raise CorruptChunkError(store.path, g, c, why)
                 chunk = store.read_chunk(g, c)
             except CorruptChunkError:
                 if not allow_corrupt:
@@ -340,7 +352,8 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
             time.sleep(0.5)
     have = {k: store.meta.get(k) for k in spec.identity() if k != "model_sha256"}
     have["model_sha256"] = store.meta.get("model", {}).get("sha256")
-    want = spec.identity()
+    # a store of an older format version this package reads is finished in its own format
+    want = spec.identity() | {"format_version": store.version}
     diff = [k for k in want if jsonable(want[k]) != jsonable(have.get(k))]
     if diff:
         raise StoreError(
@@ -411,8 +424,8 @@ class EncodeJob:
 
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
-        if self.part is None and not self.store.complete:
-            self.store.mark_complete()
+        if self.part is None and not self.store.finished:
+            self.store.mark_complete()  # also repairs a kill between marking and consolidating
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -608,17 +621,46 @@ class DecodePlan:
     lat: np.ndarray
     lon: np.ndarray
     writer: Any  # fields.FieldWriter, laid out at its temporary path
+    damaged: list[str] = field(default_factory=list)  # metadata damage let through (allowed)
+
+
+def check_store_metadata(store: LatentStore, allow_corrupt: bool) -> list[str]:
+    """The store's metadata against the digests recorded at finalize: damage is a
+    :class:`StoreError` naming the document, or with ``allow_corrupt`` a list of warnings."""
+    from era5latent.storemeta import DIGEST_KEY, check_metadata
+
+    if DIGEST_KEY not in store.meta:
+        return []
+    problems = check_metadata(store.path, store.meta[DIGEST_KEY])
+    if problems and not allow_corrupt:
+        raise StoreError(f"{store.path}: metadata damaged: {'; '.join(problems)}; re-encode the "
+                         "store, or decode with --allow-corrupt to use it as it is")
+    return [f"metadata {p}" for p in problems]
+
+
+def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
+    """The store's code geometry is the model's (what bounds the memory decode asks for)."""
+    cfg = loaded.meta.config
+    for g, spec in store.groups.items():
+        if spec.code_bits != cfg.code_bits or tuple(spec.token_grid) != tuple(cfg.token_grid):
+            raise StoreError(
+                f"{store.path}: group {g} holds {spec.code_bits}-bit codes on a "
+                f"{spec.token_grid[0]}x{spec.token_grid[1]} token grid, but {loaded.path} makes "
+                f"{cfg.code_bits}-bit codes on {cfg.token_grid[0]}x{cfg.token_grid[1]}; the "
+                "store's attributes are damaged: re-encode it")
 
 
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
-                overwrite: bool = False) -> DecodePlan:
+                overwrite: bool = False, allow_corrupt: bool = False) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
     store = open_latent_store(store_path)
     store.require_complete()
+    damaged = check_store_metadata(store, allow_corrupt)
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
+    check_store_model(store, loaded)
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = time_index_range(times, time_range, store_path)
@@ -630,7 +672,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
                                 overwrite=overwrite)
-    return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer)
+    return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer, damaged)
 
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
@@ -641,7 +683,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
@@ -655,7 +697,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         progress(0, total)
     start_t = time.perf_counter()
 
-    corrupt: list[str] = []
+    corrupt: list[str] = list(plan.damaged)
     sample_shape = tuple(len(v) for v in sample_coords.values())
 
     def read(a: int) -> tuple[int, dict[str, np.ndarray | None]]:

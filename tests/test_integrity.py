@@ -41,12 +41,78 @@ def _flip_a_byte(store: Path, array: str, chunk: int) -> None:
 def test_verify_passes_then_names_a_corrupt_chunk(store: Path, tiny_model: Path) -> None:
     ok = run_cli("verify", store, "--model", tiny_model)
     assert ok.exit_code == 0, ok.stdout
-    assert [ln.split()[0] for ln in ok.stdout.splitlines()] == ["PASS"] * 5
+    lines = ok.stdout.splitlines()
+    assert all(ln.startswith("PASS") for ln in lines), ok.stdout
+    checked = {ln.split()[2].rstrip(":") for ln in lines if ln.split()[1] == "array"}
+    on_disk = {p.name for p in store.iterdir() if (p / "zarr.json").is_file()}
+    assert checked == on_disk  # every array of the store, coordinates and flags included
+    assert "crc32c" in next(ln for ln in lines if "array latitude" in ln)
+    assert "documents match" in next(ln for ln in lines if "metadata" in ln)
     _flip_a_byte(store, "codes_z", 1)
     bad = run_cli("verify", store)
     assert bad.exit_code == 3
-    line = next(ln for ln in bad.stdout.splitlines() if "checksums" in ln)
-    assert line.startswith("FAIL") and "chunk 1 of group z" in line
+    line = next(ln for ln in bad.stdout.splitlines() if "codes_z" in ln)
+    assert line.startswith("FAIL") and "chunk 1" in line
+
+
+#: one chunk of each kind of array: (array, chunk, what decode --allow-corrupt can do about it)
+ARRAYS = [("codes_z", 1, "fill"), ("sha256_surface", 2, "fill"), ("build_done", 0, "fill"),
+          ("time", 0, "refuse"), ("latitude", 0, "refuse"), ("longitude", 0, "refuse")]
+
+
+@pytest.mark.parametrize("name,chunk,allowed", ARRAYS)
+def test_a_flipped_byte_in_any_array_is_caught(store: Path, tiny_model: Path, tmp_path: Path,
+                                               name: str, chunk: int, allowed: str) -> None:
+    _flip_a_byte(store, name, chunk)
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3, bad.stdout
+    fails = [ln for ln in bad.stdout.splitlines() if ln.startswith("FAIL")]
+    assert any(f"array {name}" in ln and f"chunk {chunk}" in ln for ln in fails), bad.stdout
+    out = tmp_path / "r.zarr"
+    res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu")
+    assert_clean_error(res, "corrupt")
+    assert not out.exists()
+    res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu",
+                  "--allow-corrupt")
+    if allowed == "refuse":  # coordinates cannot be filled: decoding onto them would be wrong
+        assert_clean_error(res, name, "corrupt")
+        assert not out.exists()
+        return
+    assert res.exit_code == 0, res.stderr
+    assert "filled with NaN" in res.stderr
+    ds = xr.open_zarr(out)
+    var = "geopotential" if name.endswith("_z") or name == "build_done" else "2m_temperature"
+    lost = np.isnan(ds[var].values).all(axis=tuple(range(1, ds[var].ndim)))
+    assert lost.tolist() == [chunk * 8 <= t < chunk * 8 + 8 for t in range(24)]
+
+
+def _edit(doc: Path, how: str) -> None:
+    data = bytearray(doc.read_bytes())
+    if how == "flip":  # a byte that is no longer UTF-8: the document no longer parses
+        data[len(data) // 2] ^= 0xFF
+    else:  # valid JSON saying something else: only the digest can tell
+        text = data.decode()
+        i = next(i for i, ch in enumerate(text) if ch.isdigit() and i > len(text) // 3)
+        data = bytearray((text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]).encode())
+    doc.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("doc", ["zarr.json", "codes_z/zarr.json", "latitude/zarr.json",
+                                 "build_done/zarr.json", "sha256_z/zarr.json"])
+@pytest.mark.parametrize("how", ["flip", "edit"])
+def test_a_changed_byte_in_any_metadata_document_is_caught(store: Path, tiny_model: Path,
+                                                           tmp_path: Path, doc: str,
+                                                           how: str) -> None:
+    _edit(store / doc, how)
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3, bad.stdout
+    fails = [ln for ln in bad.stdout.splitlines() if ln.startswith("FAIL")]
+    assert fails and any(doc in ln or (doc == "zarr.json" and "attribute" in ln)
+                         for ln in fails), bad.stdout
+    out = tmp_path / "r.zarr"
+    res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu")
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_decode_refuses_corruption_or_fills_nan_and_says_where(store: Path, tiny_model: Path,
@@ -146,3 +212,61 @@ def test_decode_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
         assert_clean_error(res, "no space left", "re-run")
         assert sorted(p.name for p in mnt.iterdir()) == ["ballast", "old.zarr"]  # no temporary
         assert (old / "keep").read_text() == "an earlier output"  # not damaged
+
+
+def as_version_1(store: Path) -> None:
+    """Rewrite ``store`` as era5latent 0.1 wrote it (format version 1): no crc32c on any array,
+    no metadata digest."""
+    import warnings
+
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    root = zarr.open_group(store, mode="r+")
+    meta = dict(root.attrs["era5latent"])
+    for name in sorted(root.array_keys()):
+        a = root[name]
+        vals, attrs, dims = a[...], dict(a.attrs), a.metadata.dimension_names
+        chunks, fill = a.chunks, a.metadata.fill_value
+        del root[name]
+        b = root.create_array(name, shape=vals.shape, chunks=chunks, dtype=vals.dtype,
+                              dimension_names=dims, fill_value=fill, attributes=attrs,
+                              compressors=ZstdCodec(level=3) if name.startswith("codes_") else None)
+        b[...] = vals
+    meta["format_version"] = 1
+    meta.pop("metadata_sha256", None)
+    root.attrs["era5latent"] = meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(store))
+
+
+def test_a_version_1_store_is_still_read_verified_and_decoded(store: Path, tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    ref = tmp_path / "ref.zarr"
+    assert run_cli("decode", store, "--model", tiny_model, "--out", ref).exit_code == 0
+    as_version_1(store)
+    ok = run_cli("verify", store)
+    assert ok.exit_code == 0, ok.stdout
+    assert "version 1" in ok.stdout and "no crc32c (format version 1)" in ok.stdout
+    assert "records no metadata digest" in ok.stdout
+    out = tmp_path / "v1.zarr"
+    assert run_cli("decode", store, "--model", tiny_model, "--out", out).exit_code == 0
+    assert (xr.open_zarr(out)["geopotential"].values == xr.open_zarr(ref)["geopotential"].values
+            ).all()
+    _flip_a_byte(store, "codes_z", 1)  # the sha256 still catches damage to codes
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3 and "chunk 1" in bad.stdout
+
+
+def test_an_unfinished_version_1_store_is_finished_in_its_own_format(
+        tmp_path: Path, sample_zarr: Path, tiny_model: Path) -> None:
+    out = tmp_path / "latent.zarr"
+    args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out", out,
+            "--time-chunk", "8", "--device", "cpu"]
+    assert run_cli(*args, "--parts", "1/3").exit_code == 0
+    as_version_1(out)
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.stderr
+    ok = run_cli("verify", out)
+    assert ok.exit_code == 0 and "version 1" in ok.stdout, ok.stdout
