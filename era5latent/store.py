@@ -89,8 +89,22 @@ def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
         os_err = os_error_of(err)
         if os_err is not None:
             raise os_err from None
-        chunk = f"chunk {sel}" if isinstance(sel, int) else "a chunk"
+        chunk = f"chunk {sel // arr.chunks[0]}" if isinstance(sel, int) else _bad_chunk(arr, sel)
         raise CorruptArrayError(where, arr.basename or "?", chunk, _why(err)) from None
+
+
+def _bad_chunk(arr: zarr.Array[Any], sel: Any) -> str:
+    """Which chunk (along the first axis) of a failed read of ``arr[sel]`` is damaged."""
+    if arr.ndim == 0:
+        return "chunk 0"
+    lo, hi, _ = (sel if isinstance(sel, slice) else slice(None)).indices(arr.shape[0])
+    c0 = arr.chunks[0]
+    for i in range(lo // c0, -(-hi // c0)):
+        try:
+            arr[i * c0:(i + 1) * c0]
+        except Exception:
+            return f"chunk {i}"
+    return "a chunk"
 
 
 def _why(err: BaseException) -> str:

@@ -1,0 +1,137 @@
+"""A latent store's metadata is untrusted input: crafted attributes and arrays give one line.
+
+Each crafted store is refused by ``info`` and ``decode`` (exit 2, one line, no output) and by
+``verify`` (exit 3, one FAIL line naming the key); nothing reaches zarr's path handling or
+allocates what the attributes claim.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import assert_clean_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory: pytest.TempPathFactory, sample_zarr: Path,
+               tiny_model: Path) -> Path:
+    out = tmp_path_factory.mktemp("schema") / "latent.zarr"
+    res = run_cli("encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out",
+                  out, "--time-chunk", "8", "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    return out
+
+
+def _attrs(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def apply(store: Path) -> None:
+        doc = json.loads((store / "zarr.json").read_text())
+        edit(doc["attributes"]["era5latent"])
+        (store / "zarr.json").write_text(json.dumps(doc))
+    return apply
+
+
+def _set(key: str, value: Any) -> Callable[[Path], None]:
+    def edit(meta: dict[str, Any]) -> None:
+        *path, last = key.split(".")
+        d = meta
+        for k in path:
+            d = d[k]
+        if value is _DELETE:
+            del d[last]
+        else:
+            d[last] = value
+    return _attrs(edit)
+
+
+_DELETE = object()
+
+
+def _rename_group(new: str) -> Callable[[Path], None]:
+    def edit(meta: dict[str, Any]) -> None:
+        meta["groups"][new] = meta["groups"].pop("z")
+    return _attrs(edit)
+
+
+def _truncate(array: str, chunk: str) -> Callable[[Path], None]:
+    def apply(store: Path) -> None:
+        f = store / array / "c" / chunk
+        f.write_bytes(f.read_bytes()[:2])
+    return apply
+
+
+#: (crafted change, what the one line must name)
+CRAFTED: dict[str, tuple[Callable[[Path], None], str]] = {
+    "time_chunk 0": (_set("time_chunk", 0), "time_chunk"),
+    "time_chunk negative": (_set("time_chunk", -8), "time_chunk"),
+    "time_chunk a string": (_set("time_chunk", "8"), "time_chunk"),
+    "time_chunk inconsistent": (_set("time_chunk", 4), "build_done"),
+    "format_version a bool": (_set("format_version", True), "format_version"),
+    "format_version negative": (_set("format_version", -1), "format_version"),
+    "huge token grid": (_set("groups.z.token_grid", [100000, 100000]), "token_grid"),
+    "token grid unlike the arrays": (_set("groups.z.token_grid", [9, 16]), "codes_z"),
+    "huge code bits": (_set("groups.z.code_bits", 1 << 40), "code_bits"),
+    "groups entry not an object": (_set("groups.z", [1, 2]), "groups.z"),
+    "groups not an object": (_set("groups", "z"), "groups"),
+    "model missing": (_set("model", _DELETE), "model"),
+    "model sha256 not hex": (_set("model.sha256", "../x"), "model.sha256"),
+    "group ../victim": (_rename_group("../victim"), "groups"),
+    "group a/b": (_rename_group("a/b"), "groups"),
+    "sample dim ../victim": (_set("sample_dims", ["../victim"]), "sample_dims"),
+    "sample dim a real array": (_set("sample_dims", ["codes_z"]), "sample_dims"),
+    "complete a string": (_set("complete", "yes"), "complete"),
+    "std zero": (_set("normalisation.z500.std", 0), "normalisation.z500.std"),
+    "layout missing": (_set("source.layout", _DELETE), "source.layout"),
+    "digest key ../x": (_set("metadata_sha256", {"../x/zarr.json": "0" * 64}),
+                        "metadata_sha256"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_attributes_give_one_line(case: str, good_store: Path, tiny_model: Path,
+                                          tmp_path: Path) -> None:
+    store = tmp_path / "crafted.zarr"
+    shutil.copytree(good_store, store)
+    craft, key = CRAFTED[case]
+    craft(store)
+    assert_clean_error(run_cli("info", store), key)
+    out = tmp_path / "r.zarr"
+    assert_clean_error(run_cli("decode", store, "--model", tiny_model, "--out", out,
+                               "--device", "cpu", "--allow-corrupt"), key)
+    assert not out.exists()
+    res = run_cli("verify", store)
+    assert res.exit_code == 3 and "Traceback" not in res.stdout + res.stderr
+    fails = [ln for ln in res.stdout.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 1 and key in fails[0], res.stdout
+    assert not (tmp_path / "victim").exists()
+
+
+@pytest.mark.parametrize("array,chunk,group", [("sha256_z", "1/0", "z"),
+                                               ("build_done", "1", "z")])
+def test_truncated_checksum_or_done_flag_chunk(array: str, chunk: str, group: str,
+                                               good_store: Path, tiny_model: Path,
+                                               tmp_path: Path) -> None:
+    store = tmp_path / "cut.zarr"
+    shutil.copytree(good_store, store)
+    _truncate(array, chunk)(store)
+    res = run_cli("verify", store)
+    assert res.exit_code == 3 and "Traceback" not in res.stdout + res.stderr
+    assert any(ln.startswith("FAIL") and array in ln and "chunk 1" in ln
+               for ln in res.stdout.splitlines()), res.stdout
+    info = run_cli("info", store)
+    if array == "build_done":  # info reads the flags: named, one line
+        assert_clean_error(info, "chunk 1 of array build_done", "corrupt")
+    else:
+        assert info.exit_code == 0, info.stderr
+    out = tmp_path / "r.zarr"
+    assert_clean_error(run_cli("decode", store, "--model", tiny_model, "--out", out,
+                               "--device", "cpu"), "time chunk 1", group)
+    res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu",
+                  "--allow-corrupt")
+    assert res.exit_code == 0, res.stderr
+    assert "filled with NaN" in res.stderr and "2020-01-03T00:00:00" in res.stderr
