@@ -365,10 +365,12 @@ def info_cmd(
     table = Table("group", "channels", "tokens", "bits", "on disk", "float32", "ratio")
     for g in info["groups"]:
         table.add_row(g["group"], ",".join(g["channels"]), "x".join(map(str, g["token_grid"])),
-                      str(g["code_bits"]), _size(g["bytes_on_disk"]), _size(g["float32_bytes"]),
+                      str(g["code_bits"]), _size(g["bytes_on_disk"]), _size(g["float32_bytes_written"]),
                       f"{g['compression_ratio']:.1f}x" if g["compression_ratio"] else "-")
     ratio = info["compression_ratio"]
-    table.add_row("total", "", "", "", _size(info["bytes_on_disk"]), _size(info["float32_bytes"]),
+    if not info["complete"]:
+        lines.append(f"sizes and ratios: over the {info['chunks_done']} time chunks written so far")
+    table.add_row("total", "", "", "", _size(info["bytes_on_disk"]), _size(info["float32_bytes_written"]),
                   f"{ratio:.1f}x" if ratio else "-")
     con = Console(highlight=False, soft_wrap=True)
     for line in lines:

@@ -24,6 +24,7 @@ without ``--parts``) marks it complete once every chunk is written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -121,6 +122,23 @@ def check_cluster_options(client: Any = None, scheduler: str | None = None,
                           "cluster, or the size of a local one)")
     if workers is not None and workers < 1:
         raise OptionError(f"--workers {workers}: expected a positive integer")
+    if workers is not None and workers > 4096:
+        raise OptionError(f"--workers {workers}: expected at most 4096 local worker processes")
+    if scheduler is not None and scheduler.endswith(".json"):
+        # dask would wait for a missing scheduler file to appear, for minutes
+        if not os.path.isfile(scheduler):
+            raise OptionError(f"--scheduler {scheduler}: no such scheduler file; expected the "
+                              "file 'dask scheduler --scheduler-file' wrote, or an address "
+                              "tcp://HOST:8786")
+        try:
+            with open(scheduler) as f:
+                ok = isinstance(json.load(f).get("address"), str)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise OptionError(f"--scheduler {scheduler}: not a dask scheduler file (expected "
+                              "JSON with an 'address'); pass the file 'dask scheduler "
+                              "--scheduler-file' wrote, or an address tcp://HOST:8786")
 
 
 @contextmanager
@@ -346,6 +364,13 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
     """``pipeline.encode`` on a Dask cluster (``client``, ``scheduler`` or ``workers`` local
     processes), with the same result bytes, resume and ``part`` semantics."""
     check_cluster_options(client, scheduler, workers)
+    if scheduler is not None:  # connect first: an unreachable cluster leaves no store behind
+        with dask_client(scheduler=scheduler) as c:
+            return encode_distributed(
+                source, loaded, channels, out, time_range=time_range, batch_size=batch_size,
+                device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
+                break_lock=break_lock, part=part, client=c, chunks_per_task=chunks_per_task,
+                progress=progress)
     on_this_host = client is None and scheduler is None
     # devices are resolved by the workers; here only when the workers share this machine
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
@@ -519,6 +544,13 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                        progress: ClusterProgress | None = None) -> DecodeResult:
     """``pipeline.decode`` on a Dask cluster: the same output bytes (Zarr or NetCDF)."""
     check_cluster_options(client, scheduler, workers)
+    if scheduler is not None:  # connect first: an unreachable cluster leaves no output behind
+        with dask_client(scheduler=scheduler) as c:
+            return decode_distributed(
+                store_path, loaded, out, subset=subset, time_range=time_range,
+                batch_size=batch_size, device=device, overwrite=overwrite, precision=precision,
+                allow_corrupt=allow_corrupt, client=c, chunks_per_task=chunks_per_task,
+                progress=progress)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if client is None and scheduler is None:  # workers on this machine: check the device here

@@ -21,7 +21,8 @@ from zarr.codecs import BloscCodec
 
 from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
-from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
+from era5latent.fsutil import (DECODED, atomic_dir, atomic_file, check_replaceable, fast_zarr,
+                               os_error_of)
 from era5latent.store import CRC, array, consolidate, write_time_coord
 from era5latent.variables import Channel, variable
 
@@ -54,8 +55,9 @@ class FieldWriter:
         self.lat = lat[self.lat_index]
         self.lon = lon_src[self.lon_index]
         self.attrs = attrs
-        self._ctx = atomic_dir(out, overwrite) if not self.netcdf else None
+        self._ctx = atomic_dir(out, overwrite, DECODED) if not self.netcdf else None
         if self.netcdf:
+            check_replaceable(out, DECODED)
             if os.path.exists(out) and not overwrite:
                 from era5latent.errors import StoreExistsError
 
@@ -175,7 +177,7 @@ class FieldWriter:
         ds = xr.Dataset({self.out_name(v): (self._dims(v), self._mem[v], self._var_attrs(v))
                          for v in self.vars}, coords=coords,
                         attrs={f"era5latent_{k}": str(v) for k, v in self.attrs.items()})
-        with atomic_file(self.out) as tmp:
+        with atomic_file(self.out, kind=DECODED) as tmp:
             ds.to_netcdf(tmp, engine="h5netcdf")
 
 

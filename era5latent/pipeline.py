@@ -24,13 +24,13 @@ import torch
 from era5latent import faults
 from era5latent.errors import (GridMismatchError, OptionError, StoreError, StoreExistsError,
                                SubsetError)
-from era5latent.fsutil import exists, full_path, is_url
+from era5latent.fsutil import check_output_name, exists, full_path, is_url
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, iso,
                                 time_index_range)
 from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
-                              check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
+                              StoreLockedError, check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
 
@@ -306,6 +306,7 @@ def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
                     raise CorruptChunkError(store.path, g, c, why)
                 chunk = store.read_chunk(g, c)
             except CorruptChunkError:
+                store.check_not_replaced()  # not damage: another process replaced the store
                 if not allow_corrupt:
                     raise
                 times = store.times if times is None else times
@@ -340,7 +341,8 @@ def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ..
     )
 
 
-def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStore:
+def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0,
+                     break_lock: bool = False) -> LatentStore:
     deadline = time.monotonic() + wait
     while True:  # ``wait``: another process may still be laying the store out in place (URLs)
         try:
@@ -356,9 +358,15 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
     want = spec.identity() | {"format_version": store.version}
     diff = [k for k in want if jsonable(want[k]) != jsonable(have.get(k))]
     if diff:
+        try:
+            check_unlocked(out, break_lock)
+            busy = ""
+        except StoreLockedError as err:
+            busy = f"; it is being written now ({err.holder}) with those settings"
         raise StoreError(
             f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
-            "subset, time range or source); pass --overwrite to replace it, or choose another --out")
+            f"subset, time range or source){busy}; choose another --out, or pass --overwrite "
+            "to replace it" + (" once that writer has finished" if busy else ""))
     return store
 
 
@@ -383,6 +391,8 @@ class EncodeJob:
     precision: str = "fp32"
     resumed: bool = False
     part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
+    #: a chunk already read (to check the source before creating the store), used once
+    first: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def samples_per_step(self) -> int:
@@ -405,6 +415,9 @@ class EncodeJob:
 
     def read_chunk(self, i: int) -> np.ndarray:
         """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked finite."""
+        if self.first is not None and self.first[0] == i:
+            x, self.first = self.first[1], None
+            return x
         a, b = self.spec.chunk_bounds(i)
         return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
 
@@ -484,10 +497,30 @@ def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel
     source.check_channels(channels)
     check_model_channels(channels, loaded)
     check_grid(source, loaded)
+    if time_chunk is not None:
+        check_time_chunk(source, channels, time_chunk)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     return dev, prec, time_chunk or auto_time_chunk(source, channels)
+
+
+#: the most bytes of source fields one time chunk may hold (encode holds a few chunks in memory)
+MAX_CHUNK_FIELD_BYTES = 8 << 30
+
+
+def check_time_chunk(source: Source, channels: tuple[Channel, ...], time_chunk: int) -> None:
+    """Refuse a ``--time-chunk`` whose chunks could not be held in memory."""
+    per_step = 4 * len(channels) * int(np.prod(source.sample_shape, dtype=np.int64)) * \
+        source.grid[0] * source.grid[1]
+    # not capped at the source's length: zarr writes whole chunks, so a chunk longer than the
+    # data is still allocated whole
+    if time_chunk > 1 and time_chunk * per_step > MAX_CHUNK_FIELD_BYTES:
+        most = max(1, MAX_CHUNK_FIELD_BYTES // per_step)
+        raise OptionError(
+            f"--time-chunk {time_chunk}: one chunk would hold {time_chunk * per_step / 2**30:.0f} GiB "
+            f"of fields (at most {MAX_CHUNK_FIELD_BYTES >> 30} GiB); expected at most {most}, "
+            "or leave it out to let encode choose")
 
 
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
@@ -504,22 +537,32 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
                           "delete the store first, or encode without --parts")
+    check_output_name(out, "a latent store", "a Zarr directory (.zarr, or no extension)")
     dev, prec, time_chunk = ready_to_encode(source, loaded, channels, batch_size=batch_size,
                                             time_chunk=time_chunk, device=device,
                                             precision=precision)
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
-    if is_store(out):
-        check_unlocked(out, break_lock, part)
+    first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
     if exists(out) and not overwrite:
         if not is_store(out):
-            raise StoreError(f"{out} exists and is not a latent store; choose another --out or "
-                             "pass --overwrite")
-        store = _open_for_resume(out, spec, wait)
+            raise StoreError(f"{out} exists and is not a latent store; choose another --out")
+        # made differently is said first: waiting for a live writer of another subset or model
+        # would not help
+        store = _open_for_resume(out, spec, wait, break_lock)
+        check_unlocked(out, break_lock, part)
         resumed = True
     else:
+        if is_store(out):
+            check_unlocked(out, break_lock, part)
+        # the first chunk is read and checked before anything is created: a source with bad
+        # values (NaN, damaged chunks) leaves no store behind
+        owned = part_range(spec.n_chunks, part)
+        if len(owned):
+            a, b = spec.chunk_bounds(owned[0])
+            first = (owned[0], read_fields(source, channels, t0 + a, t0 + b))
         try:
             create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
                                 overwrite=overwrite)
@@ -530,7 +573,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if resumed:
         spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
     return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed,
-                     part)
+                     part, first)
 
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
@@ -550,7 +593,26 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
                          part=part)
     with writer_lock(out, break_lock, part):
-        return _run(job, out, progress)
+        try:
+            return _run(job, out, progress)
+        except BaseException:
+            _forget_if_empty(job, out)
+            raise
+
+
+def _forget_if_empty(job: EncodeJob, out: str) -> None:
+    """After a failure: remove the store this run created if not one time chunk reached it
+    (a whole-store writer holds the only lock, so nobody else is writing it)."""
+    from era5latent.fsutil import remove_tree
+
+    if job.resumed or job.part is not None:
+        return
+    try:
+        empty = not job.store.done().any()
+    except Exception:  # cannot tell: keep it (a re-run resumes or says what is wrong)
+        return
+    if empty:
+        remove_tree(out)
 
 
 def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
@@ -656,6 +718,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
+    check_output_name(out, "decoded fields", "Zarr (.zarr, or no extension) or NetCDF (.nc)")
     store = open_latent_store(store_path)
     store.require_complete()
     damaged = check_store_metadata(store, allow_corrupt)
@@ -682,10 +745,10 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
+    dev = resolve_device(device)  # every option checked before the output is laid out
+    prec = resolve_precision(precision, dev)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
                        overwrite=overwrite, allow_corrupt=allow_corrupt)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon

@@ -17,11 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +26,16 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from era5latent import __version__, faults
 from era5latent.errors import OptionError, StoreError
-from era5latent.fsutil import atomic_dir, is_url, os_error_of, remove_tree, url_fs
+from era5latent.fsutil import LATENT, atomic_dir, is_url, os_error_of, remove_tree, url_fs
+from era5latent.locks import LOCK as LOCK  # the writer locks: their names stay importable here
+from era5latent.locks import StoreLockedError as StoreLockedError
+from era5latent.locks import check_unlocked as check_unlocked
+from era5latent.locks import lock_name as lock_name
+from era5latent.locks import lock_path as lock_path
+from era5latent.locks import writer_lock as writer_lock
 from era5latent.sources import iso
-from era5latent.storemeta import DIGEST_KEY, is_consolidated, metadata_digests, validate_attrs
+from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, is_consolidated, metadata_digests, read_doc,
+                                  validate_attrs)
 
 FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
@@ -219,6 +221,10 @@ def jsonable(x: Any) -> Any:
 
 # -- parts: a store's time chunks cut into N contiguous shares ----------------------------------
 
+#: the most parts a store can be cut into (each part owns at least one time chunk anyway)
+MAX_PARTS = 1_000_000
+
+
 def parse_part(text: str) -> tuple[int, int]:
     """``"I/N"`` (1-based) -> ``(I, N)``."""
     a, sep, b = text.strip().partition("/")
@@ -226,8 +232,9 @@ def parse_part(text: str) -> tuple[int, int]:
         i, n = int(a), int(b)
     except ValueError:
         i = n = 0
-    if not sep or n < 1 or not 1 <= i <= n:
-        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N, e.g. 2/8")
+    if not sep or n < 1 or not 1 <= i <= n or n > MAX_PARTS:
+        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N <= {MAX_PARTS}, "
+                          "e.g. 2/8")
     return i, n
 
 
@@ -302,11 +309,17 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
     """
     try:
         if is_url(path):
-            if overwrite:
+            if overwrite and is_store(path):
+                try:
+                    open_latent_store(path)
+                except StoreError:
+                    raise StoreError(
+                        f"{path} is not an era5latent latent store; --overwrite replaces only "
+                        "a latent store: remove it yourself or choose another --out") from None
                 remove_tree(path)
             _create(zarr_store(path), spec, in_place=True)
         else:
-            with atomic_dir(path, overwrite) as tmp:
+            with atomic_dir(path, overwrite, LATENT) as tmp:
                 _create(tmp, spec)
     except OSError as err:
         raise StoreError(f"cannot create {path}: {err.strerror or err}; free space or choose a "
@@ -377,6 +390,21 @@ class LatentStore:
     root: zarr.Group
     meta: dict[str, Any]
     _arrays: dict[str, zarr.Array[Any]] = field(default_factory=dict, repr=False, compare=False)
+    _root_doc: bytes | None = field(default=None, repr=False, compare=False)  # as opened
+
+    def replaced(self) -> bool:
+        """Whether the store at ``path`` is no longer the one opened (``encode --overwrite``
+        replaced it meanwhile): what a damaged-looking chunk may really mean."""
+        try:
+            now = read_doc(self.path, ROOT_DOC)
+        except (OSError, KeyError):
+            return True
+        return self._root_doc is not None and now != self._root_doc
+
+    def check_not_replaced(self) -> None:
+        if self.replaced():
+            raise StoreError(f"{self.path} was replaced while it was being read (an 'encode "
+                             "--overwrite' of it?); run again once that encode has finished")
 
     def array(self, name: str) -> zarr.Array[Any]:
         """The array ``name``, opened once: opening reads and parses its metadata, which cost
@@ -517,8 +545,8 @@ class LatentStore:
         out: dict[str, int] = {}
         for g in self.groups:
             name = codes_name(g)
-            local = os.path.join(self.path, name)
-            if os.path.isdir(local):
+            local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
+            if os.path.isdir(os.path.join(self.path, name)):
                 out[g] = sum(os.path.getsize(os.path.join(d, f))
                              for d, _, fs in os.walk(local) for f in fs)
             else:
@@ -563,7 +591,11 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
         raise StoreError(f"{path} has latent-store format version {version}; this era5latent "
                          f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade era5latent")
     validate_attrs(path, meta, FORMAT_VERSION)
-    store = LatentStore(path, root, meta)
+    try:
+        doc: bytes | None = read_doc(path, ROOT_DOC)
+    except (OSError, KeyError):
+        doc = None
+    store = LatentStore(path, root, meta, _root_doc=doc)
     check_layout(store)
     return store
 
@@ -620,18 +652,24 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
     on_disk = store.nbytes_on_disk()
     done = store.done()
+    # ratios are over what is written so far: an unfinished store's bytes against the float32
+    # size of its finished chunks (not of all of them)
+    written = sum(b - a for a, b in map(store.chunk_bounds, np.flatnonzero(done).tolist()))
     groups: list[dict[str, Any]] = []
     for name, g in store.groups.items():
-        raw = len(times) * samples * len(g.channels) * lat_n * lon_n * 4
+        per_time = samples * len(g.channels) * lat_n * lon_n * 4
+        raw = len(times) * per_time
         code_raw = len(times) * samples * g.token_grid[0] * g.token_grid[1] * g.nbytes
         groups.append({
             "group": name, "channels": list(g.channels), "code_bits": g.code_bits,
             "token_grid": list(g.token_grid), "bytes_on_disk": on_disk[name],
             "code_bytes": code_raw, "float32_bytes": raw,
-            "compression_ratio": raw / on_disk[name] if on_disk[name] else None,
+            "float32_bytes_written": written * per_time,
+            "compression_ratio": written * per_time / on_disk[name] if on_disk[name] else None,
             "code_compression_ratio": raw / code_raw if code_raw else None,
         })
     raw_total = sum(g["float32_bytes"] for g in groups)
+    raw_written = sum(g["float32_bytes_written"] for g in groups)
     disk_total = sum(g["bytes_on_disk"] for g in groups)
     return {
         "path": path,
@@ -647,129 +685,7 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "source": meta["source"].get("path"),
         "groups": groups,
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
-        "compression_ratio": raw_total / disk_total if disk_total else None,
+        "float32_bytes_written": raw_written,
+        "compression_ratio": raw_written / disk_total if disk_total else None,
     } | ({"parts": parts_status(done, n_parts)}
          if (n_parts := parts or meta.get("parts")) else {})
-
-
-# -- writer lock -------------------------------------------------------------------------------
-
-LOCK = "era5latent.lock"
-
-
-def lock_name(part: tuple[int, int] | None = None) -> str:
-    """``era5latent.lock`` for whole-store writers, ``era5latent.lock.part-I-of-N`` for parts."""
-    return LOCK if part is None else f"{LOCK}.part-{part[0]}-of-{part[1]}"
-
-
-def _lock_part(name: str) -> tuple[int, int] | None:
-    if name == LOCK:
-        return None
-    i, _, n = name[len(LOCK) + len(".part-"):].partition("-of-")
-    return int(i), int(n)
-
-
-def _conflicts(mine: tuple[int, int] | None, theirs: tuple[int, int] | None) -> bool:
-    """Whole-store writers exclude everyone; parts exclude the same part and other part counts."""
-    if mine is None or theirs is None:
-        return True
-    return mine == theirs or mine[1] != theirs[1]
-
-
-class StoreLockedError(StoreError):
-    """Another live process is writing the store."""
-
-
-def _lock_holder(lock: str) -> dict[str, Any] | None:
-    try:
-        with open(lock) as f:
-            d = json.load(f)
-        return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
-    if holder is None:  # half-written by a process killed while taking it (allow a moment)
-        try:
-            return os.path.getmtime(lock) < time.time() - 10
-        except OSError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # cannot tell: only the user can say that process is gone
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
-
-
-def _lock_files(path: str) -> list[str]:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return []
-    return sorted(n for n in names
-                  if n == LOCK or re.fullmatch(re.escape(LOCK) + r"\.part-\d+-of-\d+", n))
-
-
-def check_unlocked(path: str, break_lock: bool = False, part: tuple[int, int] | None = None,
-                   *, ignore: str | None = None) -> None:
-    """Refuse when a live writer that conflicts with ours holds ``path``; clear stale locks.
-
-    A whole-store writer (``part`` None) conflicts with every lock; part ``(I, N)`` with the
-    whole-store lock, the same part's lock and parts of another count. Object-store URLs have
-    no lock files.
-    """
-    if is_url(path):
-        return
-    for name in _lock_files(path):
-        if name == ignore or not _conflicts(part, _lock_part(name)):
-            continue
-        lock = os.path.join(path, name)
-        holder = _lock_holder(lock)
-        if not os.path.exists(lock):
-            continue
-        if break_lock or _is_stale(lock, holder):
-            try:
-                os.unlink(lock)
-            except FileNotFoundError:
-                pass
-            continue
-        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-        raise StoreLockedError(
-            f"{path} is being written by {who} (lock file {lock}); wait for it to finish, or if "
-            "that process is gone, pass --break-lock")
-
-
-@contextmanager
-def writer_lock(path: str, break_lock: bool = False,
-                part: tuple[int, int] | None = None) -> Iterator[None]:
-    """Hold the store's lock file (or part ``(I, N)``'s) for the duration.
-
-    Local stores only: object-store URLs are not locked (see docs/distributed.md).
-    """
-    if is_url(path):
-        yield
-        return
-    name = lock_name(part)
-    lock = os.path.join(path, name)
-    while True:
-        check_unlocked(path, break_lock, part)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # raced with another writer: look again (it raises if that one is live)
-        break
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-    try:
-        # a conflicting writer may have taken its own lock between our look and our create:
-        # look again now that ours is visible (then at worst both back off, never both write)
-        check_unlocked(path, False, part, ignore=name)
-        yield
-    finally:
-        if (_lock_holder(lock) or {}).get("pid") == os.getpid():
-            os.unlink(lock)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from era5latent.store import LOCK
+from era5latent.store import lock_path
 
 from .conftest import assert_clean_error, run_cli
 
@@ -133,7 +133,9 @@ def test_a_live_writer_lock_refuses_a_second_encode(store: Path, sample_zarr: Pa
                                                     tiny_model: Path) -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (store / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        lock = Path(lock_path(str(store)))
+        assert lock.parent == store.parent  # beside the store, where zarr never sees it
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
         args = ["encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out",
                 store, "--device", "cpu"]
         before = sorted(p.name for p in store.iterdir())
@@ -145,7 +147,7 @@ def test_a_live_writer_lock_refuses_a_second_encode(store: Path, sample_zarr: Pa
         sleeper.wait()
     # the writer is gone now: its lock is stale and the same command goes through
     assert run_cli(*args).exit_code == 0
-    assert not (store / LOCK).exists()
+    assert not lock.exists()
 
 
 @contextmanager
@@ -206,7 +208,10 @@ def test_decode_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
     with _small_disk(tmp_path, size) as mnt:
         (mnt / "ballast").write_bytes(b"\0" * (size - need // 2))  # room for half the output
         old = mnt / "old.zarr"
-        old.mkdir()
+        old.mkdir()  # an earlier decoded output (recognised by its attributes: ours to replace)
+        (old / "zarr.json").write_text(json.dumps({
+            "zarr_format": 3, "node_type": "group",
+            "attributes": {"era5latent": {"decoded_from": "l.zarr"}}}))
         (old / "keep").write_text("an earlier output")
         res = run_cli(*args, "--out", old, "--overwrite")
         assert_clean_error(res, "no space left", "re-run")
@@ -270,3 +275,21 @@ def test_an_unfinished_version_1_store_is_finished_in_its_own_format(
     assert res.exit_code == 0, res.stderr
     ok = run_cli("verify", out)
     assert ok.exit_code == 0 and "version 1" in ok.stdout, ok.stdout
+
+
+def test_a_held_lock_is_beside_the_store_and_opening_it_never_warns(store: Path) -> None:
+    import warnings
+
+    import zarr
+
+    from era5latent.store import open_latent_store, writer_lock
+
+    with writer_lock(str(store)):
+        assert Path(lock_path(str(store))).is_file()
+        assert not [p for p in store.iterdir() if "lock" in p.name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            open_latent_store(str(store)).done()
+            list(zarr.open_group(store, mode="r").members())
+            xr.open_zarr(store).close()
+    assert not Path(lock_path(str(store))).exists()
