@@ -17,6 +17,7 @@ the source's names, units and coordinates. Data stay lazy: nothing is read until
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -187,7 +188,7 @@ def time_index_range(times: np.ndarray, time_range: str | None, where: str) -> t
 
 def parse_time_range(text: str) -> tuple[np.datetime64 | None, np.datetime64 | None]:
     """``START/END`` (ISO, inclusive; either side may be empty) -> datetimes."""
-    if "/" not in text:
+    if text.count("/") != 1:
         raise OptionError(
             f"--time {text!r}: expected START/END in ISO form, e.g. 2020-01-01/2020-01-31T18")
     a, _, b = text.partition("/")
@@ -252,19 +253,49 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
             f"{fmt}") from None
 
 
+class _Captured(logging.Handler):
+    """Keeps cfgrib's log records (tracebacks included) from the user's terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def corrupted(self) -> str | None:
+        """What the first damaged message said, if cfgrib skipped one."""
+        for r in self.records:
+            if "corrupted" in r.getMessage():
+                err = r.exc_info[1] if r.exc_info else None
+                return f"{err or r.getMessage()} (a damaged or truncated message)"
+        return None
+
+
 def _open_grib(path: str) -> xr.Dataset:
     import cfgrib
 
     kwargs = {"indexpath": ""}  # never write index files beside the source
+    log = logging.getLogger("cfgrib")
+    captured = _Captured()
+    log.addHandler(captured)
+    propagate, log.propagate = log.propagate, False
     try:
-        return xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs, decode_timedelta=False)
-    except cfgrib.dataset.DatasetBuildError:
-        # several hypercubes (e.g. pressure and surface fields in one file): merge them
-        parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
-        parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
-                              if c in p.coords]) for p in parts]
-        merged: xr.Dataset = xr.merge(parts, compat="override", join="exact")
-        return merged
+        try:
+            ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs,
+                                 decode_timedelta=False)
+        except cfgrib.dataset.DatasetBuildError:
+            # several hypercubes (e.g. pressure and surface fields in one file): merge them
+            parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
+            parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
+                                  if c in p.coords]) for p in parts]
+            ds = xr.merge(parts, compat="override", join="exact")
+    finally:
+        log.removeHandler(captured)
+        log.propagate = propagate
+    if (why := captured.corrupted()) is not None:  # cfgrib skipped it and went on: we do not
+        raise ValueError(why)
+    return ds
 
 
 def _canonical_name(name: str, da: xr.DataArray) -> str | None:
@@ -334,6 +365,7 @@ def normalise(raw: xr.Dataset, path: str, fmt: str) -> Source:
         ds = ds.assign_coords(level=np.rint(lev).astype(np.int64))
 
     _check_time(path, ds)
+    check_values(path, ds, names)
     lat = np.asarray(ds["latitude"].values, dtype=np.float64)
     lon = np.asarray(ds["longitude"].values, dtype=np.float64)
     lat_desc = bool(lat.size < 2 or lat[0] > lat[-1])
@@ -369,6 +401,12 @@ def _check_time(path: str, ds: xr.Dataset) -> None:
     t = np.asarray(ds["time"].values)
     if t.size == 0:
         raise SourceError(f"{path} has an empty time axis")
+    if "time" not in ds.coords or not np.issubdtype(t.dtype, np.datetime64):
+        found = (f"values of type {t.dtype} (e.g. {str(t.flat[0])[:30]!r})"
+                 if "time" in ds.coords else "no coordinate values")
+        raise SourceError(
+            f"{path} has a time axis with {found}; expected datetimes (a CF time coordinate "
+            "with units such as 'hours since 1900-01-01'): add or fix the time coordinate")
     if t.size > 1:
         d = np.diff(t.astype("datetime64[ns]").astype(np.int64))
         if np.any(d == 0):
@@ -379,6 +417,41 @@ def _check_time(path: str, ds: xr.Dataset) -> None:
             i = int(np.argmax(d < 0)) + 1
             raise SourceError(f"{path} has times out of order at index {i} ({iso(t[i])}); "
                               "sort the source by time first")
+
+
+def check_values(path: str, ds: xr.Dataset, names: dict[str, str]) -> None:
+    """What the source's coordinates and variables must be before anything is encoded:
+    latitude and longitude non-empty, finite, without duplicates (latitude within +-90); every
+    variable real-valued (floating point, or integers such as CF-packed ones), never complex,
+    boolean, text or objects. One :class:`SourceError` naming what was found and the fix."""
+    for axis in ("latitude", "longitude"):
+        v = np.asarray(ds[axis].values)
+        if v.size == 0:
+            raise SourceError(f"{path} has an empty {axis} axis; expected a grid of at least "
+                              "one point: select a non-empty region")
+        if not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+            raise SourceError(f"{path}: {axis} holds {v.dtype} values; expected degrees as "
+                              "real numbers")
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all():
+            raise SourceError(f"{path}: {axis} holds {int((~np.isfinite(v)).sum())} NaN or "
+                              f"infinite value(s); expected finite degrees: fix the {axis} "
+                              "coordinate")
+        if np.unique(v).size != v.size:
+            raise SourceError(f"{path}: {axis} holds duplicated values; expected each "
+                              f"{axis} once: de-duplicate the grid")
+        if axis == "latitude" and np.abs(v).max() > 90:
+            raise SourceError(f"{path}: latitude reaches {float(np.abs(v).max())}; expected "
+                              "degrees within -90..90")
+    for canon, name in names.items():
+        dt = ds[canon].dtype
+        if np.issubdtype(dt, np.complexfloating):
+            raise DataValueError(f"{path}: {name} is complex ({dt}); expected real fields: take "
+                                 "the real part (or the magnitude) first")
+        if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)) or \
+                dt == np.bool_:
+            raise DataValueError(f"{path}: {name} holds {dt} values; expected floating-point "
+                                 "fields (or CF-packed integers)")
 
 
 def _check_units(path: str, units: dict[str, str]) -> None:
