@@ -96,6 +96,17 @@ def _echo(text: str) -> None:
     Console(highlight=False).print(text)
 
 
+def _note_leftovers(out: object) -> None:
+    """After a successful run: name what killed runs left beside the output (on stderr)."""
+    from era5latent.fsutil import leftovers
+
+    found = leftovers(str(out))
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        sys.stderr.write(f"note: {shown} beside {out} were left by earlier runs that were "
+                         "killed; delete them once no era5latent run writes there\n")
+
+
 Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z500,t850,t2m' "
                                      "(also 2t, 10u, geopotential:500).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -248,6 +259,7 @@ def encode_cmd(
     how = f"resumed, {res.chunks_skipped} chunk(s) already done; " if res.resumed else ""
     groups = "; ".join(g + "=" + ",".join(c) for g, c in res.groups.items())
     what = f"part {part[0]}/{part[1]} of {out}" if part else str(out)
+    _note_leftovers(out)
     _echo(f"wrote {what}: {res.times} times, groups {groups} ({how}"
           f"{res.samples} samples in {res.seconds:.1f} s, {res.samples_per_second:.1f} samples/s)")
     if part:
@@ -301,6 +313,7 @@ def decode_cmd(
     for where in res.corrupt:
         sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
             "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")
+    _note_leftovers(out)
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 
@@ -472,9 +485,11 @@ def verify_cmd(
     model: Annotated[Optional[Path], typer.Option(
         help="Also check that the store was made with this checkpoint.")] = None,
 ) -> None:
-    """Check a latent store's integrity: format, layout, build state, chunk checksums, model.
+    """Check a latent store's integrity: format, attributes, metadata, build, every array, model.
 
-    Prints one line per check. Exit code 0 when all pass, 3 when any fails.
+    Prints one line per check, and one per array: every chunk of every array is read (its crc32c
+    checked; codes also against their sha256). Exit code 0 when all pass, 3 when any fails,
+    naming the array (or metadata document) and chunk.
     """
     from era5latent.api import verify
 

@@ -51,7 +51,7 @@ from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetc
                                  read_codes, resolve_device, resolve_precision)
 from era5latent.sources import Source, iso, open_source
 from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
-                              parts_status, writer_lock)
+                              MAX_PARTS, parts_status, writer_lock)
 from era5latent.variables import Channel, parse_channel
 
 #: progress(done_samples, total_samples, tasks_done, tasks_total) -- after each finished task
@@ -425,6 +425,8 @@ def finalize(path: str, parts: int | None = None, break_lock: bool = False) -> F
     ``parts`` N names the parts in the error (default: the N recorded by the ``--parts`` run that
     created the store). Refused while any writer (whole or part) of the store is alive.
     """
+    if parts is not None and not 1 <= parts <= MAX_PARTS:
+        raise OptionError(f"--parts {parts}: expected a count from 1 to {MAX_PARTS}")
     store = open_latent_store(path, mode="r+")
     if store.finished:
         return FinalizeResult(path, int(store.done().size), True)

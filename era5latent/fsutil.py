@@ -180,6 +180,20 @@ def check_replaceable(path: str, kind: str) -> None:
                          f"{kind}: move it away or choose another --out")
 
 
+def leftovers(path: str) -> list[str]:
+    """Temporary directories and files of earlier runs beside ``path`` (``.NAME.tmp-*``,
+    ``.NAME.old-*``): what a killed run leaves. Local paths only."""
+    if is_url(path):
+        return []
+    full = os.path.abspath(path.rstrip("/") or path)
+    base = os.path.basename(full)
+    try:
+        names = os.listdir(os.path.dirname(full))
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith((f".{base}.tmp-", f".{base}.old-")))
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -54,7 +54,9 @@ class SourceLayout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceLayout:
-        return cls(**d)
+        """From a store's attributes: unknown keys (a newer writer's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -235,17 +237,20 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
     if not is_url(path) and not os.path.exists(path):
         raise SourceError(f"no such file or directory: {path}; check the path")
     try:
-        if fmt == "zarr":
-            with warnings.catch_warnings(), fast_zarr(path):
-                # unconsolidated stores are normal; no need to nag
-                warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
-                opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
-                                                  storage_options=storage_options,
-                                                  decode_timedelta=False)
-                return opened
-        if fmt == "netcdf":
-            return xr.open_dataset(path, engine="h5netcdf", chunks=None, decode_timedelta=False)
-        return _open_grib(path)
+        # the readers' own warnings (an unconsolidated store, a dtype zarrs or the Zarr spec does
+        # not know, cfgrib's notes) never reach the user raw: what matters is checked after
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "zarr":
+                with fast_zarr(path):
+                    opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
+                                                      storage_options=storage_options,
+                                                      decode_timedelta=False)
+                    return opened
+            if fmt == "netcdf":
+                return xr.open_dataset(path, engine="h5netcdf", chunks=None,
+                                       decode_timedelta=False)
+            return _open_grib(path)
     except Exception as err:  # any reader failure means the file is unreadable to us
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SourceError(

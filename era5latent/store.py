@@ -222,7 +222,7 @@ def jsonable(x: Any) -> Any:
 # -- parts: a store's time chunks cut into N contiguous shares ----------------------------------
 
 #: the most parts a store can be cut into (each part owns at least one time chunk anyway)
-MAX_PARTS = 1_000_000
+MAX_PARTS = 100_000
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -248,6 +248,8 @@ def part_range(n_chunks: int, part: tuple[int, int] | None) -> range:
 
 def parts_status(done: np.ndarray, n: int) -> dict[str, Any]:
     """Which of ``n`` parts have every time chunk written (what ``info`` and ``finalize`` say)."""
+    if not 1 <= n <= MAX_PARTS:
+        raise OptionError(f"--parts {n}: expected a count from 1 to {MAX_PARTS}")
     finished = [i for i in range(1, n + 1) if done[list(part_range(done.size, (i, n)))].all()]
     return {"count": n, "done": finished,
             "missing": [i for i in range(1, n + 1) if i not in finished]}

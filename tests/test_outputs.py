@@ -179,3 +179,14 @@ def test_a_store_replaced_while_decoding_is_not_called_corrupt(
     assert run_cli(*args).exit_code == 0  # replaced underneath the open store
     with pytest.raises(StoreError, match="was replaced while it was being read"):
         read_codes(opened, ["z"], 8, 16, allow_corrupt=True)
+
+
+def test_leftovers_of_killed_runs_are_named(store: Path, tiny_model: Path,
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "r.zarr"
+    (tmp_path / ".r.zarr.tmp-abc123").mkdir()  # what a killed decode leaves
+    res = run_cli("decode", str(store), "--model", str(tiny_model), "--out", str(out),
+                  "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    assert ".r.zarr.tmp-abc123" in res.stderr and "killed" in res.stderr
+    assert (tmp_path / ".r.zarr.tmp-abc123").is_dir()  # named, not deleted

@@ -135,3 +135,10 @@ def test_truncated_checksum_or_done_flag_chunk(array: str, chunk: str, group: st
                   "--allow-corrupt")
     assert res.exit_code == 0, res.stderr
     assert "filled with NaN" in res.stderr and "2020-01-03T00:00:00" in res.stderr
+
+
+def test_a_huge_parts_count_is_refused_at_once(good_store: Path) -> None:
+    assert_clean_error(run_cli("info", good_store, "--parts", "99999999999999999999"),
+                       "--parts", "expected a count")
+    assert_clean_error(run_cli("finalize", good_store, "--parts", "99999999999999999999"),
+                       "--parts")
