@@ -13,6 +13,7 @@ complete.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -177,8 +178,23 @@ class FieldWriter:
         ds = xr.Dataset({self.out_name(v): (self._dims(v), self._mem[v], self._var_attrs(v))
                          for v in self.vars}, coords=coords,
                         attrs={f"era5latent_{k}": str(v) for k, v in self.attrs.items()})
-        with atomic_file(self.out, kind=DECODED) as tmp:
-            ds.to_netcdf(tmp, engine="h5netcdf")
+        # HDF5 on a full disk ends in a traceback or a segmentation fault, not an OSError: look
+        # at the free space first (NetCDF is written uncompressed, so its size is known)
+        need = int(ds.nbytes) + (1 << 20)
+        parent = os.path.dirname(os.path.abspath(self.out)) or "."
+        free = shutil.disk_usage(parent).free if os.path.isdir(parent) else need
+        if free < need:
+            raise StoreError(
+                f"cannot write decoded fields to {self.out}: no space left on device (needs "
+                f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free); free space and re-run; "
+                f"nothing was written at {self.out}")
+        try:
+            with atomic_file(self.out, kind=DECODED) as tmp:
+                ds.to_netcdf(tmp, engine="h5netcdf")
+        except OSError as err:
+            raise StoreError(f"cannot write decoded fields to {self.out}: {err.strerror or err}; "
+                             f"free space (or fix permissions) and re-run; nothing was written at "
+                             f"{self.out}") from None
 
 
 def _coord_attrs(name: str) -> dict[str, Any]:
