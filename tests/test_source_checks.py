@@ -110,3 +110,15 @@ def test_a_damaged_grib_is_the_documented_line_without_cfgrib_traceback(
     assert_clean_error(res, f"cannot read {cut} as grib", "check that the file is complete")
     assert "corrupted" not in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.grib"]
+
+
+def test_grib_messages_of_several_hypercubes_print_nothing_of_cfgrib(
+        real_data: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from .conftest import ENSEMBLE_GRIB
+
+    mixed = tmp_path / "mixed.grib"
+    mixed.write_bytes(ENSEMBLE_GRIB.read_bytes() + UK_T2M_GRIB.read_bytes())
+    res = run_cli("encode", mixed, "--model", tiny_model, "--subset", "z500", "--out",
+                  tmp_path / "l.zarr", "--device", "cpu")
+    assert_clean_error(res, "grid")  # the tiny model's grid is another: one line, nothing else
+    assert "DatasetBuildError" not in res.stderr and "skipping" not in res.stderr

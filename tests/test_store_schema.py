@@ -142,3 +142,28 @@ def test_a_huge_parts_count_is_refused_at_once(good_store: Path) -> None:
                        "--parts", "expected a count")
     assert_clean_error(run_cli("finalize", good_store, "--parts", "99999999999999999999"),
                        "--parts")
+
+
+@pytest.mark.parametrize("case", ["huge token grid", "huge code bits", "time_chunk negative"])
+def test_crafted_sizes_are_refused_within_1_gb(case: str, good_store: Path, tiny_model: Path,
+                                               tmp_path: Path) -> None:
+    """Nothing the attributes claim is allocated: the whole process peaks under 1 GB."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "crafted.zarr"
+    shutil.copytree(good_store, store)
+    CRAFTED[case][0](store)
+    for args in (["info", str(store)],
+                 ["decode", str(store), "--model", str(tiny_model), "--out",
+                  str(tmp_path / "r.zarr"), "--device", "cpu", "--allow-corrupt"]):
+        probe = ("import resource, subprocess, sys; "
+                 "r = subprocess.run([sys.executable, '-m', 'era5latent.cli', *sys.argv[1:]], "
+                 "capture_output=True, text=True); "
+                 "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+                 "sys.stderr.write(r.stderr)")
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                             text=True, timeout=300)
+        code, peak_kib = map(int, out.stdout.split())
+        assert code == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert peak_kib < 1 << 20, f"{args[0]} peaked at {peak_kib / 1024:.0f} MiB"
