@@ -160,7 +160,16 @@ class FieldWriter:
             self._write_netcdf()
             return
         assert self._ctx is not None
-        consolidate(self._tmp)
+        try:
+            consolidate(self._tmp)
+        except BaseException as err:
+            self.abort()  # the temporary output goes: nothing is left behind
+            os_err = os_error_of(err)
+            if os_err is None:
+                raise
+            raise StoreError(f"cannot write decoded fields to {self.out}: "
+                             f"{os_err.strerror or os_err}; free space and re-run; nothing was "
+                             f"written at {self.out}") from None
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
