@@ -378,6 +378,7 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                          overwrite=overwrite, time_chunk=time_chunk,
                          precision=precision if on_this_host else "fp32",
                          break_lock=break_lock, part=part)
+    job.first = None  # read to check the source before creating the store; workers read their own
     start = time.perf_counter()
     with writer_lock(out, break_lock, part):
         todo = job.todo()
