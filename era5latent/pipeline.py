@@ -689,11 +689,7 @@ class DecodePlan:
 def check_store_metadata(store: LatentStore, allow_corrupt: bool) -> list[str]:
     """The store's metadata against the digests recorded at finalize: damage is a
     :class:`StoreError` naming the document, or with ``allow_corrupt`` a list of warnings."""
-    from era5latent.storemeta import DIGEST_KEY, check_metadata
-
-    if DIGEST_KEY not in store.meta:
-        return []
-    problems = check_metadata(store.path, store.meta[DIGEST_KEY])
+    problems = store.metadata_problems()
     if problems and not allow_corrupt:
         raise StoreError(f"{store.path}: metadata damaged: {'; '.join(problems)}; re-encode the "
                          "store, or decode with --allow-corrupt to use it as it is")

@@ -34,8 +34,8 @@ from era5latent.locks import lock_name as lock_name
 from era5latent.locks import lock_path as lock_path
 from era5latent.locks import writer_lock as writer_lock
 from era5latent.sources import iso
-from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, is_consolidated, metadata_digests, read_doc,
-                                  validate_attrs)
+from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, check_metadata, is_consolidated,
+                                  metadata_digests, read_doc, validate_attrs)
 
 FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
@@ -393,6 +393,23 @@ class LatentStore:
     meta: dict[str, Any]
     _arrays: dict[str, zarr.Array[Any]] = field(default_factory=dict, repr=False, compare=False)
     _root_doc: bytes | None = field(default=None, repr=False, compare=False)  # as opened
+
+    def own_arrays(self) -> list[str]:
+        """The arrays the attributes say this store has (era5latent's own)."""
+        names = ["time", "latitude", "longitude", DONE, *self.sample_dims]
+        for g in self.groups:
+            names += [codes_name(g), checksum_name(g)]
+        return names
+
+    def metadata_problems(self) -> list[str]:
+        """How the metadata differs from what was sealed at finalize (empty: intact, or not
+        sealed because it is unfinished or of format version 1)."""
+        if DIGEST_KEY in self.meta:
+            return check_metadata(self.path, self.meta[DIGEST_KEY], self.own_arrays())
+        if self.complete and self.version >= 2:
+            return [f"{DIGEST_KEY} is missing: the store is complete but its metadata was "
+                    "never sealed"]
+        return []
 
     def replaced(self) -> bool:
         """Whether the store at ``path`` is no longer the one opened (``encode --overwrite``

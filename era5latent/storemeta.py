@@ -95,14 +95,18 @@ def metadata_digests(path: str) -> dict[str, str]:
     return out
 
 
-def check_metadata(path: str, recorded: Any) -> list[str]:
+def check_metadata(path: str, recorded: Any, ours: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Every way the store's metadata differs from the digests it recorded (empty: intact).
 
-    Each entry names the document: ``codes_z/zarr.json (sha256 differs)``.
+    Each entry names the document: ``codes_z/zarr.json (sha256 differs)``. ``ours`` names the
+    arrays the store must have digests for (a digest removed is as bad as a document changed);
+    other arrays (added by other tools) are not era5latent's to judge.
     """
     if not isinstance(recorded, dict) or not recorded:
         return [f"{DIGEST_KEY} is missing or not an object"]
-    problems: list[str] = []
+    problems: list[str] = [f"{rel} has no digest recorded at finalize" for rel in
+                           sorted({ROOT_DOC} | {f"{n}/zarr.json" for n in ours})
+                           if rel not in recorded]
     docs: dict[str, dict[str, Any]] = {}
     for rel, want in sorted(recorded.items()):
         try:

@@ -19,7 +19,7 @@ import zarr
 from era5latent.errors import StoreError
 from era5latent.store import (DONE, CorruptArrayError, CorruptChunkError, LatentStore,
                               checksum_name, codes_name, open_latent_store, read_array)
-from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, check_metadata, read_doc
+from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, read_doc
 
 
 @dataclass
@@ -78,18 +78,16 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
 
 
 def _metadata(store: LatentStore) -> Check:
+    problems = store.metadata_problems()
+    if problems:
+        return Check("metadata", False, "; ".join(problems))
     if DIGEST_KEY in store.meta:
-        recorded = store.meta[DIGEST_KEY]
-        problems = check_metadata(store.path, recorded)
-        return Check("metadata", not problems, "; ".join(problems) or
-                     f"{len(recorded)} documents match the digests recorded at finalize")
+        return Check("metadata", True, f"{len(store.meta[DIGEST_KEY])} documents match the "
+                                       "digests recorded at finalize")
     if store.version < 2:
         return Check("metadata", True, "format version 1 records no metadata digest (not "
                                        "checked); re-encode to get one")
-    if not store.complete:
-        return Check("metadata", True, "not sealed yet (the store is unfinished)")
-    return Check("metadata", False, "the store is complete but its metadata was never sealed; "
-                                    "re-run the encode command or 'era5latent finalize'")
+    return Check("metadata", True, "not sealed yet (the store is unfinished)")
 
 
 def _is_crc(arr: zarr.Array[Any]) -> bool:

@@ -298,3 +298,22 @@ def test_a_held_lock_is_beside_the_store_and_opening_it_never_warns(store: Path)
             list(zarr.open_group(store, mode="r").members())
             xr.open_zarr(store).close()
     assert not Path(lock_path(str(store))).exists()
+
+
+@pytest.mark.parametrize("how", ["drop one digest", "drop every digest"])
+def test_removing_digests_does_not_hide_an_edit(store: Path, tiny_model: Path, tmp_path: Path,
+                                                how: str) -> None:
+    root = json.loads((store / "zarr.json").read_text())
+    meta = root["attributes"]["era5latent"]
+    if how == "drop one digest":
+        del meta["metadata_sha256"]["latitude/zarr.json"]
+    else:
+        del meta["metadata_sha256"]
+    (store / "zarr.json").write_text(json.dumps(root))
+    _edit(store / "latitude" / "zarr.json", "edit")
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3, bad.stdout
+    line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("FAIL"))
+    assert "metadata" in line and ("latitude/zarr.json" in line or "never sealed" in line)
+    res = run_cli("decode", store, "--model", tiny_model, "--out", tmp_path / "r.zarr")
+    assert_clean_error(res, "metadata")
