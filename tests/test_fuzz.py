@@ -178,7 +178,7 @@ def _paths(d: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def _edit_json(doc: Path, r: Rng, within: tuple[str, ...] = ()) -> None:
     try:
         data = json.loads(doc.read_text())
-    except (ValueError, UnicodeDecodeError):
+    except (OSError, ValueError):  # removed or damaged by an earlier damage
         return
     root: Any = data
     for k in within:
@@ -279,6 +279,7 @@ class Case:
     dir: Path
     out: Path | None = None
     mutable: set[str] = field(default_factory=set)  # inputs the verb may legitimately change
+    pristine: Path | None = None  # verify: the undamaged store this case's store was copied from
 
 
 def make_case(index: int, root: Path, store: Path, model: Path, truth: Path) -> Case:
@@ -346,7 +347,7 @@ def make_case(index: int, root: Path, store: Path, model: Path, truth: Path) -> 
                     mutable={"latent.zarr"})
     if verb == "verify":
         return Case(index, verb, ["verify", str(st), *_maybe(r, 0.3, "--model", str(model))],
-                    case)
+                    case, pristine=store)
     if verb == "evaluate":
         return Case(index, verb, ["evaluate", str(truth), "--latent", str(st), "--model",
                                   str(model), "--baselines", "none", "--device", "cpu",
@@ -428,9 +429,28 @@ def judge(case: Case) -> tuple[int, list[str]]:
                  and n not in before]
     if leftovers:
         problems.append(f"temporary or lock files left: {leftovers[:3]}")
+    if case.pristine is not None and code == 0 and (changed := damage(case.pristine,
+                                                                    case.dir / "latent.zarr")):
+        problems.append(f"verify passed a damaged store ({', '.join(changed[:3])} changed)")
     if problems:
         problems.append(f"stderr: {stderr.strip()[-400:]!r}")
     return code, problems
+
+
+def damage(pristine: Path, store: Path) -> list[str]:
+    """The files of ``pristine`` that ``store`` changed or lost (the root document compared as
+    JSON, without its consolidated metadata: its formatting is not its content)."""
+    want, have = snapshot(pristine), snapshot(store) if store.is_dir() else {}
+    changed = [n for n, d in want.items() if have.get(n) != d]
+    if "zarr.json" in changed and (store / "zarr.json").is_file():
+        try:
+            a = json.loads((pristine / "zarr.json").read_text())
+            b = json.loads((store / "zarr.json").read_text())
+            if a == b:
+                changed.remove("zarr.json")
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return changed
 
 
 @pytest.fixture(scope="module")
