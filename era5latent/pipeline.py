@@ -341,8 +341,7 @@ def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ..
     )
 
 
-def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0,
-                     break_lock: bool = False) -> LatentStore:
+def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStore:
     deadline = time.monotonic() + wait
     while True:  # ``wait``: another process may still be laying the store out in place (URLs)
         try:
@@ -358,8 +357,8 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0,
     want = spec.identity() | {"format_version": store.version}
     diff = [k for k in want if jsonable(want[k]) != jsonable(have.get(k))]
     if diff:
-        try:
-            check_unlocked(out, break_lock)
+        try:  # only to say whether it is being written: never breaks a lock here
+            check_unlocked(out, False)
             busy = ""
         except StoreLockedError as err:
             busy = f"; it is being written now ({err.holder}) with those settings"
@@ -551,7 +550,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
             raise StoreError(f"{out} exists and is not a latent store; choose another --out")
         # made differently is said first: waiting for a live writer of another subset or model
         # would not help
-        store = _open_for_resume(out, spec, wait, break_lock)
+        store = _open_for_resume(out, spec, wait)
         check_unlocked(out, break_lock, part)
         resumed = True
     else:
