@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: install test demo bench docs typecheck clean
+.PHONY: install test demo bench docs typecheck clean fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,15 @@ install: $(STAMP)
 # spinning OpenMP threads on an oversubscribed 2-core machine made model steps ~20x slower
 test: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+
+# generated malformed sources, stores, parquet files and command lines through every verb
+# (tests/test_fuzz.py; make test runs 200 of them), printing the counts by verb and exit code;
+# then encode and decode SIGKILLed at KILLS random times each (tests/test_kills.py).
+# FUZZ_CASES=N for another count, FUZZ_SEED=S for other cases
+fuzz: $(STAMP)
+	ERA5LATENT_FUZZ_CASES=$${FUZZ_CASES:-10000} ERA5LATENT_FUZZ_SEED=$${FUZZ_SEED:-0} \
+	ERA5LATENT_KILLS=$${KILLS:-20} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_kills.py
 
 demo: $(STAMP)
 	$(PY) -m era5latent.demo --out $(DEMO_DIR)

@@ -38,8 +38,9 @@ from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode
                                  encode_fields, read_fields, ready_to_encode, resolve_device,
                                  resolve_precision, select_store_channels)
 from era5latent.sources import Source, SourceLayout, normalise, open_source
-from era5latent.store import (ATTR, Check, GroupSpec, LatentStore, codes_name, jsonable,
+from era5latent.store import (ATTR, GroupSpec, LatentStore, codes_name, jsonable,
                               open_latent_store)
+from era5latent.storeverify import Check
 from era5latent.training import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
 
@@ -387,7 +388,7 @@ def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list
     loaded model), that the store was made with that model. Damage is reported, never raised.
     """
     from era5latent.model.checkpoint import file_sha256
-    from era5latent.store import verify as verify_store
+    from era5latent.storeverify import verify as verify_store
 
     sha = None
     if isinstance(model, LoadedModel):

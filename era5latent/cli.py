@@ -167,6 +167,17 @@ def _echo(text: str) -> None:
     Console(highlight=False).print(text)
 
 
+def _note_leftovers(out: object) -> None:
+    """After a successful run: name what killed runs left beside the output (on stderr)."""
+    from era5latent.fsutil import leftovers
+
+    found = leftovers(str(out))
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        sys.stderr.write(f"note: {shown} beside {out} were left by earlier runs that were "
+                         "killed; delete them once no era5latent run writes there\n")
+
+
 Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z500,t850,t2m' "
                                      "(also t_850, temperature_850, 2t, 130:850; docs/variables.md).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -452,6 +463,7 @@ def encode_cmd(
     how = f"resumed, {res.chunks_skipped} chunk(s) already done; " if res.resumed else ""
     groups = "; ".join(g + "=" + ",".join(c) for g, c in res.groups.items())
     what = f"part {part[0]}/{part[1]} of {out}" if part else str(out)
+    _note_leftovers(out)
     _echo(f"wrote {what}: {res.times} times, groups {groups} ({how}"
           f"{res.samples} samples in {res.seconds:.1f} s, {res.samples_per_second:.1f} samples/s)")
     if part:
@@ -503,7 +515,9 @@ def decode_cmd(
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          precision=precision, allow_corrupt=allow_corrupt, progress=bar.update)
     for where in res.corrupt:
-        sys.stderr.write(f"warning: corrupt chunk filled with NaN: {where}\n")
+        sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
+            "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")
+    _note_leftovers(out)
     _echo(f"wrote {out}: {', '.join(res.variables)} ({','.join(res.channels)}), {res.times} times "
           f"in {res.seconds:.1f} s")
 
@@ -568,10 +582,12 @@ def info_cmd(
     table = Table("group", "channels", "tokens", "bits", "on disk", "float32", "ratio")
     for g in info["groups"]:
         table.add_row(g["group"], ",".join(g["channels"]), "x".join(map(str, g["token_grid"])),
-                      str(g["code_bits"]), _size(g["bytes_on_disk"]), _size(g["float32_bytes"]),
+                      str(g["code_bits"]), _size(g["bytes_on_disk"]), _size(g["float32_bytes_written"]),
                       f"{g['compression_ratio']:.1f}x" if g["compression_ratio"] else "-")
     ratio = info["compression_ratio"]
-    table.add_row("total", "", "", "", _size(info["bytes_on_disk"]), _size(info["float32_bytes"]),
+    if not info["complete"]:
+        lines.append(f"sizes and ratios: over the {info['chunks_done']} time chunks written so far")
+    table.add_row("total", "", "", "", _size(info["bytes_on_disk"]), _size(info["float32_bytes_written"]),
                   f"{ratio:.1f}x" if ratio else "-")
     con = Console(highlight=False, soft_wrap=True)
     for line in lines:
@@ -699,9 +715,11 @@ def verify_cmd(
     model: Annotated[Optional[Path], typer.Option(
         help="Also check that the store was made with this checkpoint.")] = None,
 ) -> None:
-    """Check a latent store's integrity: format, layout, build state, chunk checksums, model.
+    """Check a latent store's integrity: format, attributes, metadata, build, every array, model.
 
-    Prints one line per check. Exit code 0 when all pass, 3 when any fails.
+    Prints one line per check, and one per array: every chunk of every array is read (its crc32c
+    checked; codes also against their sha256). Exit code 0 when all pass, 3 when any fails,
+    naming the array (or metadata document) and chunk.
     """
     from era5latent.api import verify
 

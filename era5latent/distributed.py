@@ -24,6 +24,7 @@ without ``--parts``) marks it complete once every chunk is written.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -50,7 +51,7 @@ from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetc
                                  read_codes, resolve_device, resolve_precision)
 from era5latent.sources import Source, iso, open_source
 from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
-                              parts_status, writer_lock)
+                              MAX_PARTS, parts_status, writer_lock)
 from era5latent.variables import Channel, parse_channel
 
 #: progress(done_samples, total_samples, tasks_done, tasks_total) -- after each finished task
@@ -121,6 +122,23 @@ def check_cluster_options(client: Any = None, scheduler: str | None = None,
                           "cluster, or the size of a local one)")
     if workers is not None and workers < 1:
         raise OptionError(f"--workers {workers}: expected a positive integer")
+    if workers is not None and workers > 4096:
+        raise OptionError(f"--workers {workers}: expected at most 4096 local worker processes")
+    if scheduler is not None and scheduler.endswith(".json"):
+        # dask would wait for a missing scheduler file to appear, for minutes
+        if not os.path.isfile(scheduler):
+            raise OptionError(f"--scheduler {scheduler}: no such scheduler file; expected the "
+                              "file 'dask scheduler --scheduler-file' wrote, or an address "
+                              "tcp://HOST:8786")
+        try:
+            with open(scheduler) as f:
+                ok = isinstance(json.load(f).get("address"), str)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise OptionError(f"--scheduler {scheduler}: not a dask scheduler file (expected "
+                              "JSON with an 'address'); pass the file 'dask scheduler "
+                              "--scheduler-file' wrote, or an address tcp://HOST:8786")
 
 
 @contextmanager
@@ -347,6 +365,13 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
     """``pipeline.encode`` on a Dask cluster (``client``, ``scheduler`` or ``workers`` local
     processes), with the same result bytes, resume and ``part`` semantics."""
     check_cluster_options(client, scheduler, workers)
+    if scheduler is not None:  # connect first: an unreachable cluster leaves no store behind
+        with dask_client(scheduler=scheduler) as c:
+            return encode_distributed(
+                source, loaded, channels, out, time_range=time_range, batch_size=batch_size,
+                device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
+                break_lock=break_lock, part=part, client=c, chunks_per_task=chunks_per_task,
+                progress=progress)
     on_this_host = client is None and scheduler is None
     # devices are resolved by the workers; here only when the workers share this machine
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
@@ -354,6 +379,7 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                          overwrite=overwrite, time_chunk=time_chunk,
                          precision=precision if on_this_host else "fp32",
                          break_lock=break_lock, part=part)
+    job.first = None  # read to check the source before creating the store; workers read their own
     start = time.perf_counter()
     with writer_lock(out, break_lock, part):
         todo = job.todo()
@@ -401,8 +427,10 @@ def finalize(path: str, parts: int | None = None, break_lock: bool = False) -> F
     ``parts`` N names the parts in the error (default: the N recorded by the ``--parts`` run that
     created the store). Refused while any writer (whole or part) of the store is alive.
     """
+    if parts is not None and not 1 <= parts <= MAX_PARTS:
+        raise OptionError(f"--parts {parts}: expected a count from 1 to {MAX_PARTS}")
     store = open_latent_store(path, mode="r+")
-    if store.complete:
+    if store.finished:
         return FinalizeResult(path, int(store.done().size), True)
     with writer_lock(path, break_lock):
         done = store.done()
@@ -520,18 +548,26 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                        progress: ClusterProgress | None = None) -> DecodeResult:
     """``pipeline.decode`` on a Dask cluster: the same output bytes (Zarr or NetCDF)."""
     check_cluster_options(client, scheduler, workers)
+    if scheduler is not None:  # connect first: an unreachable cluster leaves no output behind
+        with dask_client(scheduler=scheduler) as c:
+            return decode_distributed(
+                store_path, loaded, out, subset=subset, time_range=time_range,
+                batch_size=batch_size, device=device, overwrite=overwrite, precision=precision,
+                allow_corrupt=allow_corrupt, client=c, chunks_per_task=chunks_per_task,
+                progress=progress)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if client is None and scheduler is None:  # workers on this machine: check the device here
         resolve_precision(precision, resolve_device(device))
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords = plan.sample_coords
     step = store.time_chunk
     per_step = int(np.prod([len(v) for v in sample_coords.values()], dtype=np.int64))
     total = (hi - lo) * per_step
-    corrupt: list[tuple[int, str]] = []  # (block start, where), in block order at the end
+    # (block start, where), in block order at the end; metadata damage (allowed) first
+    corrupt: list[tuple[int, str]] = [(lo - 1, d) for d in plan.damaged]
     start_t = time.perf_counter()
     try:
         if progress:

@@ -16,6 +16,7 @@ complete.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,14 +27,15 @@ from zarr.codecs import BloscCodec
 
 from era5latent.errors import StoreError
 from era5latent.sources import SourceLayout
-from era5latent.fsutil import atomic_dir, atomic_file, fast_zarr, os_error_of
-from era5latent.store import TIME_UNITS, array, consolidate
+from era5latent.fsutil import (DECODED, atomic_dir, atomic_file, check_replaceable, fast_zarr,
+                               os_error_of)
+from era5latent.store import CRC, TIME_UNITS, array, consolidate
 from era5latent.variables import Channel, variable_by_name
 
 
 #: decoded fields as WeatherBench 2 stores its own: Blosc LZ4 after a byte shuffle. On decoded
 #: tiny-preset fields 1.69x against 1.24x for zarr's default Zstd, and no slower to write
-#: (docs/benchmarks.md)
+#: (docs/benchmarks.md). Every array is followed by crc32c (store.CRC), which zarr checks on read
 FIELD_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
@@ -59,8 +61,9 @@ class FieldWriter:
         self.lat = lat[self.lat_index]
         self.lon = lon_src[self.lon_index]
         self.attrs = attrs
-        self._ctx = atomic_dir(out, overwrite) if not self.netcdf else None
+        self._ctx = atomic_dir(out, overwrite, DECODED) if not self.netcdf else None
         if self.netcdf:
+            check_replaceable(out, DECODED)
             if os.path.exists(out) and not overwrite:
                 from era5latent.errors import StoreExistsError
 
@@ -137,15 +140,15 @@ class FieldWriter:
                                self.coord_attrs("level")))
             for name, vals, attrs in coords:
                 a = root.create_array(name, shape=vals.shape, chunks=vals.shape or (1,),
-                                      dtype=vals.dtype, dimension_names=(name,), compressors=None,
-                                      fill_value=0, attributes=attrs)
+                                      dtype=vals.dtype, dimension_names=(name,),
+                                      compressors=[CRC], fill_value=0, attributes=attrs)
                 a[...] = vals
             self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
             for var in self.vars:
                 shape = self._shape(var)
                 self._arrays[var] = root.create_array(
                     self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
-                    compressors=FIELD_CODEC, dimension_names=self._dims(var),
+                    compressors=[FIELD_CODEC, CRC], dimension_names=self._dims(var),
                     fill_value=float("nan"), attributes=self._var_attrs(var))
             root.attrs.update({**self.global_attrs(), "era5latent": self.attrs})
 
@@ -200,7 +203,16 @@ class FieldWriter:
             self._write_netcdf()
             return
         assert self._ctx is not None
-        consolidate(self._tmp)
+        try:
+            consolidate(self._tmp)
+        except BaseException as err:
+            self.abort()  # the temporary output goes: nothing is left behind
+            os_err = os_error_of(err)
+            if os_err is None:
+                raise
+            raise StoreError(f"cannot write decoded fields to {self.out}: "
+                             f"{os_err.strerror or os_err}; free space and re-run; nothing was "
+                             f"written at {self.out}") from None
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
@@ -213,8 +225,23 @@ class FieldWriter:
                                   **{f"era5latent_{k}": str(v) for k, v in self.attrs.items()}})
         for name in ds.variables:
             ds[name].attrs = _netcdf_attrs(ds[name].attrs)
-        with atomic_file(self.out) as tmp:
-            ds.to_netcdf(tmp, engine="h5netcdf")
+        # HDF5 on a full disk ends in a traceback or a segmentation fault, not an OSError: look
+        # at the free space first (NetCDF is written uncompressed, so its size is known)
+        need = int(ds.nbytes) + (1 << 20)
+        parent = os.path.dirname(os.path.abspath(self.out)) or "."
+        free = shutil.disk_usage(parent).free if os.path.isdir(parent) else need
+        if free < need:
+            raise StoreError(
+                f"cannot write decoded fields to {self.out}: no space left on device (needs "
+                f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free); free space and re-run; "
+                f"nothing was written at {self.out}")
+        try:
+            with atomic_file(self.out, kind=DECODED) as tmp:
+                ds.to_netcdf(tmp, engine="h5netcdf")
+        except OSError as err:
+            raise StoreError(f"cannot write decoded fields to {self.out}: {err.strerror or err}; "
+                             f"free space (or fix permissions) and re-run; nothing was written at "
+                             f"{self.out}") from None
 
     def dataset(self, data: Mapping[str, Any] | None = None, times: np.ndarray | None = None
                 ) -> xr.Dataset:

@@ -117,6 +117,93 @@ def remove_tree(path: str) -> None:
         fs.rm(p, recursive=True)
 
 
+# -- what an existing output is: --overwrite replaces only our own outputs of the same kind -------
+
+LATENT, DECODED, SAMPLE = "latent store", "decoded fields", "sample data"
+
+#: extensions of formats era5latent never writes: an output named so is refused (a typo or a
+#: misunderstanding: `--out rec.csv` would otherwise be a Zarr directory named rec.csv)
+FOREIGN_EXTENSIONS = frozenset(
+    ".csv .tsv .txt .json .yaml .yml .xml .html .md .pdf .png .jpg .jpeg .gif .tif .tiff "
+    ".parquet .npz .npy .pkl .pickle .pt .pth .ckpt .safetensors .grib .grb .grib1 .grib2 "
+    ".grb2 .h5 .hdf5 .hdf .mat .xls .xlsx .zip .tar .gz .tgz .bz2 .xz .zst .7z .py .sh .log "
+    ".db .sqlite .feather .arrow .orc .avro".split())
+
+
+def check_output_name(path: str, what: str, writes: str) -> None:
+    """Refuse an output whose extension names a format era5latent does not write."""
+    base = os.path.basename(path.rstrip("/"))
+    ext = os.path.splitext(base)[1].lower()
+    if ext in FOREIGN_EXTENSIONS:
+        raise StoreError(f"{path}: era5latent does not write {ext} files; {what} is written as "
+                         f"{writes}: choose an --out ending in one of those")
+
+
+def _zarr_attrs(doc_path: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        with open(doc_path, "rb") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def output_kind(path: str) -> str | None:
+    """Which era5latent output ``path`` (local) holds, recognised by its attributes: LATENT,
+    DECODED or SAMPLE, else None (someone else's file or directory)."""
+    if os.path.isdir(path):
+        attrs = _zarr_attrs(os.path.join(path, "zarr.json"))
+        if attrs is None:
+            return None
+        meta = attrs.get("era5latent")
+        if isinstance(meta, dict) and meta.get("format") == "era5latent.latent":
+            return LATENT
+        if isinstance(meta, dict) and "decoded_from" in meta:
+            return DECODED
+        if attrs.get("generator") == "era5latent.sample":
+            return SAMPLE
+        return None
+    if os.path.isfile(path):
+        try:
+            import h5py  # type: ignore[import-untyped]
+
+            with h5py.File(path, "r") as f:
+                return DECODED if "era5latent_decoded_from" in f.attrs else None
+        except Exception:  # not HDF5/NetCDF-4 at all
+            return None
+    return None
+
+
+def check_replaceable(path: str, kind: str) -> None:
+    """``--overwrite`` of ``path``: allowed only when it is an era5latent ``kind``."""
+    if not os.path.lexists(path):
+        return
+    have = output_kind(path)
+    if have != kind:
+        found = f"an era5latent {have}" if have else (
+            "a directory that is not an era5latent output" if os.path.isdir(path) else
+            "a file that is not an era5latent output")
+        raise StoreError(f"{path} is {found}; --overwrite replaces only an era5latent "
+                         f"{kind}: move it away or choose another --out")
+
+
+def leftovers(path: str) -> list[str]:
+    """Temporary directories and files of earlier runs beside ``path`` (``.NAME.tmp-*``,
+    ``.NAME.old-*``): what a killed run leaves. Local paths only."""
+    if is_url(path):
+        return []
+    full = os.path.abspath(path.rstrip("/") or path)
+    base = os.path.basename(full)
+    try:
+        names = os.listdir(os.path.dirname(full))
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith((f".{base}.tmp-", f".{base}.old-")))
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -134,13 +221,16 @@ def _parent(path: str) -> str:
 
 
 @contextmanager
-def atomic_dir(path: str, overwrite: bool) -> Iterator[str]:
+def atomic_dir(path: str, overwrite: bool, kind: str | None = None) -> Iterator[str]:
     """Yield a temporary directory beside ``path``; on success, move it to ``path``.
 
-    An existing ``path`` is replaced only when ``overwrite`` is set, and only after the new one is
-    complete.
+    An existing ``path`` is replaced only when ``overwrite`` is set, only when it is an
+    era5latent output of ``kind`` (when given; see :func:`check_replaceable`), and only after
+    the new one is complete.
     """
     parent = _parent(path)
+    if kind is not None:  # not ours: --overwrite would not help either, so say that first
+        check_replaceable(path, kind)
     if os.path.exists(path) and not overwrite:
         raise StoreExistsError(f"{path} already exists; pass --overwrite to replace it")
     try:
@@ -170,9 +260,12 @@ def atomic_dir(path: str, overwrite: bool) -> Iterator[str]:
 
 
 @contextmanager
-def atomic_file(path: str, overwrite: bool = True) -> Iterator[str]:
-    """Yield a temporary file name beside ``path``; on success, move it to ``path``."""
+def atomic_file(path: str, overwrite: bool = True, kind: str | None = None) -> Iterator[str]:
+    """Yield a temporary file name beside ``path``; on success, move it to ``path`` (an existing
+    one only if it is an era5latent output of ``kind``, when given)."""
     parent = _parent(path)
+    if kind is not None:
+        check_replaceable(path, kind)
     if os.path.exists(path) and not overwrite:
         raise StoreExistsError(f"{path} already exists; pass --overwrite to replace it")
     try:

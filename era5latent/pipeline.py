@@ -24,13 +24,13 @@ import torch
 from era5latent import faults
 from era5latent.errors import (GridMismatchError, OptionError, StoreError, StoreExistsError,
                                SubsetError)
-from era5latent.fsutil import exists, full_path, is_url
+from era5latent.fsutil import check_output_name, exists, full_path, is_url
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, iso,
                                 time_index_range)
-from era5latent.store import (CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
-                              check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
+from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
+                              StoreLockedError, check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
 from era5latent.variables import Channel, group_channels, parse_channel
 
@@ -287,13 +287,26 @@ def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
     step, times = store.time_chunk, None
     out: dict[str, np.ndarray | None] = {}
     corrupt: list[str] = []
+    flags: dict[int, str | None] = {}  # chunk -> why its done flag is unusable (None: it is set)
+
+    def flag(c: int) -> str | None:
+        if c not in flags:
+            try:
+                flags[c] = None if store.done(c, c + 1).all() else "its done flag is not set"
+            except CorruptArrayError as err:
+                flags[c] = f"its done flag is corrupt: {err.why}"
+        return flags[c]
+
     for g in groups:
         parts: list[np.ndarray] = []
         for c in range(a // step, (b - 1) // step + 1):
             c0, c1 = store.chunk_bounds(c)
             try:
+                if (why := flag(c)) is not None:
+                    raise CorruptChunkError(store.path, g, c, why)
                 chunk = store.read_chunk(g, c)
             except CorruptChunkError:
+                store.check_not_replaced()  # not damage: another process replaced the store
                 if not allow_corrupt:
                     raise
                 times = store.times if times is None else times
@@ -340,12 +353,19 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
             time.sleep(0.5)
     have = {k: store.meta.get(k) for k in spec.identity() if k != "model_sha256"}
     have["model_sha256"] = store.meta.get("model", {}).get("sha256")
-    want = spec.identity()
+    # a store of an older format version this package reads is finished in its own format
+    want = spec.identity() | {"format_version": store.version}
     diff = [k for k in want if jsonable(want[k]) != jsonable(have.get(k))]
     if diff:
+        try:  # only to say whether it is being written: never breaks a lock here
+            check_unlocked(out, False)
+            busy = ""
+        except StoreLockedError as err:
+            busy = f"; it is being written now ({err.holder}) with those settings"
         raise StoreError(
             f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
-            "subset, time range or source); pass --overwrite to replace it, or choose another --out")
+            f"subset, time range or source){busy}; choose another --out, or pass --overwrite "
+            "to replace it" + (" once that writer has finished" if busy else ""))
     return store
 
 
@@ -370,6 +390,8 @@ class EncodeJob:
     precision: str = "fp32"
     resumed: bool = False
     part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
+    #: a chunk already read (to check the source before creating the store), used once
+    first: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def samples_per_step(self) -> int:
@@ -392,6 +414,9 @@ class EncodeJob:
 
     def read_chunk(self, i: int) -> np.ndarray:
         """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked finite."""
+        if self.first is not None and self.first[0] == i:
+            x, self.first = self.first[1], None
+            return x
         a, b = self.spec.chunk_bounds(i)
         return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
 
@@ -411,8 +436,8 @@ class EncodeJob:
 
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
-        if self.part is None and not self.store.complete:
-            self.store.mark_complete()
+        if self.part is None and not self.store.finished:
+            self.store.mark_complete()  # also repairs a kill between marking and consolidating
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -471,10 +496,30 @@ def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel
     source.check_channels(channels)
     check_model_channels(channels, loaded)
     check_grid(source, loaded)
+    if time_chunk is not None:
+        check_time_chunk(source, channels, time_chunk)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     return dev, prec, time_chunk or auto_time_chunk(source, channels)
+
+
+#: the most bytes of source fields one time chunk may hold (encode holds a few chunks in memory)
+MAX_CHUNK_FIELD_BYTES = 8 << 30
+
+
+def check_time_chunk(source: Source, channels: tuple[Channel, ...], time_chunk: int) -> None:
+    """Refuse a ``--time-chunk`` whose chunks could not be held in memory."""
+    per_step = 4 * len(channels) * int(np.prod(source.sample_shape, dtype=np.int64)) * \
+        source.grid[0] * source.grid[1]
+    # not capped at the source's length: zarr writes whole chunks, so a chunk longer than the
+    # data is still allocated whole
+    if time_chunk > 1 and time_chunk * per_step > MAX_CHUNK_FIELD_BYTES:
+        most = max(1, MAX_CHUNK_FIELD_BYTES // per_step)
+        raise OptionError(
+            f"--time-chunk {time_chunk}: one chunk would hold {time_chunk * per_step / 2**30:.0f} GiB "
+            f"of fields (at most {MAX_CHUNK_FIELD_BYTES >> 30} GiB); expected at most {most}, "
+            "or leave it out to let encode choose")
 
 
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
@@ -491,22 +536,32 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
                           "delete the store first, or encode without --parts")
+    check_output_name(out, "a latent store", "a Zarr directory (.zarr, or no extension)")
     dev, prec, time_chunk = ready_to_encode(source, loaded, channels, batch_size=batch_size,
                                             time_chunk=time_chunk, device=device,
                                             precision=precision)
     t0, t1 = source.time_indices(time_range)
     spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
     resumed = False
-    if is_store(out):
-        check_unlocked(out, break_lock, part)
+    first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
     if exists(out) and not overwrite:
         if not is_store(out):
-            raise StoreError(f"{out} exists and is not a latent store; choose another --out or "
-                             "pass --overwrite")
+            raise StoreError(f"{out} exists and is not a latent store; choose another --out")
+        # made differently is said first: waiting for a live writer of another subset or model
+        # would not help
         store = _open_for_resume(out, spec, wait)
+        check_unlocked(out, break_lock, part)
         resumed = True
     else:
+        if is_store(out):
+            check_unlocked(out, break_lock, part)
+        # the first chunk is read and checked before anything is created: a source with bad
+        # values (NaN, damaged chunks) leaves no store behind
+        owned = part_range(spec.n_chunks, part)
+        if len(owned):
+            a, b = spec.chunk_bounds(owned[0])
+            first = (owned[0], read_fields(source, channels, t0 + a, t0 + b))
         try:
             create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
                                 overwrite=overwrite)
@@ -517,7 +572,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if resumed:
         spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
     return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed,
-                     part)
+                     part, first)
 
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
@@ -537,7 +592,26 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
                          part=part)
     with writer_lock(out, break_lock, part):
-        return _run(job, out, progress)
+        try:
+            return _run(job, out, progress)
+        except BaseException:
+            _forget_if_empty(job, out)
+            raise
+
+
+def _forget_if_empty(job: EncodeJob, out: str) -> None:
+    """After a failure: remove the store this run created if not one time chunk reached it
+    (a whole-store writer holds the only lock, so nobody else is writing it)."""
+    from era5latent.fsutil import remove_tree
+
+    if job.resumed or job.part is not None:
+        return
+    try:
+        empty = not job.store.done().any()
+    except Exception:  # cannot tell: keep it (a re-run resumes or says what is wrong)
+        return
+    if empty:
+        remove_tree(out)
 
 
 def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
@@ -608,17 +682,43 @@ class DecodePlan:
     lat: np.ndarray
     lon: np.ndarray
     writer: Any  # fields.FieldWriter, laid out at its temporary path
+    damaged: list[str] = field(default_factory=list)  # metadata damage let through (allowed)
+
+
+def check_store_metadata(store: LatentStore, allow_corrupt: bool) -> list[str]:
+    """The store's metadata against the digests recorded at finalize: damage is a
+    :class:`StoreError` naming the document, or with ``allow_corrupt`` a list of warnings."""
+    problems = store.metadata_problems()
+    if problems and not allow_corrupt:
+        raise StoreError(f"{store.path}: metadata damaged: {'; '.join(problems)}; re-encode the "
+                         "store, or decode with --allow-corrupt to use it as it is")
+    return [f"metadata {p}" for p in problems]
+
+
+def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
+    """The store's code geometry is the model's (what bounds the memory decode asks for)."""
+    cfg = loaded.meta.config
+    for g, spec in store.groups.items():
+        if spec.code_bits != cfg.code_bits or tuple(spec.token_grid) != tuple(cfg.token_grid):
+            raise StoreError(
+                f"{store.path}: group {g} holds {spec.code_bits}-bit codes on a "
+                f"{spec.token_grid[0]}x{spec.token_grid[1]} token grid, but {loaded.path} makes "
+                f"{cfg.code_bits}-bit codes on {cfg.token_grid[0]}x{cfg.token_grid[1]}; the "
+                "store's attributes are damaged: re-encode it")
 
 
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
-                overwrite: bool = False) -> DecodePlan:
+                overwrite: bool = False, allow_corrupt: bool = False) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
+    check_output_name(out, "decoded fields", "Zarr (.zarr, or no extension) or NetCDF (.nc)")
     store = open_latent_store(store_path)
     store.require_complete()
+    damaged = check_store_metadata(store, allow_corrupt)
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
+    check_store_model(store, loaded)
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = time_index_range(times, time_range, store_path)
@@ -630,7 +730,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
                                 overwrite=overwrite)
-    return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer)
+    return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer, damaged)
 
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
@@ -640,10 +740,10 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
-    plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite)
-    dev = resolve_device(device)
+    dev = resolve_device(device)  # every option checked before the output is laid out
     prec = resolve_precision(precision, dev)
+    plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
+                       overwrite=overwrite, allow_corrupt=allow_corrupt)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
@@ -655,7 +755,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         progress(0, total)
     start_t = time.perf_counter()
 
-    corrupt: list[str] = []
+    corrupt: list[str] = list(plan.damaged)
     sample_shape = tuple(len(v) for v in sample_coords.values())
 
     def read(a: int) -> tuple[int, dict[str, np.ndarray | None]]:

@@ -17,10 +17,11 @@ the source's names, units and coordinates. Data stay lazy: nothing is read until
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,9 @@ class SourceLayout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SourceLayout:
-        return cls(**d)
+        """From a store's attributes: unknown keys (a newer writer's) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
@@ -222,7 +225,7 @@ def time_index_range(times: np.ndarray, time_range: str | None, where: str) -> t
 
 def parse_time_range(text: str) -> tuple[np.datetime64 | None, np.datetime64 | None]:
     """``START/END`` (ISO, inclusive; either side may be empty) -> datetimes."""
-    if "/" not in text:
+    if text.count("/") != 1:
         raise OptionError(
             f"--time {text!r}: expected START/END in ISO form, e.g. 2020-01-01/2020-01-31T18")
     a, _, b = text.partition("/")
@@ -322,17 +325,19 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
     if not is_url(path) and not os.path.exists(path):
         raise SourceError(f"no such file or directory: {path}; check the path")
     try:
-        if fmt == "zarr":
-            with warnings.catch_warnings(), fast_zarr(path):
-                # unconsolidated stores are normal; no need to nag
-                warnings.filterwarnings("ignore", "Failed to open Zarr store with consolidated")
-                opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
-                                                  storage_options=storage_options,
-                                                  decode_timedelta=False)
-                return opened
-        if fmt == "netcdf":
-            return _open_netcdf(path)
-        return _open_grib(path)
+        # the readers' own warnings (an unconsolidated store, a dtype zarrs or the Zarr spec does
+        # not know, cfgrib's notes) never reach the user raw: what matters is checked after
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if fmt == "zarr":
+                with fast_zarr(path):
+                    opened: xr.Dataset = xr.open_zarr(path, chunks=None, consolidated=None,
+                                                      storage_options=storage_options,
+                                                      decode_timedelta=False)
+                    return opened
+            if fmt == "netcdf":
+                return _open_netcdf(path)
+            return _open_grib(path)
     except SourceError:
         raise
     except Exception as err:  # any reader failure means the file is unreadable to us
@@ -342,19 +347,49 @@ def _open_raw(path: str, fmt: str, storage_options: dict[str, Any] | None) -> xr
             f"{fmt}") from None
 
 
+class _Captured(logging.Handler):
+    """Keeps cfgrib's log records (tracebacks included) from the user's terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def corrupted(self) -> str | None:
+        """What the first damaged message said, if cfgrib skipped one."""
+        for r in self.records:
+            if "corrupted" in r.getMessage():
+                err = r.exc_info[1] if r.exc_info else None
+                return f"{err or r.getMessage()} (a damaged or truncated message)"
+        return None
+
+
 def _open_grib(path: str) -> xr.Dataset:
     import cfgrib
 
     kwargs = {"indexpath": ""}  # never write index files beside the source
+    log = logging.getLogger("cfgrib")
+    captured = _Captured()
+    log.addHandler(captured)
+    propagate, log.propagate = log.propagate, False
     try:
-        return xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs, decode_timedelta=False)
-    except cfgrib.dataset.DatasetBuildError:
-        # several hypercubes (e.g. pressure and surface fields in one file): merge them
-        parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
-        parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
-                              if c in p.coords and c not in p.dims]) for p in parts]
-        merged: xr.Dataset = xr.merge(parts, compat="override", join="exact")
-        return merged
+        try:
+            ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=kwargs,
+                                 decode_timedelta=False)
+        except cfgrib.dataset.DatasetBuildError:
+            # several hypercubes (e.g. pressure and surface fields in one file): merge them
+            parts = cfgrib.open_datasets(path, backend_kwargs=kwargs)
+            parts = [p.drop_vars([c for c in ("step", "surface", "heightAboveGround", "meanSea")
+                                  if c in p.coords and c not in p.dims]) for p in parts]
+            ds = xr.merge(parts, compat="override", join="exact")
+    finally:
+        log.removeHandler(captured)
+        log.propagate = propagate
+    if (why := captured.corrupted()) is not None:  # cfgrib skipped it and went on: we do not
+        raise ValueError(why)
+    return ds
 
 
 def _canonical_name(name: str, da: xr.DataArray) -> str | None:
@@ -573,6 +608,7 @@ def normalise(raw: xr.Dataset, path: str, fmt: str, *, time_axis: str = "valid",
         ds = ds.assign_coords(level=np.rint(lev).astype(np.int64))
 
     _check_time(path, ds)
+    check_values(path, ds, names)
     lat = np.asarray(ds["latitude"].values, dtype=np.float64)
     lon = np.asarray(ds["longitude"].values, dtype=np.float64)
     lat_desc = bool(lat.size < 2 or lat[0] > lat[-1])
@@ -614,6 +650,12 @@ def _check_time(path: str, ds: xr.Dataset) -> None:
     t = np.asarray(ds["time"].values)
     if t.size == 0:
         raise SourceError(f"{path} has an empty time axis")
+    if "time" not in ds.coords or not np.issubdtype(t.dtype, np.datetime64):
+        found = (f"values of type {t.dtype} (e.g. {str(t.flat[0])[:30]!r})"
+                 if "time" in ds.coords else "no coordinate values")
+        raise SourceError(
+            f"{path} has a time axis with {found}; expected datetimes (a CF time coordinate "
+            "with units such as 'hours since 1900-01-01'): add or fix the time coordinate")
     if t.size > 1:
         d = np.diff(t.astype("datetime64[ns]").astype(np.int64))
         if np.any(d == 0):
@@ -624,6 +666,41 @@ def _check_time(path: str, ds: xr.Dataset) -> None:
             i = int(np.argmax(d < 0)) + 1
             raise SourceError(f"{path} has times out of order at index {i} ({iso(t[i])}); "
                               "sort the source by time first")
+
+
+def check_values(path: str, ds: xr.Dataset, names: dict[str, str]) -> None:
+    """What the source's coordinates and variables must be before anything is encoded:
+    latitude and longitude non-empty, finite, without duplicates (latitude within +-90); every
+    variable real-valued (floating point, or integers such as CF-packed ones), never complex,
+    boolean, text or objects. One :class:`SourceError` naming what was found and the fix."""
+    for axis in ("latitude", "longitude"):
+        v = np.asarray(ds[axis].values)
+        if v.size == 0:
+            raise SourceError(f"{path} has an empty {axis} axis; expected a grid of at least "
+                              "one point: select a non-empty region")
+        if not np.issubdtype(v.dtype, np.number) or np.iscomplexobj(v):
+            raise SourceError(f"{path}: {axis} holds {v.dtype} values; expected degrees as "
+                              "real numbers")
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all():
+            raise SourceError(f"{path}: {axis} holds {int((~np.isfinite(v)).sum())} NaN or "
+                              f"infinite value(s); expected finite degrees: fix the {axis} "
+                              "coordinate")
+        if np.unique(v).size != v.size:
+            raise SourceError(f"{path}: {axis} holds duplicated values; expected each "
+                              f"{axis} once: de-duplicate the grid")
+        if axis == "latitude" and np.abs(v).max() > 90:
+            raise SourceError(f"{path}: latitude reaches {float(np.abs(v).max())}; expected "
+                              "degrees within -90..90")
+    for canon, name in names.items():
+        dt = ds[canon].dtype
+        if np.issubdtype(dt, np.complexfloating):
+            raise DataValueError(f"{path}: {name} is complex ({dt}); expected real fields: take "
+                                 "the real part (or the magnitude) first")
+        if not (np.issubdtype(dt, np.floating) or np.issubdtype(dt, np.integer)) or \
+                dt == np.bool_:
+            raise DataValueError(f"{path}: {name} holds {dt} values; expected floating-point "
+                                 "fields (or CF-packed integers)")
 
 
 def _check_units(path: str, units: dict[str, str]) -> None:

@@ -17,28 +17,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from era5latent import __version__, faults
 from era5latent.errors import OptionError, StoreError
-from era5latent.fsutil import atomic_dir, is_url, os_error_of, remove_tree, url_fs
+from era5latent.fsutil import LATENT, atomic_dir, is_url, os_error_of, remove_tree, url_fs
+from era5latent.locks import LOCK as LOCK  # the writer locks: their names stay importable here
+from era5latent.locks import StoreLockedError as StoreLockedError
+from era5latent.locks import check_unlocked as check_unlocked
+from era5latent.locks import lock_name as lock_name
+from era5latent.locks import lock_path as lock_path
+from era5latent.locks import writer_lock as writer_lock
 from era5latent.sources import iso
+from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, check_metadata, is_consolidated,
+                                  metadata_digests, read_doc, validate_attrs)
 
 FORMAT = "era5latent.latent"
-FORMAT_VERSION = 1
+#: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
+#: records the sha256 of its metadata; version 1 stores are still read (docs/format.md)
+FORMAT_VERSION = 2
 ATTR = "era5latent"
 DONE = "build_done"
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
+
+
+#: the last bytes-to-bytes codec of every array era5latent writes (latent stores and decoded
+#: fields): a 4-byte CRC-32C per chunk that zarr-python and zarrs check on every read, so a
+#: damaged chunk of any array (coordinates and flags included) is an error, never wrong values
+CRC = Crc32cCodec()
 
 
 def codes_name(group: str) -> str:
@@ -56,6 +67,9 @@ def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
     except KeyError:
         raise StoreError(f"{group.store}: array {name!r} is missing; the store is damaged or not "
                          "an era5latent store") from None
+    except Exception as err:  # its zarr.json is damaged: zarr raises whatever its parser does
+        raise StoreError(f"{group.store}: the metadata of array {name!r} is unreadable "
+                         f"({type(err).__name__}); the store is damaged: re-encode it") from None
     if not isinstance(node, zarr.Array):
         raise StoreError(f"{group.store}: {name!r} is a group where an array was expected; the "
                          "store is damaged or not an era5latent store")
@@ -64,6 +78,54 @@ def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
 
 def _sha256(a: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest()
+
+
+def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
+    """``arr[sel]``; a chunk that fails its crc32c or cannot be decoded is a
+    :class:`CorruptArrayError` naming the array (and chunk, when ``sel`` is one index)."""
+    try:
+        return np.asarray(arr[sel])
+    except (OSError, MemoryError):
+        raise
+    except Exception as err:
+        os_err = os_error_of(err)
+        if os_err is not None:
+            raise os_err from None
+        chunk = f"chunk {sel // arr.chunks[0]}" if isinstance(sel, int) else _bad_chunk(arr, sel)
+        raise CorruptArrayError(where, arr.basename or "?", chunk, _why(err)) from None
+
+
+def _bad_chunk(arr: zarr.Array[Any], sel: Any) -> str:
+    """Which chunk (along the first axis) of a failed read of ``arr[sel]`` is damaged."""
+    if arr.ndim == 0:
+        return "chunk 0"
+    lo, hi, _ = (sel if isinstance(sel, slice) else slice(None)).indices(arr.shape[0])
+    c0 = arr.chunks[0]
+    for i in range(lo // c0, -(-hi // c0)):
+        try:
+            arr[i * c0:(i + 1) * c0]
+        except Exception:
+            return f"chunk {i}"
+    return "a chunk"
+
+
+def _why(err: BaseException) -> str:
+    text = str(err)
+    if "checksum" in text.lower():
+        return "crc32c mismatch"
+    return f"unreadable: {type(err).__name__}"
+
+
+class CorruptArrayError(StoreError):
+    """A chunk of a store's array fails its crc32c or cannot be decoded."""
+
+    def __init__(self, path: str, name: str, chunk: str, why: str) -> None:
+        self.path, self.name, self.chunk, self.why = path, name, chunk, why
+        super().__init__(f"{path}: {chunk} of array {name} is corrupt ({why}); the store is "
+                         "damaged: re-encode it (era5latent verify lists every damaged chunk)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.name, self.chunk, self.why))
 
 
 class CorruptChunkError(StoreError):
@@ -159,6 +221,10 @@ def jsonable(x: Any) -> Any:
 
 # -- parts: a store's time chunks cut into N contiguous shares ----------------------------------
 
+#: the most parts a store can be cut into (each part owns at least one time chunk anyway)
+MAX_PARTS = 100_000
+
+
 def parse_part(text: str) -> tuple[int, int]:
     """``"I/N"`` (1-based) -> ``(I, N)``."""
     a, sep, b = text.strip().partition("/")
@@ -166,8 +232,9 @@ def parse_part(text: str) -> tuple[int, int]:
         i, n = int(a), int(b)
     except ValueError:
         i = n = 0
-    if not sep or n < 1 or not 1 <= i <= n:
-        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N, e.g. 2/8")
+    if not sep or n < 1 or not 1 <= i <= n or n > MAX_PARTS:
+        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N <= {MAX_PARTS}, "
+                          "e.g. 2/8")
     return i, n
 
 
@@ -181,6 +248,8 @@ def part_range(n_chunks: int, part: tuple[int, int] | None) -> range:
 
 def parts_status(done: np.ndarray, n: int) -> dict[str, Any]:
     """Which of ``n`` parts have every time chunk written (what ``info`` and ``finalize`` say)."""
+    if not 1 <= n <= MAX_PARTS:
+        raise OptionError(f"--parts {n}: expected a count from 1 to {MAX_PARTS}")
     finished = [i for i in range(1, n + 1) if done[list(part_range(done.size, (i, n)))].all()]
     return {"count": n, "done": finished,
             "missing": [i for i in range(1, n + 1) if i not in finished]}
@@ -214,7 +283,7 @@ def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str,
 
     try:
         arr = group.create_array(name, shape=values.shape, chunks=values.shape or (1,),
-                                 dtype=values.dtype, dimension_names=(dim,), compressors=None,
+                                 dtype=values.dtype, dimension_names=(dim,), compressors=[CRC],
                                  fill_value=0, attributes=attrs or {})
     except ContainsArrayError:  # in-place creation racing another creator of the same store
         if not exist_ok:
@@ -242,11 +311,17 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
     """
     try:
         if is_url(path):
-            if overwrite:
+            if overwrite and is_store(path):
+                try:
+                    open_latent_store(path)
+                except StoreError:
+                    raise StoreError(
+                        f"{path} is not an era5latent latent store; --overwrite replaces only "
+                        "a latent store: remove it yourself or choose another --out") from None
                 remove_tree(path)
             _create(zarr_store(path), spec, in_place=True)
         else:
-            with atomic_dir(path, overwrite) as tmp:
+            with atomic_dir(path, overwrite, LATENT) as tmp:
                 _create(tmp, spec)
     except OSError as err:
         raise StoreError(f"cannot create {path}: {err.strerror or err}; free space or choose a "
@@ -291,17 +366,17 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             codes_name(g.name), shape=shape, chunks=(spec.time_chunk, *shape[1:]),
             dtype="uint8", dimension_names=("time", *sample_dims, "token_lat", "token_lon",
                                             "byte"),
-            compressors=ZstdCodec(level=3), fill_value=0,
+            compressors=[ZstdCodec(level=3), CRC], fill_value=0,
             attributes={"group": g.name, "channels": list(g.channels),
                         "code_bits": g.code_bits, "bit_order": "big",
                         "description": "packed sign bits of the WLA binary latent codes"})
         create_array(
             checksum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32), dtype="uint8",
-            dimension_names=("time_chunk", "sha256"), compressors=None, fill_value=0,
+            dimension_names=("time_chunk", "sha256"), compressors=[CRC], fill_value=0,
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
-                      dimension_names=("time_chunk",), compressors=None, fill_value=False,
+                      dimension_names=("time_chunk",), compressors=[CRC], fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
     root.attrs[ATTR] = jsonable(spec.attrs())
     faults.point("store.created")
@@ -317,6 +392,38 @@ class LatentStore:
     root: zarr.Group
     meta: dict[str, Any]
     _arrays: dict[str, zarr.Array[Any]] = field(default_factory=dict, repr=False, compare=False)
+    _root_doc: bytes | None = field(default=None, repr=False, compare=False)  # as opened
+
+    def own_arrays(self) -> list[str]:
+        """The arrays the attributes say this store has (era5latent's own)."""
+        names = ["time", "latitude", "longitude", DONE, *self.sample_dims]
+        for g in self.groups:
+            names += [codes_name(g), checksum_name(g)]
+        return names
+
+    def metadata_problems(self) -> list[str]:
+        """How the metadata differs from what was sealed at finalize (empty: intact, or not
+        sealed because it is unfinished or of format version 1)."""
+        if DIGEST_KEY in self.meta:
+            return check_metadata(self.path, self.meta[DIGEST_KEY], self.own_arrays())
+        if self.complete and self.version >= 2:
+            return [f"{DIGEST_KEY} is missing: the store is complete but its metadata was "
+                    "never sealed"]
+        return []
+
+    def replaced(self) -> bool:
+        """Whether the store at ``path`` is no longer the one opened (``encode --overwrite``
+        replaced it meanwhile): what a damaged-looking chunk may really mean."""
+        try:
+            now = read_doc(self.path, ROOT_DOC)
+        except (OSError, KeyError):
+            return True
+        return self._root_doc is not None and now != self._root_doc
+
+    def check_not_replaced(self) -> None:
+        if self.replaced():
+            raise StoreError(f"{self.path} was replaced while it was being read (an 'encode "
+                             "--overwrite' of it?); run again once that encode has finished")
 
     def array(self, name: str) -> zarr.Array[Any]:
         """The array ``name``, opened once: opening reads and parses its metadata, which cost
@@ -340,7 +447,7 @@ class LatentStore:
 
     @property
     def times(self) -> np.ndarray:
-        secs = np.asarray(self.array("time")[...], dtype=np.int64)
+        secs = np.asarray(read_array(self.array("time"), Ellipsis, self.path), dtype=np.int64)
         return secs.astype("datetime64[s]").astype("datetime64[ns]")
 
     @property
@@ -361,7 +468,7 @@ class LatentStore:
 
     def done(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Done flags of time chunks ``[lo, hi)`` (all by default; one small read per chunk)."""
-        return np.asarray(self.array(DONE)[lo:hi], dtype=bool)
+        return np.asarray(read_array(self.array(DONE), slice(lo, hi), self.path), dtype=bool)
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         n = self.array("time").shape[0]
@@ -369,7 +476,7 @@ class LatentStore:
 
     def coord(self, name: str) -> np.ndarray:
         """All values of a coordinate array (``latitude``, ``longitude``, a sample dim, ...)."""
-        return np.asarray(self.array(name)[...])
+        return read_array(self.array(name), Ellipsis, self.path)
 
     def codes(self, group: str) -> zarr.Array[Any]:
         return self.array(codes_name(group))
@@ -399,23 +506,53 @@ class LatentStore:
         try:
             packed = np.ascontiguousarray(self.codes(group)[a:b], dtype=np.uint8)
         except Exception as err:  # a damaged chunk can fail to decompress
-            raise CorruptChunkError(self.path, group, i,
-                                    f"unreadable: {type(err).__name__}") from None
+            raise CorruptChunkError(self.path, group, i, _why(err)) from None
         if check:
-            want = bytes(np.asarray(self.array(checksum_name(group))[i], dtype=np.uint8))
+            try:
+                want = bytes(np.asarray(read_array(self.array(checksum_name(group)), i,
+                                                   self.path), dtype=np.uint8))
+            except CorruptArrayError as err:
+                raise CorruptChunkError(self.path, group, i,
+                                        f"its sha256 in {err.name} is corrupt: {err.why}") from None
             if want != _sha256(packed):
                 raise CorruptChunkError(self.path, group, i, "checksum mismatch")
         return packed
 
+    @property
+    def version(self) -> int:
+        return int(self.meta["format_version"])
+
+    @property
+    def finished(self) -> bool:
+        """Complete and every finishing step done: metadata sealed (version 2) and consolidated.
+
+        A run killed between marking a store complete and consolidating it left a store that is
+        complete but not finished; the next run (or ``finalize``) repairs it.
+        """
+        if not self.complete:
+            return False
+        return (self.version < 2 or DIGEST_KEY in self.meta) and is_consolidated(self.path)
+
     def mark_complete(self) -> None:
-        if not self.done().all():
-            missing = np.flatnonzero(~self.done()).tolist()
+        """Mark the store complete, seal its metadata (version 2) and consolidate it.
+
+        Idempotent: run again on a complete store it rewrites the same bytes, which is how a
+        resumed run repairs a kill between these steps.
+        """
+        done = self.done()
+        if not done.all():
+            missing = np.flatnonzero(~done).tolist()
             raise StoreError(f"{self.path}: time chunks {missing[:10]} are not written yet")
         faults.point("encode.before-complete")
-        meta = dict(self.meta, complete=True)
+        meta = {k: v for k, v in self.meta.items() if k != DIGEST_KEY} | {"complete": True}
         meta.pop("parts", None)  # build state only: a finished store is the same however built
         try:
+            if self.version >= 2:
+                # the root's digest is taken over its document as written, so write it first
+                self.root.attrs[ATTR] = meta
+                meta = meta | {DIGEST_KEY: metadata_digests(self.path)}
             self.root.attrs[ATTR] = meta
+            faults.point("encode.before-consolidate")
             consolidate(self.path)
         except OSError as err:
             raise StoreError(f"cannot finish {self.path}: {err.strerror or err}; free space and "
@@ -427,8 +564,8 @@ class LatentStore:
         out: dict[str, int] = {}
         for g in self.groups:
             name = codes_name(g)
-            local = os.path.join(self.path, name)
-            if os.path.isdir(local):
+            local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
+            if os.path.isdir(os.path.join(self.path, name)):
                 out[g] = sum(os.path.getsize(os.path.join(d, f))
                              for d, _, fs in os.walk(local) for f in fs)
             else:
@@ -469,10 +606,55 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
                          f"'{ATTR}' attribute with format {FORMAT!r}); expected the output of "
                          "'era5latent encode'")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise StoreError(f"{path} has latent-store format version {version}; this era5latent "
                          f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade era5latent")
-    return LatentStore(path, root, meta)
+    validate_attrs(path, meta, FORMAT_VERSION)
+    try:
+        doc: bytes | None = read_doc(path, ROOT_DOC)
+    except (OSError, KeyError):
+        doc = None
+    store = LatentStore(path, root, meta, _root_doc=doc)
+    check_layout(store)
+    return store
+
+
+def check_layout(store: LatentStore) -> None:
+    """Hold the attributes against the arrays that exist: every array the attributes imply is
+    there, 1-D where a coordinate, and shaped and chunked as they say. A :class:`StoreError`
+    naming the array otherwise (what :func:`open_latent_store` refuses)."""
+    path, meta = store.path, store.meta
+
+    def bad(name: str, found: str, want: str) -> StoreError:
+        return StoreError(f"{path}: array {name} {found}, but the attributes say {want}; the "
+                          "store is damaged or was not written by era5latent: re-encode it")
+
+    coords: dict[str, int] = {}
+    for name in ("time", "latitude", "longitude", *store.sample_dims):
+        arr = store.array(name)
+        if arr.ndim != 1:
+            raise bad(name, f"has {arr.ndim} dimensions", "a 1-D coordinate")
+        coords[name] = int(arr.shape[0])
+    if coords["latitude"] < 1 or coords["longitude"] < 1:
+        raise bad("latitude/longitude", "is empty", "a grid of at least 1x1 points")
+    n_t, tc = coords["time"], store.time_chunk
+    n_chunks = -(-n_t // tc)
+    done = store.array(DONE)
+    if tuple(done.shape) != (n_chunks,) or tuple(done.chunks) != (1,):
+        raise bad(DONE, f"has shape {tuple(done.shape)} and chunks {tuple(done.chunks)}",
+                  f"shape ({n_chunks},) and chunks (1,) ({n_t} times in chunks of {tc})")
+    sample = tuple(coords[d] for d in store.sample_dims)
+    for g, spec in store.groups.items():
+        codes = store.array(codes_name(g))
+        want = (n_t, *sample, *spec.token_grid, spec.nbytes)
+        if tuple(codes.shape) != want or codes.chunks[0] != tc or \
+                tuple(codes.chunks[1:]) != want[1:]:
+            raise bad(codes_name(g), f"has shape {tuple(codes.shape)} and chunks "
+                      f"{tuple(codes.chunks)}", f"shape {want} in chunks of {tc} times")
+        sums = store.array(checksum_name(g))
+        if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
+            raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
+                      f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
 
 
 def summary(path: str, parts: int | None = None) -> dict[str, Any]:
@@ -489,18 +671,24 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
     on_disk = store.nbytes_on_disk()
     done = store.done()
+    # ratios are over what is written so far: an unfinished store's bytes against the float32
+    # size of its finished chunks (not of all of them)
+    written = sum(b - a for a, b in map(store.chunk_bounds, np.flatnonzero(done).tolist()))
     groups: list[dict[str, Any]] = []
     for name, g in store.groups.items():
-        raw = len(times) * samples * len(g.channels) * lat_n * lon_n * 4
+        per_time = samples * len(g.channels) * lat_n * lon_n * 4
+        raw = len(times) * per_time
         code_raw = len(times) * samples * g.token_grid[0] * g.token_grid[1] * g.nbytes
         groups.append({
             "group": name, "channels": list(g.channels), "code_bits": g.code_bits,
             "token_grid": list(g.token_grid), "bytes_on_disk": on_disk[name],
             "code_bytes": code_raw, "float32_bytes": raw,
-            "compression_ratio": raw / on_disk[name] if on_disk[name] else None,
+            "float32_bytes_written": written * per_time,
+            "compression_ratio": written * per_time / on_disk[name] if on_disk[name] else None,
             "code_compression_ratio": raw / code_raw if code_raw else None,
         })
     raw_total = sum(g["float32_bytes"] for g in groups)
+    raw_written = sum(g["float32_bytes_written"] for g in groups)
     disk_total = sum(g["bytes_on_disk"] for g in groups)
     return {
         "path": path,
@@ -516,189 +704,7 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "source": meta["source"].get("path"),
         "groups": groups,
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
-        "compression_ratio": raw_total / disk_total if disk_total else None,
+        "float32_bytes_written": raw_written,
+        "compression_ratio": raw_written / disk_total if disk_total else None,
     } | ({"parts": parts_status(done, n_parts)}
          if (n_parts := parts or meta.get("parts")) else {})
-
-
-# -- writer lock -------------------------------------------------------------------------------
-
-LOCK = "era5latent.lock"
-
-
-def lock_name(part: tuple[int, int] | None = None) -> str:
-    """``era5latent.lock`` for whole-store writers, ``era5latent.lock.part-I-of-N`` for parts."""
-    return LOCK if part is None else f"{LOCK}.part-{part[0]}-of-{part[1]}"
-
-
-def _lock_part(name: str) -> tuple[int, int] | None:
-    if name == LOCK:
-        return None
-    i, _, n = name[len(LOCK) + len(".part-"):].partition("-of-")
-    return int(i), int(n)
-
-
-def _conflicts(mine: tuple[int, int] | None, theirs: tuple[int, int] | None) -> bool:
-    """Whole-store writers exclude everyone; parts exclude the same part and other part counts."""
-    if mine is None or theirs is None:
-        return True
-    return mine == theirs or mine[1] != theirs[1]
-
-
-class StoreLockedError(StoreError):
-    """Another live process is writing the store."""
-
-
-def _lock_holder(lock: str) -> dict[str, Any] | None:
-    try:
-        with open(lock) as f:
-            d = json.load(f)
-        return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
-    if holder is None:  # half-written by a process killed while taking it (allow a moment)
-        try:
-            return os.path.getmtime(lock) < time.time() - 10
-        except OSError:
-            return True
-    if holder.get("host") != socket.gethostname():
-        return False  # cannot tell: only the user can say that process is gone
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
-
-
-def _lock_files(path: str) -> list[str]:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return []
-    return sorted(n for n in names
-                  if n == LOCK or re.fullmatch(re.escape(LOCK) + r"\.part-\d+-of-\d+", n))
-
-
-def check_unlocked(path: str, break_lock: bool = False, part: tuple[int, int] | None = None,
-                   *, ignore: str | None = None) -> None:
-    """Refuse when a live writer that conflicts with ours holds ``path``; clear stale locks.
-
-    A whole-store writer (``part`` None) conflicts with every lock; part ``(I, N)`` with the
-    whole-store lock, the same part's lock and parts of another count. Object-store URLs have
-    no lock files.
-    """
-    if is_url(path):
-        return
-    for name in _lock_files(path):
-        if name == ignore or not _conflicts(part, _lock_part(name)):
-            continue
-        lock = os.path.join(path, name)
-        holder = _lock_holder(lock)
-        if not os.path.exists(lock):
-            continue
-        if break_lock or _is_stale(lock, holder):
-            try:
-                os.unlink(lock)
-            except FileNotFoundError:
-                pass
-            continue
-        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "another process"
-        raise StoreLockedError(
-            f"{path} is being written by {who} (lock file {lock}); wait for it to finish, or if "
-            "that process is gone, pass --break-lock")
-
-
-@contextmanager
-def writer_lock(path: str, break_lock: bool = False,
-                part: tuple[int, int] | None = None) -> Iterator[None]:
-    """Hold the store's lock file (or part ``(I, N)``'s) for the duration.
-
-    Local stores only: object-store URLs are not locked (see docs/distributed.md).
-    """
-    if is_url(path):
-        yield
-        return
-    name = lock_name(part)
-    lock = os.path.join(path, name)
-    while True:
-        check_unlocked(path, break_lock, part)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # raced with another writer: look again (it raises if that one is live)
-        break
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-    try:
-        # a conflicting writer may have taken its own lock between our look and our create:
-        # look again now that ours is visible (then at worst both back off, never both write)
-        check_unlocked(path, False, part, ignore=name)
-        yield
-    finally:
-        if (_lock_holder(lock) or {}).get("pid") == os.getpid():
-            os.unlink(lock)
-
-
-# -- verify ------------------------------------------------------------------------------------
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-def verify(path: str, model_sha256: str | None = None) -> list[Check]:
-    """Every integrity check ``era5latent verify`` prints, in order."""
-    checks: list[Check] = []
-    try:
-        store = open_latent_store(path)
-    except StoreError as err:
-        return [Check("format", False, str(err))]
-    meta = store.meta
-    checks.append(Check("format", True, f"{meta['format']} version {meta['format_version']}"))
-    problems = []
-    n_t = store.array("time").shape[0]
-    n_chunks = -(-n_t // store.time_chunk)
-    names = set(store.root.array_keys())
-    for g, spec in store.groups.items():
-        for arr in (codes_name(g), checksum_name(g)):
-            if arr not in names:
-                problems.append(f"array {arr} missing")
-        if codes_name(g) in names:
-            shape = store.codes(g).shape
-            want = (n_t, *[store.array(d).shape[0] for d in store.sample_dims], *spec.token_grid,
-                    spec.nbytes)
-            if tuple(shape) != want:
-                problems.append(f"{codes_name(g)} has shape {tuple(shape)}, attributes say {want}")
-    if DONE not in names or store.array(DONE).shape != (n_chunks,):
-        problems.append(f"{DONE} missing or not {n_chunks} long")
-    checks.append(Check("attributes", not problems,
-                        "; ".join(problems) or f"{len(store.groups)} groups, {n_t} times, "
-                                                f"{n_chunks} time chunks consistent"))
-    if problems:
-        return checks
-    done = store.done()
-    checks.append(Check("build", bool(done.all()) and store.complete,
-                        f"{int(done.sum())} of {done.size} time chunks done"
-                        + ("" if store.complete else ", store not marked complete")))
-    bad = []
-    for i in np.flatnonzero(done):
-        for g in store.groups:
-            try:
-                store.read_chunk(g, int(i))
-            except CorruptChunkError as err:
-                bad.append(f"chunk {i} of group {g} ({err.why})")
-    checks.append(Check("checksums", not bad,
-                        "; ".join(bad) or f"{int(done.sum()) * len(store.groups)} chunks match"))
-    if model_sha256 is not None:
-        have = meta["model"]["sha256"]
-        checks.append(Check("model", have == model_sha256,
-                            "sha256 matches" if have == model_sha256 else
-                            f"store was made with {have[:12]}, --model is {model_sha256[:12]}"))
-    return checks

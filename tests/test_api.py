@@ -273,7 +273,7 @@ def test_verify_finalize_and_build_embed_map(sample_zarr: Path, tiny_model: Path
     data[len(data) // 2] ^= 0xFF
     codes.write_bytes(bytes(data))
     failed = [c for c in era5latent.verify(out) if not c.ok]
-    assert [c.name for c in failed] == ["checksums"] and "group surface" in failed[0].detail
+    assert [c.name for c in failed] == ["array codes_surface"] and "crc32c" in failed[0].detail
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         era5latent.verify(out, tmp_path / "missing.safetensors")
 

@@ -152,13 +152,17 @@ def test_existing_output_without_overwrite(encoded: Path, sample_zarr: Path, tin
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     res = run_cli("decode", encoded, "--model", tiny_model, "--out", out)
-    assert_clean_error(res, "already exists", "--overwrite")
+    assert_clean_error(res, "not an era5latent output", "choose another --out")
     assert (out / "keep.txt").read_text() == "mine"
+    ours = tmp_path / "ours.zarr"
+    assert run_cli("decode", encoded, "--model", tiny_model, "--out", ours).exit_code == 0
+    res = run_cli("decode", encoded, "--model", tiny_model, "--out", ours)
+    assert_clean_error(res, "already exists", "--overwrite")
     other = tmp_path / "notastore"
     other.mkdir()
     (other / "mine.txt").write_text("mine")
     res = run_cli("encode", sample_zarr, "--model", tiny_model, "--subset", "z500", "--out", other)
-    assert_clean_error(res, "not a latent store", "--overwrite")
+    assert_clean_error(res, "not a latent store", "choose another --out")
     assert (other / "mine.txt").read_text() == "mine"
 
 

@@ -206,14 +206,14 @@ def test_finalize_names_missing_parts_and_encode_finishes_the_rest(
 
 def test_part_locks_exclude_whole_store_writers_not_other_parts(
         reference: Path, sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from era5latent.store import lock_name
+    from era5latent.store import lock_path
 
     store = tmp_path / "latent.zarr"
     args = encode_args(sample_zarr, tiny_model, store)
     assert run_cli(*args, "--parts", "1/2").exit_code == 0
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:  # part 1/2 is "being written" by a live process
-        (store / lock_name((1, 2))).write_text(
+        Path(lock_path(str(store), (1, 2))).write_text(
             json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
         assert_clean_error(run_cli(*args), "part-1-of-2", f"pid {sleeper.pid}")
         assert_clean_error(run_cli("finalize", store), "being written")
@@ -221,12 +221,12 @@ def test_part_locks_exclude_whole_store_writers_not_other_parts(
         assert_clean_error(run_cli(*args, "--parts", "1/3"), "being written")
         assert_clean_error(run_cli(*args, "--parts", "2/2", "--overwrite"), "--overwrite")
         assert run_cli(*args, "--parts", "2/2").exit_code == 0  # another part: welcome
-        assert (store / lock_name((1, 2))).exists()  # and the live part's lock is left alone
+        assert Path(lock_path(str(store), (1, 2))).exists()  # and the live part's lock is left alone
     finally:
         sleeper.kill()
         sleeper.wait()
     assert run_cli("finalize", store).exit_code == 0  # that writer is gone: its lock is stale
-    assert not list(store.glob("era5latent.lock*"))
+    assert not list(tmp_path.glob("*era5latent.lock*")) and not list(store.glob("*lock*"))
     assert tree_bytes(store) == tree_bytes(reference)
 
 

@@ -61,6 +61,20 @@ def test_encode_killed_anywhere_resumes_byte_identical(point: str, sample_zarr: 
 
 
 @pytest.mark.slow
+def test_a_kill_between_marking_complete_and_consolidating_is_repaired(
+        sample_zarr: Path, tiny_model: Path, clean_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latent.zarr"
+    killed = cli_subprocess(*encode_args(sample_zarr, tiny_model, out),
+                            env={"ERA5LATENT_FAULT": "encode.before-consolidate:1"})
+    assert killed.returncode == -9, killed.stderr
+    assert xr.open_zarr(out).attrs["era5latent"]["complete"]  # complete, not consolidated
+    assert tree_bytes(out) != tree_bytes(clean_store)
+    again = cli_subprocess(*encode_args(sample_zarr, tiny_model, out))
+    assert again.returncode == 0, again.stderr
+    assert tree_bytes(out) == tree_bytes(clean_store)
+
+
+@pytest.mark.slow
 def test_decode_killed_leaves_no_output_and_reruns_identical(clean_store: Path, tiny_model: Path,
                                                              tmp_path: Path) -> None:
     args = ["decode", str(clean_store), "--model", str(tiny_model), "--device", "cpu"]
