@@ -331,7 +331,7 @@ def train_cmd(
 def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: int,
              budget_gb: float) -> None:
     """``train --dry-run``: the memory of one step per rank, and the batch that fits."""
-    from era5latent.model.discriminator import PatchDiscriminator
+    from era5latent.model.discriminator import discriminator_for
     from era5latent.model.wla import preset_config
     from era5latent.sources import Source
     from era5latent.training import TrainOptions
@@ -344,7 +344,7 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
     if opts.group is not None:
         groups = {opts.group: groups[opts.group]} if opts.group in groups else {}
     config = preset_config(opts.preset, source.grid, tuple(groups), **opts.overrides)
-    disc = (sum(p.numel() for p in PatchDiscriminator(config.meta_dim, config.feat_dim).parameters())
+    disc = (sum(p.numel() for p in discriminator_for(config).parameters())
             if opts.adversarial_weight > 0 else 0)
     micro = opts.batch_size // (nproc * opts.grad_accum)
     kw = dict(checkpoint_activations=opts.checkpoint_activations,

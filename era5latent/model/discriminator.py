@@ -20,9 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from era5latent.model.config import WLAConfig
 from era5latent.model.wla import PVUM
 
-__all__ = ["PatchDiscriminator"]
+__all__ = ["PatchDiscriminator", "discriminator_for"]
 
 
 class PatchDiscriminator(nn.Module):
@@ -49,3 +50,12 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: Tensor, meta: Tensor) -> Tensor:
         """x (B, C, H, W) z-scored fields, meta (C,) -> logits (B, 1, H', W')."""
         return cast(Tensor, self.body(F.leaky_relu(self.pvum(x, meta), 0.2)))
+
+
+def discriminator_for(config: WLAConfig) -> PatchDiscriminator:
+    """The discriminator training pairs with a model: its PVUM sized like the model's, its width
+    twice the model's PVUM features (tiny 64, small 128, paper 256), so its cost follows the
+    preset's. It runs three times a step (judging the reconstruction for the generator, then
+    real and reconstructed fields for its own step): with tiny at 33 x 64 a step with the
+    adversarial term took 7x one without (1.46 s against 0.21 s, one CPU thread)."""
+    return PatchDiscriminator(config.meta_dim, config.feat_dim, width=2 * config.feat_dim)

@@ -28,7 +28,7 @@ from era5latent import __version__, faults
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
 from era5latent.metrics import latitude_weights
 from era5latent.model.checkpoint import CheckpointMeta, file_sha256, read_meta, save_checkpoint
-from era5latent.model.discriminator import PatchDiscriminator
+from era5latent.model.discriminator import PatchDiscriminator, discriminator_for
 from era5latent.model.wla import WLA, WLAConfig, preset_config
 from era5latent.sources import Source, grid_info, iso
 from era5latent.training import distributed as ddp_setup
@@ -209,8 +209,7 @@ class Trainer:
             if opts.adversarial_weight > 0 and _adversarial_ok(chs):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(group_seed(opts.seed, g) + 2)
-                    self.discs[g] = PatchDiscriminator(self.config.meta_dim,
-                                                       self.config.feat_dim).to(dev)
+                    self.discs[g] = discriminator_for(self.config).to(dev)
         self.optims = {g: _adamw(ae, self.lr, opts.weight_decay, (0.9, 0.99))
                        for g, ae in self.model.autoencoders.items()}
         self.d_optims = {g: _adamw(d, self.lr, 0.0, (0.5, 0.9)) for g, d in self.discs.items()}
