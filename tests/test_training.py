@@ -187,3 +187,11 @@ def test_dry_run_prints_the_memory_and_writes_nothing(data: Path, tmp_path: Path
     line = [ln for ln in res.stdout.splitlines() if "saved activations" in ln][0]
     line_ck = [ln for ln in with_ckpt.stdout.splitlines() if "saved activations" in ln][0]
     assert float(line_ck.split()[-2]) <= float(line.split()[-2])
+
+
+def test_no_adversarial_term_for_precipitation() -> None:
+    from era5latent.training.loop import _adversarial_ok
+    from era5latent.variables import parse_subset
+
+    assert _adversarial_ok(parse_subset("t2m,msl"))
+    assert not _adversarial_ok(parse_subset("t2m,tp"))  # the surface group holds precipitation

@@ -41,7 +41,7 @@ from era5latent.training.options import DEFAULT_LR, TrainOptions
 from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
                                        save_state)
 from era5latent.training.stats import compute_stats
-from era5latent.variables import Channel, group_channels, lookup_variable
+from era5latent.variables import Channel, group_channels, variable_by_name
 
 #: progress(step, total_steps, loss)
 TrainProgress = Callable[[int, int, float], None]
@@ -95,7 +95,7 @@ def init_model(config: WLAConfig, seed: int) -> WLA:
 
 def _adversarial_ok(chs: tuple[Channel, ...]) -> bool:
     """No adversarial term for precipitation-like (accumulated, non-negative) fields."""
-    return not any(getattr(lookup_variable(c.name), "accumulated", False) for c in chs)
+    return not any(variable_by_name(c.name).accumulated for c in chs)
 
 
 def _device(spec: str, world: ddp_setup.World) -> torch.device:
