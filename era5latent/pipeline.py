@@ -32,7 +32,7 @@ from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, i
 from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               StoreLockedError, check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
-from era5latent.variables import Channel, group_channels, parse_channel
+from era5latent.variables import Channel, group_channels, parse_channel, variable_by_name
 
 T = TypeVar("T")
 #: progress(done_samples, total_samples) -- called after each chunk
@@ -274,6 +274,8 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
         y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
         for k, ch in enumerate(chs):
             block[ch] = y[..., k, :, :]
+            if variable_by_name(ch.name).nonnegative:  # precipitation, radiation: never below 0
+                np.maximum(block[ch], 0.0, out=block[ch])
     return block
 
 

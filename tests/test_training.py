@@ -195,3 +195,27 @@ def test_no_adversarial_term_for_precipitation() -> None:
 
     assert _adversarial_ok(parse_subset("t2m,msl"))
     assert not _adversarial_ok(parse_subset("t2m,tp"))  # the surface group holds precipitation
+
+
+def test_decoded_precipitation_is_never_negative() -> None:
+    import numpy as np
+
+    from era5latent.model.checkpoint import CheckpointMeta, LoadedModel
+    from era5latent.model.wla import WLA, preset_config
+    from era5latent.pipeline import decode_fields
+    from era5latent.variables import group_channels, parse_subset
+
+    chs = parse_subset("msl,tp")
+    cfg = preset_config("tiny", (33, 64), ("surface",))
+    torch.manual_seed(0)
+    meta = CheckpointMeta(cfg, group_channels(chs), {"msl": {"mean": 0.0, "std": 1.0},
+                                                      "tp": {"mean": 0.0, "std": 1.0}}, {})
+    loaded = LoadedModel(WLA(cfg).eval(), meta, "0" * 64, "m.safetensors")
+    h, w = cfg.token_grid
+    packed = np.random.default_rng(0).integers(0, 256, (2, h, w, cfg.code_bytes), dtype=np.uint8)
+    from types import SimpleNamespace
+
+    out = decode_fields(loaded, group_channels(chs), {"surface": SimpleNamespace(
+        code_bits=cfg.code_bits)}, {"surface": packed}, 2, torch.device("cpu"), "fp32")
+    assert out[chs[0]].min() < 0  # the untrained model's raw output goes below zero ...
+    assert out[chs[1]].min() == 0  # ... and precipitation is clipped there
