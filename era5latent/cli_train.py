@@ -1,0 +1,175 @@
+"""The ``train`` and ``combine`` commands (the CLI's training verbs; see cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from era5latent.cli import Device, Subset, TimeRange, _Bar, _echo, command
+from era5latent.errors import OptionError
+
+
+@command("train")
+def train_cmd(
+    data: Annotated[str, typer.Argument(help="ERA5 source: Zarr, NetCDF or GRIB (path or URL).")],
+    subset: Subset,
+    out: Annotated[Path, typer.Option(help="Output checkpoint (.safetensors).")],
+    preset: Annotated[str, typer.Option(help="Model size: tiny, small or paper.")] = "tiny",
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Global batch: samples per optimiser step over all ranks.")] = 8,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (preset default).")] = None,
+    device: Device = "auto",
+    time: TimeRange = None,
+    val_fraction: Annotated[float, typer.Option(help="Last fraction of times held out.")] = 0.1,
+    val_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 50,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 100,
+    patch_stride: Annotated[Optional[int], typer.Option(
+        min=1, help="Override the preset's patch stride (tokens = grid / stride).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue training OUT from its last checkpoint (any world size); start "
+                    "afresh while OUT does not exist yet (a batch job's first run).")] = False,
+    group: Annotated[Optional[str], typer.Option(
+        help="Train only this variable group (z, t, ..., surface); 'era5latent combine' joins "
+             "groups trained apart.", show_default=False)] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Loader worker processes per rank.")] = 0,
+    nproc: Annotated[int, typer.Option(
+        min=1, help="Data-parallel processes on this machine (torch.distributed; one per GPU). "
+                    "Under torchrun leave it at 1.")] = 1,
+    level_weights: Annotated[str, typer.Option(
+        help="Per-level loss weights for u, v, t: variance (upstream) or none.")] = "variance",
+    adversarial_weight: Annotated[float, typer.Option(
+        help="Weight of the adversarial term (times the adaptive weight); 0: off.")] = 0.0,
+    disc_start: Annotated[int, typer.Option(
+        min=0, help="Step at which the adversarial term starts.")] = 0,
+    ema: Annotated[float, typer.Option(
+        help="EMA decay of the weights (validated and saved); 0: off.")] = 0.0,
+    quantizer: Annotated[str, typer.Option(
+        help="BSQ gradient and entropy form: era5latent or upstream (the WLA authors').")] =
+        "era5latent",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16; weights stay fp32.")] = "auto",
+    checkpoint_activations: Annotated[bool, typer.Option(
+        "--checkpoint-activations", help="Recompute transformer blocks in backward (less memory).")
+    ] = False,
+    grad_accum: Annotated[int, typer.Option(
+        min=1, help="Micro-batches per optimiser step (the batch is split this many times).")] = 1,
+    log_dir: Annotated[Optional[Path], typer.Option(
+        help="Write metrics.csv, TensorBoard events and every checkpoint here.",
+        show_default=False)] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="Steps between log records.")] = 10,
+    anonymous: Annotated[bool, typer.Option(
+        "--anonymous", help="Read a public s3:// or gs:// bucket without credentials.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the memory one step needs per rank (weights, optimizer, saved "
+                          "activations, measured on fake tensors) and the largest batch that "
+                          "fits --memory-budget; train nothing.")] = False,
+    memory_budget: Annotated[float, typer.Option(
+        help="GB of device memory per rank, for --dry-run's largest batch.")] = 80.0,
+) -> None:
+    """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
+    from era5latent.sources import open_source
+    from era5latent.training import TrainOptions
+    from era5latent.training.distributed import spawn, world_from_env
+    from era5latent.variables import parse_subset
+
+    from era5latent.fsutil import anonymous_options
+
+    channels = parse_subset(subset)
+    storage = anonymous_options(data) if anonymous else None
+    overrides = {"patch_stride": patch_stride} if patch_stride else {}
+    opts = TrainOptions(
+        preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device, time_range=time,
+        val_fraction=val_fraction, val_every=val_every, resume=resume, seed=seed,
+        checkpoint_every=checkpoint_every, overrides=overrides, group=group, workers=workers,
+        level_weights=level_weights, adversarial_weight=adversarial_weight, disc_start=disc_start,
+        ema=ema, quantizer=quantizer, precision=precision,
+        checkpoint_activations=checkpoint_activations, grad_accum=grad_accum,
+        log_dir=str(log_dir) if log_dir else None, log_every=log_every)
+    if dry_run:
+        _dry_run(open_source(data, storage), channels, opts, nproc, memory_budget)
+        return
+    if nproc > 1:
+        if world_from_env().distributed:
+            raise OptionError("--nproc starts its own processes; under torchrun leave it out")
+        opts.validate(nproc)
+        source = open_source(data, storage)  # bad input fails here, once, before any rank starts
+        source.check_channels(channels)
+        spawn(nproc, _train_rank, data, channels, str(out), opts, storage)
+    else:
+        _train_rank(data, channels, str(out), opts, storage)
+
+
+def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: int,
+             budget_gb: float) -> None:
+    """``train --dry-run``: the memory of one step per rank, and the batch that fits."""
+    from era5latent.model.discriminator import discriminator_for
+    from era5latent.model.wla import preset_config
+    from era5latent.sources import Source
+    from era5latent.training import TrainOptions
+    from era5latent.training.memory import estimate_memory, flops, largest_batch
+    from era5latent.variables import group_channels
+
+    assert isinstance(opts, TrainOptions) and isinstance(source, Source)
+    opts.validate(nproc)
+    groups = group_channels(channels)  # type: ignore[arg-type]
+    if opts.group is not None:
+        groups = {opts.group: groups[opts.group]} if opts.group in groups else {}
+    config = preset_config(opts.preset, source.grid, tuple(groups), **opts.overrides)
+    disc = (sum(p.numel() for p in discriminator_for(config).parameters())
+            if opts.adversarial_weight > 0 else 0)
+    micro = opts.batch_size // (nproc * opts.grad_accum)
+    kw = dict(checkpoint_activations=opts.checkpoint_activations,
+              precision="bf16" if opts.precision in ("auto", "bf16") else "fp32",
+              ema=opts.ema > 0, discriminator_params=disc,
+              channels=max(len(c) for c in groups.values()))
+    est = estimate_memory(config, micro, **kw)  # type: ignore[arg-type]
+    fits = largest_batch(config, int(budget_gb * 1e9), **kw)
+    f = flops(config, kw["channels"])
+    _echo(f"{opts.preset} preset on {config.grid[0]} x {config.grid[1]}, groups "
+          f"{', '.join(groups)}, {est.precision} autocast, activation checkpointing "
+          f"{'on' if opts.checkpoint_activations else 'off'}; per rank: batch {micro} "
+          f"(global {opts.batch_size} over {nproc} rank(s) x {opts.grad_accum} accumulation)")
+    for label, nbytes in est.rows():
+        _echo(f"  {label:<58} {nbytes / 2**30:9.2f} GiB")
+    _echo(f"largest batch per rank in {budget_gb:g} GB: {fits}; per sample and group: "
+          f"{f['encode'] / 1e12:.2f} TFLOP to encode, {f['decode'] / 1e12:.2f} TFLOP to decode "
+          f"(a training step is about 3x encode + decode)")
+
+
+def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
+                storage: dict[str, object] | None) -> None:
+    """One rank of ``train``: rank 0 shows progress and prints the result."""
+    from era5latent.sources import open_source
+    from era5latent.training import TrainOptions, train
+    from era5latent.training.distributed import world_from_env
+
+    assert isinstance(opts, TrainOptions)
+    main_rank = world_from_env().is_main
+    batch = opts.batch_size
+    with _Bar("train", "steps", enabled=main_rank) as bar:
+        res = train(open_source(data, storage), channels, out, opts,  # type: ignore[arg-type]
+                    storage_options=storage, progress=lambda s, n, loss: bar.update(
+                        s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
+    if not main_rank:
+        return
+    val = f", validation MSE {res.val_mse:.4f} (z-units; predicting the mean scores ~1)" \
+        if res.val_mse is not None else ""
+    _echo(f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s "
+          f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}")
+
+
+@command("combine")
+def combine_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Checkpoints of groups trained apart "
+                                                 "('train --group').")],
+    out: Annotated[Path, typer.Option(help="The combined checkpoint (.safetensors).")],
+) -> None:
+    """Join checkpoints of separately trained groups into one model file (strict shape checks)."""
+    from era5latent.training.combine import combine
+
+    meta = combine([str(m) for m in models], str(out))
+    _echo(f"wrote {out}: groups {', '.join(meta.groups)}")
