@@ -48,7 +48,7 @@ import pandas as pd
 import xarray as xr
 
 from era5latent.errors import OptionError
-from era5latent.fsutil import SAMPLE, atomic_dir
+from era5latent.fsutil import SAMPLE, atomic_dir, check_output_name
 from era5latent.variables import VARIABLES, WB2_LEVELS, Variable, lookup_variable
 
 __all__ = ["make_sample", "write_sample", "parse_grid", "TARGETS", "expected_lag1", "GENERATOR_VERSION"]
@@ -852,6 +852,7 @@ def write_sample(path: str | os.PathLike[str], *, overwrite: bool = False, **kwa
     """
     spec = _spec(**kwargs)  # type: ignore[arg-type]
     final = os.fspath(path)
+    check_output_name(final, "sample data", "a Zarr directory (.zarr, or no extension)")
     with atomic_dir(final, overwrite, SAMPLE) as path:  # a new store appears whole; an old one stays until then
         import dask.array as dsa
 

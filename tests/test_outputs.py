@@ -85,6 +85,8 @@ def test_outputs_named_like_a_format_we_do_not_write_are_refused(
                                str(out)), "does not write", "Zarr", "NetCDF")
     assert_clean_error(run_cli(*encode(sample_zarr, tiny_model, out)), "does not write",
                        "Zarr")
+    assert_clean_error(run_cli("sample", str(out), "--grid", "5x8", "--times", "2"),
+                       "does not write", "Zarr")
     assert list(tmp_path.iterdir()) == []
 
 
