@@ -766,4 +766,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module's app: cli_train registered its commands on era5latent.cli.app,
+    # which is not this __main__ module's copy
+    from era5latent.cli import main as _main
+
+    _main()

@@ -285,3 +285,18 @@ def atomic_file(path: str, overwrite: bool = True, kind: str | None = None) -> I
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(path: str) -> int:
+    """Delete zarr's half-written chunk files (``*.partial``) that a killed writer left in the
+    local store ``path``; returns how many. Call it only while holding the whole store's lock:
+    another writer's in-flight chunk looks the same."""
+    if is_url(path) or not os.path.isdir(path):
+        return 0
+    n = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                os.unlink(os.path.join(root, name))
+                n += 1
+    return n

@@ -24,7 +24,8 @@ import torch
 from era5latent import faults
 from era5latent.errors import (GridMismatchError, OptionError, StoreError, StoreExistsError,
                                SubsetError)
-from era5latent.fsutil import check_output_name, exists, full_path, is_url
+from era5latent.fsutil import (check_output_name, exists, full_path, is_url,
+                               remove_partial_writes)
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.wla import pack_bits, unpack_bits
 from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, iso,
@@ -594,6 +595,8 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
                          part=part)
     with writer_lock(out, break_lock, part):
+        if job.resumed and part is None:  # the whole store is ours: nobody else is writing
+            remove_partial_writes(out)  # chunk files a killed writer left half-written
         try:
             return _run(job, out, progress)
         except BaseException:

@@ -181,3 +181,17 @@ def test_fuzzed_time_ranges_on_a_real_source(tmp_path: Path) -> None:
         assert 0 <= lo < hi <= 6
 
     check()
+
+
+def test_a_resumed_encode_removes_half_written_chunk_files(sample_zarr: Path, tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    """A SIGKILL while zarr writes a chunk leaves its ``*.partial`` file; the resume removes it."""
+    out = tmp_path / "l.zarr"
+    base = ("encode", sample_zarr, "--model", tiny_model, "--subset", "z500,t2m", "--out", out,
+            "--device", "cpu", "--time-chunk", "8")
+    killed = cli_subprocess(*base, env={"ERA5LATENT_FAULT": "encode.chunk-done:1"})
+    assert killed.returncode == -9
+    stray = next(out.glob("build_done/c/*")).with_suffix(".0123abcd.partial")
+    stray.write_bytes(b"")  # what a kill in the middle of zarr's write leaves
+    assert run_cli(*base).exit_code == 0
+    assert not list(out.rglob("*.partial"))
