@@ -219,3 +219,17 @@ def test_decoded_precipitation_is_never_negative() -> None:
         code_bits=cfg.code_bits)}, {"surface": packed}, 2, torch.device("cpu"), "fp32")
     assert out[chs[0]].min() < 0  # the untrained model's raw output goes below zero ...
     assert out[chs[1]].min() == 0  # ... and precipitation is clipped there
+
+
+def test_evaluate_scores_a_checkpoint_of_a_run(data: Path, tmp_path: Path) -> None:
+    import json
+
+    logs = tmp_path / "logs"
+    _train(data, tmp_path / "m.safetensors", 2, "--log-dir", str(logs))
+    ckpt = logs / "checkpoints" / "step0000002.safetensors"
+    res = run_cli("evaluate", data, "--model", ckpt, "--baselines", "none", "--time",
+                  "2020-01-05/", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    records = json.loads(res.stdout)["records"]
+    assert {r["channel"] for r in records if r["method"] == "wla"} == {"z500", "z850", "t2m"}
+    assert all(r["rmse"] > 0 for r in records)
