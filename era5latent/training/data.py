@@ -153,7 +153,6 @@ class BlockReader:
         self.inv_std = (1.0 / std).astype(np.float32).reshape(-1, 1, 1)
         self.cache_bytes = cache_bytes
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.reads = 0  # blocks read from the source (tests and benchmarks look at it)
 
     def block(self, b: int) -> np.ndarray:
         if b in self.cache:
@@ -167,7 +166,6 @@ class BlockReader:
         x = x.reshape(-1, *x.shape[-3:])  # (t * members, C, H, W)
         x -= self.mean
         x *= self.inv_std
-        self.reads += 1
         self.cache[b] = x
         used = sum(v.nbytes for v in self.cache.values())
         while len(self.cache) > 1 and used > self.cache_bytes:
