@@ -30,6 +30,7 @@ import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
 from era5latent.fsutil import fast_zarr, is_url
+from era5latent.units import unit_problem
 from era5latent.variables import Channel, lookup_variable, variable_by_name
 
 _TIME_DIMS = ("time", "valid_time")
@@ -596,7 +597,7 @@ def normalise(raw: xr.Dataset, path: str, fmt: str, *, time_axis: str = "valid",
         raise SourceError(
             f"{path} holds no known ERA5 variable (found {', '.join(map(str, ds.data_vars)) or 'none'}); "
             "expected e.g. geopotential/z, temperature/t, 2m_temperature/t2m")
-    _check_units(path, units)
+    _check_units(path, units, names)
     ds = xr.Dataset(keep)
 
     level_pa = False
@@ -703,12 +704,15 @@ def check_values(path: str, ds: xr.Dataset, names: dict[str, str]) -> None:
                                  "fields (or CF-packed integers)")
 
 
-def _check_units(path: str, units: dict[str, str]) -> None:
-    zu = units.get("z", "").replace("**", "").replace("^", "").strip().lower()
-    if zu in ("m", "gpm", "metres", "meters", "geopotential metres"):
-        raise DataValueError(
-            f"{path}: geopotential is in {units['z']!r} (geopotential height); expected m2 s-2: "
-            "multiply by 9.80665 and set units to 'm2 s-2'")
+def _check_units(path: str, units: dict[str, str], names: dict[str, str]) -> None:
+    """Refuse a field whose units attribute names other units than ERA5's (era5latent.units)."""
+    for canon, found in units.items():
+        want = variable_by_name(canon).units
+        fix = unit_problem(found, want)
+        if fix is not None:
+            raise DataValueError(
+                f"{path}: {names[canon]} is in {found!r}; expected {want!r} (ERA5's units for "
+                f"{canon}): {fix} and set its units attribute to {want!r}")
 
 
 def open_source(path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,

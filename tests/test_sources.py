@@ -159,8 +159,10 @@ def test_new_catalogue_variables_open_by_any_name(tmp_path: Path) -> None:
     lev = ref["geopotential"]
     sfc = ref["2m_temperature"]
     ds = xr.Dataset({
-        "sp": sfc * 360.0, "tp": sfc * 0 + 1e-3, "w": lev * 0 + 0.1, "r": lev * 0 + 50.0,
-        "u100": sfc - 280.0, "z": sfc * 0 + 500.0,
+        "sp": (sfc * 360.0).assign_attrs(units="Pa"), "tp": (sfc * 0 + 1e-3).assign_attrs(units="m"),
+        "w": (lev * 0 + 0.1).assign_attrs(units="Pa s**-1"),
+        "r": (lev * 0 + 50.0).assign_attrs(units="%"),
+        "u100": (sfc - 280.0).assign_attrs(units="m s**-1"), "z": sfc * 0 + 500.0,
         "var_x": (sfc.dims, (sfc * 0 + 1.0).values, {"GRIB_paramId": 172}),
     }).drop_vars("z").assign(z=(sfc.dims, (sfc * 0 + 500.0).values, {"units": "m2 s-2"}))
     ds = ds.rename({"time": "valid_time", "level": "pressure_level"})
