@@ -141,6 +141,38 @@ def check_cluster_options(client: Any = None, scheduler: str | None = None,
                               "--scheduler-file' wrote, or an address tcp://HOST:8786")
 
 
+#: seconds to wait for a scheduler's TCP port to accept a connection before dask's own handshake
+PROBE_SECONDS = 5.0
+
+
+def _probe(scheduler: str) -> None:
+    """Fail in seconds on a tcp:// address nothing listens on (refused, or no answer within
+    PROBE_SECONDS) rather than after dask's 30 s connect timeout. Other schemes (tls, ucx,
+    inproc) and scheduler files are left to dask."""
+    from urllib.parse import urlsplit
+
+    if scheduler.endswith(".json"):
+        return
+    url = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if url.scheme != "tcp":
+        return
+    try:
+        host, port = url.hostname, url.port or 8786
+    except ValueError as err:  # a port that is no number, or out of range
+        raise OptionError(f"--scheduler {scheduler}: {err}; expected an address such as "
+                          "tcp://HOST:8786 or a scheduler file") from None
+    if not host:
+        raise OptionError(f"--scheduler {scheduler}: no host; expected an address such as "
+                          "tcp://HOST:8786 or a scheduler file")
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ClusterError(f"--scheduler {scheduler}: cannot connect ({why}); expected the "
+                           "address of a running dask scheduler (tcp://HOST:8786) or its "
+                           "scheduler file: start it or correct the address") from None
+
+
 @contextmanager
 def dask_client(client: Any = None, scheduler: str | None = None, workers: int | None = None,
                 device: str = "auto") -> Iterator[Any]:
@@ -153,6 +185,7 @@ def dask_client(client: Any = None, scheduler: str | None = None, workers: int |
     from distributed import Client
 
     if scheduler is not None:
+        _probe(scheduler)
         try:
             if scheduler.endswith(".json"):
                 c = Client(scheduler_file=scheduler, timeout=30)

@@ -192,3 +192,21 @@ def test_leftovers_of_killed_runs_are_named(store: Path, tiny_model: Path,
     assert res.exit_code == 0, res.stderr
     assert ".r.zarr.tmp-abc123" in res.stderr and "killed" in res.stderr
     assert (tmp_path / ".r.zarr.tmp-abc123").is_dir()  # named, not deleted
+
+
+@pytest.mark.parametrize("verb", ["encode", "decode"])
+def test_a_scheduler_address_nothing_listens_on_is_refused_within_seconds(
+        verb: str, store: Path, sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out.zarr"
+    args = (encode(sample_zarr, tiny_model, out) if verb == "encode" else
+            ["decode", str(store), "--model", str(tiny_model), "--out", str(out)])
+    start = time.monotonic()
+    assert_clean_error(run_cli(*args, "--scheduler", f"tcp://127.0.0.1:{port}"), "cannot connect")
+    assert time.monotonic() - start < 10
+    assert_clean_error(run_cli(*args, "--scheduler", "tcp://127.0.0.1:notaport"), "--scheduler")
+    assert list(tmp_path.iterdir()) == []
