@@ -59,6 +59,8 @@ ClusterProgress = Callable[[int, int, int, int], None]
 
 #: tasks per worker when --chunks-per-task is not given (load balance vs per-task overhead)
 TASKS_PER_WORKER = 4
+#: tries at starting a local cluster (a worker that dies during the start fails the attempt)
+CLUSTER_START_ATTEMPTS = 2
 
 
 class ClusterError(Era5LatentError):
@@ -102,9 +104,18 @@ def local_cluster(workers: int, device: str = "auto") -> Any:
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: str(max(1, (os.cpu_count() or 1) // workers)) for k in keys})
     try:
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                            silence_logs=logging.ERROR)
+        # a worker process that dies while the cluster starts (killed, out of memory) makes
+        # LocalCluster raise; once more with fresh processes before giving up
+        for attempt in range(CLUSTER_START_ATTEMPTS):
+            try:
+                return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                    silence_logs=logging.ERROR)
+            except (RuntimeError, OSError, TimeoutError) as err:
+                why = err
+        raise ClusterError(f"--workers {workers}: the local Dask cluster did not start in "
+                           f"{CLUSTER_START_ATTEMPTS} attempts ({why}); expected worker "
+                           "processes to start: check memory, or use fewer --workers")
     finally:
         for k, v in saved.items():
             if v is None:
