@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from era5latent import faults
+from era5latent import faults, fsutil
 from era5latent.embed.grid import N_CELLS, N_LAT, N_LON, Grid, grid_from_store
 from era5latent.embed.join import _Assembler, _dedupe, _fit_pca, _Spill
 from era5latent.embed.options import EmbedMapOptions, EmbedMapResult, ProgressFn
@@ -34,6 +34,7 @@ from era5latent.embed.writer import (
     _create_arrays,
     _jsonable,
     _move_arrays,
+    _names,
     _new_temp_dir,
     _replace_dir,
     _umask,
@@ -51,14 +52,6 @@ def _auto_chunks(channels: int, itemsize: int, target: int = 16 << 20) -> tuple[
         if cl * cw * channels * itemsize <= target:
             return cl, cw
     return 15, 30
-
-
-def _names(prefix: str, pca: bool) -> dict[str, str]:
-    keys = ["embedding", "valid", "channel"]
-    if pca:
-        keys += ["pca_components", "pca_mean", "pca_explained_variance",
-                 "pca_explained_variance_ratio", "component", "channel_in"]
-    return {k: prefix + k for k in keys}
 
 
 
@@ -96,7 +89,11 @@ def build_embed_map(
         prefix = "copernicus_" if o.prefix is None else o.prefix
     else:
         target = Path(out)  # type: ignore[arg-type]
-        if target.exists() and not o.overwrite:
+        fsutil.check_output_name(str(target), "an embedding map",
+                                 "a Zarr directory (.zarr, or no extension)")
+        # not ours: --overwrite would not help either, so say that first
+        fsutil.check_replaceable(str(target), fsutil.EMBED_MAP)
+        if os.path.lexists(target) and not o.overwrite:
             raise OptionError(f"output {target} already exists; pass --overwrite to replace it")
         if not target.parent.is_dir():
             raise OptionError(f"output directory {target.parent} does not exist; create it first")
@@ -107,15 +104,17 @@ def build_embed_map(
         prefix = o.prefix or ""
     if o.npz is not None:
         npz = Path(o.npz)
-        if npz.exists() and not o.overwrite:
+        if npz.suffix != ".npz":
+            raise OptionError(f"--npz {npz} must end in .npz (numpy.load reads it as a zip)")
+        fsutil.check_replaceable(str(npz), fsutil.EMBED_NPZ, "--npz")
+        if os.path.lexists(npz) and not o.overwrite:
             raise OptionError(f"--npz {npz} already exists; pass --overwrite to replace it")
         if not npz.parent.is_dir():
             raise OptionError(f"--npz directory {npz.parent} does not exist; create it first")
-        if npz.suffix != ".npz":
-            raise OptionError(f"--npz {npz} must end in .npz (numpy.load reads it as a zip)")
     names = _names(prefix, o.pca is not None)
+    replaced: list[str] = []
     if attach_to is not None:
-        _check_clash(target, names, grid, o.overwrite)
+        replaced = _check_clash(target, names, grid, o.overwrite)
 
     id_table = None
     if o.grid_map is not None:
@@ -275,10 +274,15 @@ def build_embed_map(
             _write_npz(emb_arr, valid, grid, npz_tmp, out_dtype, prog)
 
         # ---- commit ------------------------------------------------------------------------
+        # checked again: the build takes minutes, and something may have appeared meanwhile
+        if attach_to is None:
+            _check_target(target, fsutil.EMBED_MAP, "output", o.overwrite)
+        if npz_tmp is not None:
+            _check_target(Path(o.npz), fsutil.EMBED_NPZ, "--npz", o.overwrite)  # type: ignore[arg-type]
         if attach_to is None:
             _replace_dir(store_path, target)
         else:
-            _move_arrays(store_path, target, list(names.values()), zarr_format)
+            _move_arrays(store_path, target, list(names.values()), replaced)
         if npz_tmp is not None:
             os.replace(npz_tmp, Path(o.npz))  # type: ignore[arg-type]
             npz_tmp = None
@@ -313,6 +317,16 @@ def build_embed_map(
         seconds=round(time.perf_counter() - t0, 3),
     )
 
+
+
+def _check_target(path: Path, kind: str, what: str, overwrite: bool) -> None:
+    """An output may be replaced: absent, or an era5latent ``kind`` and ``overwrite`` given."""
+    if not os.path.lexists(path):
+        return
+    fsutil.check_replaceable(str(path), kind, "--out" if what == "output" else what)
+    if not overwrite:
+        raise OptionError(f"{what} {path} already exists (made by another process meanwhile); "
+                          "pass --overwrite to replace it")
 
 
 def _run_pool(fn: Callable[[int], None], items: Sequence[int], workers: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,7 +17,8 @@ import numpy as np
 
 from era5latent.embed.grid import N_LAT, N_LON, Grid, _one_line
 from era5latent.embed.options import EmbedMapOptions, ProgressFn
-from era5latent.errors import EmbedMapError, OptionError
+from era5latent.errors import EmbedMapError, OptionError, StoreExistsError
+from era5latent.fsutil import NPZ_MARKER
 
 if TYPE_CHECKING:
     import zarr
@@ -53,7 +55,32 @@ def _zarr_format(path: Path) -> _ZarrFormat:
     return zarr.open_group(str(path), mode="r").metadata.zarr_format
 
 
-def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool) -> None:
+def _names(prefix: str, pca: bool) -> dict[str, str]:
+    keys = ["embedding", "valid", "channel"]
+    if pca:
+        keys += ["pca_components", "pca_mean", "pca_explained_variance",
+                 "pca_explained_variance_ratio", "component", "channel_in"]
+    return {k: prefix + k for k in keys}
+
+
+def _attached_map(g: zarr.Group, prefix: str) -> set[str]:
+    """The arrays of an embedding map attached to ``g`` earlier under ``prefix``: known by its
+    ``<prefix>embedding`` array, which carries ``era5latent_embedmap_version``; else empty."""
+    import zarr
+
+    try:
+        emb = g[prefix + "embedding"]
+    except KeyError:
+        return set()
+    if not isinstance(emb, zarr.Array) or "era5latent_embedmap_version" not in emb.attrs:
+        return set()
+    return set(_names(prefix, emb.attrs.get("pca") is not None).values())
+
+
+def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool) -> list[str]:
+    """What attaching ``names`` to ``store`` replaces: nothing when no name is taken; with
+    ``overwrite``, every array of the map attached earlier under the same prefix (its PCA
+    arrays too, when the new map has none). A taken name that is not that map's is refused."""
     import zarr
 
     g = zarr.open_group(str(store), mode="r")
@@ -65,6 +92,15 @@ def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool
     for dim in (names["channel"], names.get("component"), names.get("channel_in")):
         if dim and dim in (grid.lat_dim, grid.lon_dim):
             raise OptionError(f"--prefix makes {dim!r}, a dimension of the store; pick another")
+    if not clash:
+        return []
+    ours = _attached_map(g, names["embedding"].removesuffix("embedding"))
+    foreign = [n for n in clash if n not in ours]
+    if foreign:
+        raise OptionError(f"--attach-to {store} already has {', '.join(foreign)}, not part of an "
+                          "era5latent embedding map; --overwrite replaces only a map's own "
+                          "arrays: pass --prefix to choose other names")
+    return sorted(ours & existing)
 
 
 def _create_arrays(path: Path, zarr_format: _ZarrFormat, names: dict[str, str], grid: Grid,
@@ -150,22 +186,33 @@ def _is_consolidated(path: Path) -> bool:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is moved aside first, then deleted."""
+    """Rename ``src`` to ``dst``; an existing ``dst`` (checked to be ours) is moved aside first,
+    then deleted."""
     old = None
     if dst.exists() or dst.is_symlink():
         old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-"))
         os.rename(dst, old / "old")
-    os.rename(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(src, dst)  # fails on a non-empty directory: never replaces one
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise StoreExistsError(f"output {dst} already exists (made by another process "
+                               "meanwhile); pass --overwrite to replace it") from None
+    finally:
+        if old is not None:
+            if not os.path.lexists(dst):  # put the old one back
+                os.rename(old / "old", dst)
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def _move_arrays(src_group: Path, store: Path, names: list[str], zarr_format: int) -> None:
-    """Move finished arrays into ``store`` (replacing same-named ones), then re-consolidate."""
+def _move_arrays(src_group: Path, store: Path, names: list[str], replaced: list[str]) -> None:
+    """Move finished arrays into ``store`` after moving ``replaced`` (an earlier map's arrays)
+    out of it, then re-consolidate."""
     consolidated = _is_consolidated(store)
     trash = Path(tempfile.mkdtemp(dir=store.parent, prefix=f".{store.name}.old-"))
     try:
-        for name in names:
+        for name in replaced:
             if (store / name).exists():
                 os.rename(store / name, trash / name)
         for name in names:
@@ -185,6 +232,7 @@ def _write_npz(emb_arr: zarr.Array[Any], valid: np.ndarray, grid: Grid, path: Pa
     cols = grid.col_of_j  # upstream column j -> storage column
     rows_per = max(1, (64 << 20) // (N_LON * channels * 4))
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.comment = NPZ_MARKER  # how a later --overwrite knows the file is ours
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)
             for r0 in range(0, N_LAT, rows_per):
