@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from era5latent import embed as em
 from era5latent.embed.grid import _classify_id, _classify_ids
 from era5latent.cli import app
-from era5latent.errors import EmbedMapError
+from era5latent.errors import EmbedMapError, Era5LatentError
 from era5latent.fsutil import NPZ_MARKER
 
 D = 8
@@ -493,6 +493,21 @@ def test_overwrite_refuses_what_is_not_ours_and_leaves_it_untouched(data, tmp_pa
     assert tree_bytes(theirs) == before
     assert plain.read_text() == "not a map" and their_npz.read_bytes() == npz_bytes
     assert leftovers(tmp_path, {"theirs.zarr", "notes", "their.npz", "theirs.npz"}) == []
+
+
+def test_something_appearing_at_the_output_during_the_build_is_left_alone(data, tmp_path):
+    out, npz = tmp_path / "o.zarr", tmp_path / "o.npz"
+
+    def someone_writes(phase, done, total):
+        if phase == "write" and not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("made meanwhile")
+
+    with pytest.raises(Era5LatentError, match="o.zarr is a directory that is not an era5latent output"):
+        em.build_embed_map([data["parquet"]], out, options=em.EmbedMapOptions(npz=npz),
+                           progress=someone_writes)
+    assert (out / "theirs.txt").read_text() == "made meanwhile"
+    assert leftovers(tmp_path, {"o.zarr"}) == []  # neither the npz nor temporaries
 
 
 # --- attach-to -----------------------------------------------------------------------------------

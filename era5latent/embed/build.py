@@ -54,7 +54,6 @@ def _auto_chunks(channels: int, itemsize: int, target: int = 16 << 20) -> tuple[
     return 15, 30
 
 
-
 def build_embed_map(
     inputs: Sequence[Path | str],
     out: Path | str | None = None,
@@ -276,7 +275,9 @@ def build_embed_map(
         # ---- commit ------------------------------------------------------------------------
         # checked again: the build takes minutes, and something may have appeared meanwhile
         if attach_to is None:
-            _check_target(target, fsutil.EMBED_MAP, "output", o.overwrite)
+            _check_target(target, fsutil.EMBED_MAP, "--out", o.overwrite)
+        else:
+            replaced = _check_clash(target, names, grid, o.overwrite)
         if npz_tmp is not None:
             _check_target(Path(o.npz), fsutil.EMBED_NPZ, "--npz", o.overwrite)  # type: ignore[arg-type]
         if attach_to is None:
@@ -318,14 +319,14 @@ def build_embed_map(
     )
 
 
-
-def _check_target(path: Path, kind: str, what: str, overwrite: bool) -> None:
-    """An output may be replaced: absent, or an era5latent ``kind`` and ``overwrite`` given."""
+def _check_target(path: Path, kind: str, option: str, overwrite: bool) -> None:
+    """The output ``path`` (given as ``option``) may be replaced now: it is absent, or it is an
+    era5latent ``kind`` and ``overwrite`` is set."""
     if not os.path.lexists(path):
         return
-    fsutil.check_replaceable(str(path), kind, "--out" if what == "output" else what)
+    fsutil.check_replaceable(str(path), kind, option)
     if not overwrite:
-        raise OptionError(f"{what} {path} already exists (made by another process meanwhile); "
+        raise OptionError(f"{option} {path} already exists (made by another process meanwhile); "
                           "pass --overwrite to replace it")
 
 

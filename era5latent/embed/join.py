@@ -76,7 +76,6 @@ def _group_mean(keys: np.ndarray, counts: np.ndarray, vecs: np.ndarray
     return ks[starts], np.add.reduceat(w, starts), sums
 
 
-
 def _dedupe(cells: np.ndarray, vecs: np.ndarray, rows: np.ndarray, si: int,
             first_at: np.ndarray, policy: str, sources: Sequence[_Source]
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -44,7 +44,6 @@ def _new_temp_dir(target: Path, tag: str) -> Path:
     return path
 
 
-
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
