@@ -31,8 +31,8 @@ _EXPORTS: dict[str, str] = {
     "evaluate_reconstruction": "era5latent.api",
     "verify": "era5latent.api",
     "finalize": "era5latent.api",
-    "build_embed_map": "era5latent.embedmap",
-    "EmbedMapOptions": "era5latent.embedmap",
+    "build_embed_map": "era5latent.embed",
+    "EmbedMapOptions": "era5latent.embed",
     "LatentDataset": "era5latent.torch",
     "LoadedModel": "era5latent.model.checkpoint",
     "Era5LatentError": "era5latent.errors",
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from era5latent.api import (decode, decode_to_file, encode, encode_to_store,
                                 evaluate_reconstruction, finalize, info, load_model, open_latent,
                                 train_model, verify)
-    from era5latent.embedmap import EmbedMapOptions, build_embed_map
+    from era5latent.embed import EmbedMapOptions, build_embed_map
     from era5latent.errors import Era5LatentError
     from era5latent.model.checkpoint import LoadedModel
     from era5latent.sample import make_sample, write_sample

@@ -706,7 +706,7 @@ def build_embed_map_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from era5latent.embedmap import EmbedMapOptions, build_embed_map
+    from era5latent.embed import EmbedMapOptions, build_embed_map
 
     opts = EmbedMapOptions(
         layout=layout.value if layout else None, like=like, dtype=dtype.value, fill=fill.value,

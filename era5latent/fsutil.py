@@ -120,6 +120,11 @@ def remove_tree(path: str) -> None:
 # -- what an existing output is: --overwrite replaces only our own outputs of the same kind -------
 
 LATENT, DECODED, SAMPLE = "latent store", "decoded fields", "sample data"
+#: build-embed-map's outputs: a Zarr map (``--out``) and the upstream-layout ``--npz``
+EMBED_MAP, EMBED_NPZ = "embedding map", "embedding map .npz"
+#: the zip comment of an ``--npz`` era5latent wrote: how ``--overwrite`` knows the file is ours
+#: (a comment, not a member, so ``numpy.load`` still lists only ``arr_0``)
+NPZ_MARKER = b"era5latent embedding map"
 
 #: extensions of formats era5latent never writes: an output named so is refused (a typo or a
 #: misunderstanding: `--out rec.csv` would otherwise be a Zarr directory named rec.csv)
@@ -153,7 +158,7 @@ def _zarr_attrs(doc_path: str) -> dict[str, Any] | None:
 
 def output_kind(path: str) -> str | None:
     """Which era5latent output ``path`` (local) holds, recognised by its attributes: LATENT,
-    DECODED or SAMPLE, else None (someone else's file or directory)."""
+    DECODED, SAMPLE, EMBED_MAP or EMBED_NPZ, else None (someone else's file or directory)."""
     if os.path.isdir(path):
         attrs = _zarr_attrs(os.path.join(path, "zarr.json"))
         if attrs is None:
@@ -165,7 +170,17 @@ def output_kind(path: str) -> str | None:
             return DECODED
         if attrs.get("generator") == "era5latent.sample":
             return SAMPLE
+        if "era5latent_embedmap_version" in attrs:
+            return EMBED_MAP
         return None
+    if os.path.isfile(path) and path.endswith(".npz"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                return EMBED_NPZ if z.comment.startswith(NPZ_MARKER) else None
+        except (OSError, zipfile.BadZipFile):
+            return None
     if os.path.isfile(path):
         try:
             import h5py  # type: ignore[import-untyped]
@@ -177,8 +192,9 @@ def output_kind(path: str) -> str | None:
     return None
 
 
-def check_replaceable(path: str, kind: str) -> None:
-    """``--overwrite`` of ``path``: allowed only when it is an era5latent ``kind``."""
+def check_replaceable(path: str, kind: str, option: str = "--out") -> None:
+    """``--overwrite`` of ``path`` (given as ``option``): allowed only when it is an era5latent
+    ``kind``."""
     if not os.path.lexists(path):
         return
     have = output_kind(path)
@@ -187,7 +203,7 @@ def check_replaceable(path: str, kind: str) -> None:
             "a directory that is not an era5latent output" if os.path.isdir(path) else
             "a file that is not an era5latent output")
         raise StoreError(f"{path} is {found}; --overwrite replaces only an era5latent "
-                         f"{kind}: move it away or choose another --out")
+                         f"{kind}: move it away or choose another {option}")
 
 
 def leftovers(path: str) -> list[str]:

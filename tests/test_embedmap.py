@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from era5latent import embedmap as em
+from era5latent import embed as em
+from era5latent.embed.grid import _classify_id, _classify_ids
 from era5latent.cli import app
-from era5latent.errors import EmbedMapError
+from era5latent.errors import EmbedMapError, Era5LatentError
+from era5latent.fsutil import NPZ_MARKER
 
 D = 8
 REAL = {"0295191_177.75_-39.00": (-39.0, 177.75), "0772176_-96.00_44.00": (44.0, -96.0)}
@@ -90,6 +93,10 @@ def ok(*args: object):
     res = cli(*args)
     assert res.exit_code == 0, res.output
     return res
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def leftovers(directory: Path, keep: set[str]) -> list[str]:
@@ -214,8 +221,8 @@ def test_parser_raises_only_embedmaperror_and_agrees_with_vectorised(text, trust
         assert 0 <= g.cell < em.N_CELLS
     except EmbedMapError as err:
         assert "\n" not in str(err)
-    codes, cells = em._classify_ids(pa.array([text]), trust, None)
-    code, cell, _ = em._classify_id(text, trust)
+    codes, cells = _classify_ids(pa.array([text]), trust, None)
+    code, cell, _ = _classify_id(text, trust)
     assert (int(codes[0]), int(cells[0])) == (code, cell)
 
 
@@ -428,6 +435,7 @@ def test_bad_files_and_options_exit_2(data, tmp_path):
         ((data["parquet"], "--out", tmp_path / "o.zarr", "--pca", "99"), "exceeds"),
         ((data["parquet"], "--out", tmp_path / "o.zarr", "--chunks", "9x9"), "--chunks"),
         ((data["parquet"],), "exactly one of --out"),
+        ((data["parquet"], "--out", tmp_path / "o.npz"), "does not write .npz files"),
     ]
     for args, needle in cases:
         res = cli(*args)
@@ -439,13 +447,67 @@ def test_bad_files_and_options_exit_2(data, tmp_path):
     assert list(existing.iterdir()) == []
 
 
-def test_overwrite_replaces_existing_output(data, tmp_path):
+def test_overwrite_replaces_an_earlier_map_and_its_npz(data, tmp_path):
+    out, npz = tmp_path / "o.zarr", tmp_path / "o.npz"
+    ok(data["parquet"], "--out", out, "--npz", npz)
+    assert zipfile.ZipFile(npz).comment == NPZ_MARKER and np.load(npz).files == ["arr_0"]
+    res = cli(data["parquet"], "--out", out, "--npz", npz)
+    assert res.exit_code == 2 and "already exists; pass --overwrite" in res.stderr
+    ok(data["parquet"], "--out", out, "--npz", npz, "--overwrite", "--dtype", "float16")
+    assert xr.open_zarr(out).embedding.dtype == np.float16
+    assert np.load(npz)["arr_0"].dtype == np.float16
+    assert leftovers(tmp_path, {"o.zarr", "o.npz"}) == []
+
+
+def _someone_elses(path: Path) -> dict[str, bytes]:
+    path.mkdir()
+    (path / "thesis.tex").write_text("years of work")
+    (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                "attributes": {"owner": "someone"}}))
+    return tree_bytes(path)
+
+
+def test_overwrite_refuses_what_is_not_ours_and_leaves_it_untouched(data, tmp_path):
+    theirs = tmp_path / "theirs.zarr"
+    before = _someone_elses(theirs)
+    plain = tmp_path / "notes"
+    plain.write_text("not a map")
+    their_npz = tmp_path / "their.npz"
+    np.savez(their_npz, arr_0=np.ones((2, 2)))  # an .npz era5latent did not write
+    npz_bytes = their_npz.read_bytes()
     out = tmp_path / "o.zarr"
-    out.mkdir()
-    (out / "junk").write_text("old")
-    ok(data["parquet"], "--out", out, "--overwrite")
-    assert not (out / "junk").exists() and xr.open_zarr(out).embedding.shape[2] == D
-    assert leftovers(tmp_path, {"o.zarr"}) == []
+    cases = [
+        (("--out", theirs), "theirs.zarr is a directory that is not an era5latent output"),
+        (("--out", plain), "notes is a file that is not an era5latent output"),
+        (("--out", out, "--npz", their_npz),
+         "their.npz is a file that is not an era5latent output; --overwrite replaces only an "
+         "era5latent embedding map .npz: move it away or choose another --npz"),
+        (("--out", out, "--npz", theirs.with_suffix(".npz")), "not an era5latent output"),
+    ]
+    (tmp_path / "theirs.npz").mkdir()
+    for args, needle in cases:
+        for extra in ((), ("--overwrite",)):
+            res = cli(data["parquet"], *args, *extra)
+            lines = res.stderr.strip().splitlines()
+            assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], (args, lines)
+    assert tree_bytes(theirs) == before
+    assert plain.read_text() == "not a map" and their_npz.read_bytes() == npz_bytes
+    assert leftovers(tmp_path, {"theirs.zarr", "notes", "their.npz", "theirs.npz"}) == []
+
+
+def test_something_appearing_at_the_output_during_the_build_is_left_alone(data, tmp_path):
+    out, npz = tmp_path / "o.zarr", tmp_path / "o.npz"
+
+    def someone_writes(phase, done, total):
+        if phase == "write" and not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("made meanwhile")
+
+    with pytest.raises(Era5LatentError, match="o.zarr is a directory that is not an era5latent output"):
+        em.build_embed_map([data["parquet"]], out, options=em.EmbedMapOptions(npz=npz),
+                           progress=someone_writes)
+    assert (out / "theirs.txt").read_text() == "made meanwhile"
+    assert leftovers(tmp_path, {"o.zarr"}) == []  # neither the npz nor temporaries
 
 
 # --- attach-to -----------------------------------------------------------------------------------
@@ -481,4 +543,28 @@ def test_attach_to_adds_arrays_and_leaves_others_untouched(data, tmp_path, zarr_
     ok(data["parquet"], "--attach-to", store, "--overwrite", "--dtype", "float16")
     assert xr.open_zarr(store).copernicus_embedding.dtype == np.float16
     assert {k: v for k, v in _digest(store, meta).items() if k in before} == before
+
+
+def test_attach_overwrite_replaces_only_the_maps_own_arrays(data, tmp_path):
+    store = tmp_path / "era5.zarr"
+    ds = xr.Dataset({"valid": ("latitude", np.ones(721, np.int8))},  # a user's array
+                    coords={"latitude": np.arange(90, -90.01, -0.25),
+                            "longitude": np.arange(0, 360, 0.25)})
+    ds.to_zarr(store, zarr_format=3, consolidated=False)
+    theirs = tree_bytes(store / "valid")
+    for extra in ((), ("--overwrite",)):
+        res = cli(data["parquet"], "--attach-to", store, "--prefix", "", *extra)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, lines
+    assert "already has valid, not part of an era5latent embedding map" in lines[0]
+    assert tree_bytes(store / "valid") == theirs
+    # an earlier map under a prefix is replaced whole: its PCA arrays go with it
+    ok(data["parquet"], "--attach-to", store, "--prefix", "m_", "--pca", "2")
+    assert (store / "m_pca_components").is_dir()
+    ok(data["parquet"], "--attach-to", store, "--prefix", "m_", "--overwrite")
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith("m_")) == [
+        "m_channel", "m_embedding", "m_valid"]
+    assert xr.open_zarr(store, consolidated=False).m_embedding.shape == (721, 1440, D)
+    assert tree_bytes(store / "valid") == theirs
+    assert leftovers(tmp_path, {"era5.zarr"}) == []
     assert leftovers(tmp_path, {"era5.zarr"}) == []

@@ -17,6 +17,7 @@ import pytest
 import xarray as xr
 
 from .conftest import assert_clean_error, run_cli
+from .test_embedmap import fmt, sample, write_parquet
 from .test_reliability import tree_bytes
 
 
@@ -40,17 +41,39 @@ def _someone_elses(path: Path) -> dict[str, bytes]:
     return tree_bytes(path)
 
 
-@pytest.mark.parametrize("verb", ["encode", "decode"])
+@pytest.mark.parametrize("verb", ["encode", "decode", "build-embed-map"])
 def test_overwrite_onto_something_not_ours_leaves_it_untouched(
         verb: str, store: Path, sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
     target = tmp_path / "precious.zarr"
     before = _someone_elses(target)
-    args = (encode(sample_zarr, tiny_model, target) if verb == "encode" else
-            ["decode", str(store), "--model", str(tiny_model), "--out", str(target)])
+    inputs: list[str] = []
+    if verb == "build-embed-map":
+        cells, vecs = sample(10)
+        pq = write_parquet(tmp_path / "e.parquet", [fmt(c) for c in cells], vecs)
+        inputs = ["e.parquet"]
+        args = ["build-embed-map", str(pq), "--out", str(target)]
+    else:
+        args = (encode(sample_zarr, tiny_model, target) if verb == "encode" else
+                ["decode", str(store), "--model", str(tiny_model), "--out", str(target)])
     assert_clean_error(run_cli(*args, "--overwrite"), "not an era5latent output",
                        "--overwrite replaces only")
     assert tree_bytes(target) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*inputs, "precious.zarr"]
+
+
+def test_build_embed_map_overwrite_onto_a_latent_store_is_refused(store: Path,
+                                                                  tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "latent.zarr"
+    shutil.copytree(store, copy)
+    before = tree_bytes(copy)
+    cells, vecs = sample(10)
+    pq = write_parquet(tmp_path / "e.parquet", [fmt(c) for c in cells], vecs)
+    assert_clean_error(run_cli("build-embed-map", str(pq), "--out", str(copy), "--overwrite"),
+                       "is an era5latent latent store", "replaces only an era5latent embedding map")
+    assert tree_bytes(copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "latent.zarr"]
 
 
 def test_overwrite_of_another_kind_of_era5latent_output_is_refused(
