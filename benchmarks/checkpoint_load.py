@@ -36,7 +36,8 @@ def make(path: str, preset: str, grid: tuple[int, int]) -> None:
     channels = (parse_channel("z500"),)
     meta = CheckpointMeta(config=config, groups={"z": channels},
                           normalisation={"z500": {"mean": 0.0, "std": 1.0}},
-                          grid={"shape": list(grid)})
+                          grid={"shape": list(grid), "latitude": [90.0, -90.0],
+                                "longitude": [0.0, 360.0 - 360.0 / grid[1]]})
     save_checkpoint(model, meta, path)
     print(f"wrote {path}: {model.num_params():,} parameters")
 

@@ -696,7 +696,8 @@ def build_embed_map_cmd(
         help="Prefix of the array names (default: none for --out, 'copernicus_' for "
              "--attach-to).", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace an existing --out / --npz, or same-named arrays in --attach-to.")] = False,
+        "--overwrite", help="Replace an existing --out / --npz that era5latent wrote, or the map "
+        "attached earlier under the same prefix in --attach-to (nothing else).")] = False,
     batch_rows: Annotated[int, typer.Option(help="Parquet rows per read batch.")] = 8192,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:

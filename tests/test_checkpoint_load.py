@@ -26,7 +26,8 @@ def _save(tmp_path: Path, cfg_grid: tuple[int, int] = (17, 32)) -> tuple[Path, W
     model = WLA(cfg)
     meta = CheckpointMeta(cfg, {"z": chs[:2], "surface": chs[2:]},
                           {c.code: {"mean": 1.0, "std": 2.0} for c in chs},
-                          {"shape": list(cfg_grid)})
+                          {"shape": list(cfg_grid), "latitude": [90.0, -90.0],
+                           "longitude": [0.0, 360.0 - 360.0 / cfg_grid[1]]})
     path = tmp_path / "m.safetensors"
     save_checkpoint(model, meta, str(path))
     return path, model, meta
@@ -133,3 +134,31 @@ def test_weights_stored_in_another_float_type_load_as_the_model_s(tmp_path: Path
     save_file(ints, str(p), metadata={"era5latent": meta.to_json()})
     with pytest.raises(CheckpointError, match="dtype torch.int32, expected torch.float32"):
         load_checkpoint(str(p))
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("groups", {"z": {"a": 1}}, "groups['z']"),
+    ("groups", {}, "'groups'"),
+    ("groups", {"../x": ["z500"]}, "group name"),
+    ("groups", {"z": ["z501x"]}, "groups['z']"),
+    ("normalisation", {"z500": {"mean": 1.0, "std": 0.0}, "z850": {"mean": 1.0, "std": 2.0},
+                       "t2m": {"mean": 1.0, "std": 2.0}}, "normalisation['z500']['std']"),
+    ("normalisation", [], "'normalisation'"),
+    ("grid", {"shape": [17, 32]}, "'grid'"),
+    ("grid", {"shape": [-1, True], "latitude": [90.0, -90.0], "longitude": [0.0, 1.0]}, "'grid'"),
+    ("training", "x", "'training'"),
+    ("config", None, "lacks 'config'"),
+])
+def test_checkpoint_metadata_is_checked_key_by_key(tmp_path: Path, key: str, value: Any,
+                                                   named: str) -> None:
+    path, _, meta = _save(tmp_path)
+    header = json.loads(meta.to_json())
+    if value is None:
+        del header[key]
+    else:
+        header[key] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={"era5latent": json.dumps(header)})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(bad))
+    assert named in str(err.value) and "\n" not in str(err.value)

@@ -222,6 +222,36 @@ def damage_store(store: Path, r: Rng) -> None:
             (store / r.choice(["junk", "era5latent.lock", "c"])).write_bytes(r.randbytes(9))
 
 
+def damage_checkpoint(model: Path, dest: Path, r: Rng) -> Path:
+    """A copy of the model, damaged: its JSON config or a tensor's header entry edited, a byte
+    flipped, or the file cut short."""
+    data = bytearray(model.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    what = r.random()
+    if what < 0.5:  # the era5latent metadata (config sizes, groups, normalisation, grid)
+        doc = dest.with_suffix(".json")
+        doc.write_text(header["__metadata__"]["era5latent"])
+        _edit_json(doc, r, r.choice([(), ("config",), ("config",), ("groups",)]))
+        header["__metadata__"]["era5latent"] = doc.read_text()
+        doc.unlink()
+    elif what < 0.65:  # a tensor's shape or dtype
+        name = r.choice(sorted(k for k in header if k != "__metadata__"))
+        key = r.choice(["shape", "dtype"])
+        header[name][key] = r.choice([[10 ** 6, 10 ** 6], [], [-1], "F64", "I8", "x"]) \
+            if key == "shape" else r.choice(["F64", "I8", "BOOL", "x"])
+    if what < 0.65:
+        head = json.dumps(header).encode()
+        head += b" " * (-len(head) % 8)
+        data = bytearray(len(head).to_bytes(8, "little") + head + data[8 + n:])
+    elif what < 0.8:
+        data[r.randrange(len(data))] ^= 1 << r.randrange(8)
+    else:
+        data = data[:r.randrange(len(data))]
+    dest.write_bytes(bytes(data))
+    return dest
+
+
 def write_parquet(path: Path, r: Rng) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -287,7 +317,11 @@ def make_case(index: int, root: Path, store: Path, model: Path, truth: Path) -> 
     case = root / f"case{index:05d}"
     case.mkdir()
     verb = r.choices(["encode", "decode", "info", "verify", "finalize", "build-embed-map",
-                      "sample", "evaluate"], weights=[30, 20, 12, 12, 6, 8, 6, 6])[0]
+                      "sample", "evaluate", "train"], weights=[30, 20, 12, 12, 6, 8, 6, 6, 8])[0]
+    if r.random() < 0.12 and verb in ("encode", "decode", "verify", "evaluate"):
+        model = damage_checkpoint(model, case / "wla.safetensors", r)
+    if verb == "train":
+        return train_case(index, case, model, r)
     if verb == "encode":
         src = write_source(case, r)
         out = case / r.choice(["l.zarr", "l.zarr", "l", "l.csv", "l.nc", "src.zarr"])
@@ -363,6 +397,48 @@ def make_case(index: int, root: Path, store: Path, model: Path, truth: Path) -> 
     return Case(index, verb, args, case, out)
 
 
+def train_case(index: int, case: Path, model: Path, r: Rng) -> Case:
+    """A short training run: a (mostly) well-formed source, odd options, sometimes --resume onto
+    a damaged or foreign file."""
+    src = write_source(case, r) if r.random() < 0.5 else _good_source(case)
+    out = case / r.choice(["m.safetensors", "m.safetensors", "m.safetensors", "m.pt", "m.csv",
+                           "m"])
+    args = ["train", str(src), "--subset", r.choice(["z500", "z500,t2m", "t2m", "z500,z850"]
+                                                    if r.random() < 0.7 else SUBSETS),
+            "--out", str(out), "--device", "cpu",
+            "--steps", r.choice(["1", "2"] * 4 + ["0", "-1", "x", "99999999999999999999"]),
+            "--batch-size", r.choice(["2", "4"] * 3 + INTS), "--val-every", "1"]
+    args += _maybe(r, 0.2, "--preset", r.choice(["tiny", "x", "", "TINY"]))
+    args += _maybe(r, 0.2, "--val-fraction", r.choice(["0.25", "0", "1", "-0.5", "x", "nan"]))
+    args += _maybe(r, 0.15, "--time", r.choice(TIMES))
+    args += _maybe(r, 0.1, "--group", r.choice(["z", "surface", "t", "x", "../x", ""]))
+    args += _maybe(r, 0.1, "--level-weights", r.choice(["variance", "none", "x"]))
+    args += _maybe(r, 0.1, "--quantizer", r.choice(["era5latent", "upstream", "x"]))
+    args += _maybe(r, 0.1, "--precision", r.choice(["fp32", "bf16", "fp16", "x"]))
+    args += _maybe(r, 0.1, "--grad-accum", r.choice(["1", "2", "3", "0", "x"]))
+    args += _maybe(r, 0.1, "--ema", r.choice(["0", "0.9", "1", "-1", "nan"]))
+    args += _maybe(r, 0.1, "--adversarial-weight", r.choice(["0", "0.1", "-1", "inf"]))
+    args += _maybe(r, 0.1, "--lr", r.choice(["1e-3", "0", "-1", "nan", "x"]))
+    args += _maybe(r, 0.1, "--patch-stride", r.choice(["1", "2", "4", "0", "64", "x"]))
+    args += _maybe(r, 0.1, "--dry-run")
+    args += _maybe(r, 0.05, "--memory-budget", r.choice(["1GB", "0", "x", "-5GB"]))
+    mutable = set()
+    if r.random() < 0.15:  # --resume onto an existing file: a checkpoint, damaged or not ours
+        if r.random() < 0.5:
+            shutil.copy(model, out) if r.random() < 0.5 else damage_checkpoint(model, out, r)
+        else:
+            out.write_bytes(b"not a checkpoint")
+        args.append("--resume")
+        mutable.add(out.name)
+    return Case(index, "train", args, case, out, mutable=mutable)
+
+
+def _good_source(case: Path) -> Path:
+    path = case / "src.zarr"
+    base_dataset(8).to_zarr(path, zarr_format=3)
+    return path
+
+
 # -- running and judging --------------------------------------------------------------------------
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -423,8 +499,9 @@ def judge(case: Case) -> tuple[int, list[str]]:
     new = {n.split("/")[0] for n in after} - {n.split("/")[0] for n in before}
     if code != 0 and new:
         problems.append(f"left behind after a failure: {sorted(new)}")
-    if code == 0 and new - ({out_name} if out_name else set()):
-        problems.append(f"unexpected new files: {sorted(new - {out_name})}")
+    expected = {out_name, f"{out_name}.state.safetensors"} if out_name else set()
+    if code == 0 and new - expected:
+        problems.append(f"unexpected new files: {sorted(new - expected)}")
     leftovers = [n for n in after if ".tmp-" in n or ".old-" in n or "era5latent.lock" in n
                  and n not in before]
     if leftovers:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from era5latent import __version__
-from era5latent.errors import CheckpointError, ModelMismatchError, StoreError
+from era5latent.errors import CheckpointError, Era5LatentError, ModelMismatchError, StoreError
 from era5latent.fsutil import atomic_file
 from era5latent.model.wla import WLA, WLAConfig
 from era5latent.variables import Channel, parse_channel
@@ -31,6 +33,8 @@ from era5latent.variables import Channel, parse_channel
 FORMAT = "era5latent.wla"
 FORMAT_VERSION = 1
 HEADER_KEY = "era5latent"
+#: a group name: no path separators, no ".." (names reach store paths)
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -68,22 +72,75 @@ class CheckpointMeta:
         if not isinstance(d.get("format_version"), int) or d["format_version"] > FORMAT_VERSION:
             raise CheckpointError(f"{path} has checkpoint format version {d.get('format_version')}; "
                                   f"this era5latent reads up to {FORMAT_VERSION}: upgrade era5latent")
-        try:
-            return cls(
-                config=WLAConfig.from_dict(d["config"]),
-                groups={g: tuple(parse_channel(c) for c in chs) for g, chs in d["groups"].items()},
-                normalisation=d["normalisation"],
-                grid=d["grid"],
-                training=d.get("training", {}),
-            )
-        except KeyError as err:
-            raise CheckpointError(f"{path}: metadata lacks {err}; the file is damaged or was not "
-                                  "written by era5latent") from None
+        missing = [k for k in ("config", "groups", "normalisation", "grid") if k not in d]
+        if missing:
+            raise CheckpointError(f"{path}: metadata lacks {missing[0]!r}; the file is damaged or "
+                                  "was not written by era5latent")
+        groups = _groups(d["groups"], path)
+        codes = [c.code for chs in groups.values() for c in chs]
+        training = d.get("training", {})
+        if not isinstance(training, dict):
+            raise CheckpointError(f"{path}: metadata 'training' is {type(training).__name__}; "
+                                  "expected an object: the file is damaged")
+        return cls(config=WLAConfig.from_dict(d["config"]), groups=groups,
+                   normalisation=_normalisation(d["normalisation"], codes, path),
+                   grid=_grid(d["grid"], path), training=training)
 
     def channel_stats(self, channels: tuple[Channel, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor([self.normalisation[c.code]["mean"] for c in channels], dtype=torch.float64)
         std = torch.tensor([self.normalisation[c.code]["std"] for c in channels], dtype=torch.float64)
         return mean, std
+
+
+def _bad(path: str, key: str, found: Any, want: str) -> CheckpointError:
+    shown = repr(found) if len(repr(found)) < 60 else type(found).__name__
+    return CheckpointError(f"{path}: metadata {key} is {shown}; expected {want}: the file is "
+                           "damaged or was not written by era5latent")
+
+
+def _groups(value: Any, path: str) -> dict[str, tuple[Channel, ...]]:
+    if not isinstance(value, dict) or not value:
+        raise _bad(path, "'groups'", value, "an object of group names to channel lists")
+    out = {}
+    for g, chs in value.items():
+        if not NAME.fullmatch(g) or ".." in g:
+            raise _bad(path, "group name", g, "letters, digits, '_', '.' or '-'")
+        if not isinstance(chs, list) or not chs or not all(isinstance(c, str) for c in chs):
+            raise _bad(path, f"groups[{g!r}]", chs, "a non-empty list of channel codes")
+        try:
+            out[g] = tuple(parse_channel(c) for c in chs)
+        except Era5LatentError as err:
+            raise _bad(path, f"groups[{g!r}]", chs, f"known channels ({err})") from None
+    return out
+
+
+def _normalisation(value: Any, codes: list[str], path: str) -> dict[str, dict[str, float]]:
+    if not isinstance(value, dict):
+        raise _bad(path, "'normalisation'", value, "an object of channel codes to {mean, std}")
+    for code in codes:
+        stats = value.get(code)
+        if not isinstance(stats, dict):
+            raise _bad(path, f"normalisation[{code!r}]", stats, "an object {mean, std}")
+        for k in ("mean", "std"):
+            v = stats.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or (k == "std" and v <= 0):
+                raise _bad(path, f"normalisation[{code!r}][{k!r}]", v,
+                           "a finite number" + (" > 0" if k == "std" else ""))
+    return value
+
+
+def _grid(value: Any, path: str) -> dict[str, Any]:
+    def pair(key: str, kind: Any, lo: float, hi: float) -> bool:
+        v = value.get(key)
+        return isinstance(v, list) and len(v) == 2 and all(
+            isinstance(x, kind) and not isinstance(x, bool) and lo <= x <= hi for x in v)
+
+    if not isinstance(value, dict) or not pair("shape", int, 1, 1 << 20) or not (
+            pair("latitude", (int, float), -90, 90) and pair("longitude", (int, float), -360, 360)):
+        raise _bad(path, "'grid'", value, "{shape: [nlat, nlon], latitude: [first, last], "
+                   "longitude: [first, last]}")
+    return value
 
 
 @dataclass

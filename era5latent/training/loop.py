@@ -243,6 +243,11 @@ class Trainer:
         if layout.n_samples < 1:
             raise OptionError(f"the training period of {src.path} holds no samples; widen --time "
                               "or lower --val-fraction")
+        if opts.batch_size > layout.n_samples:  # (a batch repeating samples, or a huge one)
+            raise OptionError(f"--batch-size {opts.batch_size} is more than the "
+                              f"{layout.n_samples} training samples of {src.path}; expected at "
+                              "most that many: lower --batch-size, widen --time or lower "
+                              "--val-fraction")
         window = max(opts.batch_size, (opts.shuffle_mb << 20) // sample_bytes)
         self.schedule = Schedule(layout, opts.seed, opts.batch_size, window)
         # the whole training range if it fits (each loader process holds its own cache: small
