@@ -91,7 +91,7 @@ def _members(src: Any, sl: slice | None) -> Any:
 
 def reference_records(train_src: Any, test_src: Any, channels: tuple, case: Case) -> list[dict]:
     """Predictors with no bytes: the training mean (one number) and time-mean field per channel."""
-    from era5latent import metrics
+    from era5latent.evaluation import metrics
 
     t0, t1 = train_src.time_indices(case.train_range)
     n_train = t1 - t0
@@ -114,8 +114,8 @@ def per_field_records(test_src: Any, channels: tuple, case: Case, records: list[
                       methods: list[str]) -> list[dict]:
     """The baselines compressing each 2-d field on its own (random access per time step, as the
     latent store has), at the WLA's bytes per value: ``evaluate`` gives them the whole cube."""
-    from era5latent import baselines as bl
-    from era5latent import metrics
+    from era5latent.evaluation import sizematch as bl
+    from era5latent.evaluation import metrics
 
     a, b = test_src.time_indices(case.test_range)
     out = []
@@ -146,7 +146,7 @@ def raw_bytes_per_value(loaded: Any, channels: tuple) -> dict[str, float]:
 
 
 def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[str, Any]:
-    from era5latent.evaluate import SWEEP_FACTORS, evaluate, wla_bytes_per_value
+    from era5latent.evaluation.score import SWEEP_FACTORS, evaluate, wla_bytes_per_value
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
     from era5latent.sources import open_source

@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, StoreError
-from era5latent.evaluate import EvalReport
+from era5latent.evaluation.score import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
@@ -450,9 +450,9 @@ def evaluate_reconstruction(truth: DataLike, recon: DataLike, *, latent: str | o
 
     ``recon`` may be the Dataset :func:`decode` returns. The baselines are sized to the WLA's
     bytes per value, which needs the latent store (``latent``); without it only the
-    reconstruction is scored. (Not named ``evaluate``: that is the ``era5latent.evaluate`` module.)
+    reconstruction is scored. (Not named ``evaluate``: that is the ``era5latent.evaluation`` package.)
     """
-    from era5latent.evaluate import evaluate as run_evaluate
+    from era5latent.evaluation.score import evaluate as run_evaluate
 
     return run_evaluate(
         _source(truth), _source(recon), subset=_channels(subset) if subset is not None else None,

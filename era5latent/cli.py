@@ -465,7 +465,7 @@ def evaluate_cmd(
     import tempfile
 
     from era5latent.errors import OptionError
-    from era5latent.evaluate import evaluate
+    from era5latent.evaluation.score import evaluate
     from era5latent.sources import open_source
     from era5latent.store import open_latent_store
     from era5latent.variables import parse_subset

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from era5latent import baselines as B
+from era5latent.evaluation import codecs as B
+from era5latent.evaluation import sizematch as S
 from era5latent.errors import DataValueError, OptionError
 
 
@@ -134,7 +135,7 @@ def test_nan_rejected(field):
                                     pytest.param("sz3", marks=needs_sz3)])
 @pytest.mark.parametrize("target", [0.1, 0.25, 0.5, 1.0])
 def test_continuous_codecs_hit_target_within_5_percent(field, method, target):
-    m = B.match_size(method, field, target)
+    m = S.match_size(method, field, target)
     assert m.reached
     assert abs(m.bytes_per_value / target - 1) < 0.05, m
     assert abs(m.nbytes / field.size - target) / target < 0.05
@@ -147,47 +148,47 @@ def test_continuous_codecs_hit_target_within_5_percent(field, method, target):
 @needs_zfp
 def test_zfp_rate_is_8x_target_on_unpadded_grid():
     x = smooth_field(t=8, nlat=64, nlon=128).values
-    m = B.match_size("zfp", x, 0.5)
+    m = S.match_size("zfp", x, 0.5)
     assert m.codec == B.ZFPFixedRate(4.0)
 
 
 def test_bitround_picks_the_closest_keepbits(field):
     sizes = {k: B.compress_roundtrip(B.BitRoundZstd(k), field)[1] for k in range(24)}
     for target in (0.1, 0.3, 0.7, 1.2):
-        m = B.match_size("bitround", field, target)
+        m = S.match_size("bitround", field, target)
         best = min(sizes.values(), key=lambda s: abs(s - target * field.size))
         assert m.nbytes == best and m.reached
         assert m.nbytes == sizes[m.codec.keepbits]
     # a size bitround does produce is hit exactly
-    m = B.match_size("bitround", field, sizes[10] / field.size)
+    m = S.match_size("bitround", field, sizes[10] / field.size)
     assert m.codec.keepbits == 10 and m.relative_size_error == pytest.approx(0.0)
 
 
 @needs_zfp
 def test_unreachable_targets_are_flagged_not_errors(field):
-    m = B.match_size("bitround", field, 1e-5)
+    m = S.match_size("bitround", field, 1e-5)
     assert not m.reached and m.codec.keepbits == 0
-    m = B.match_size("bitround", field, 3.99)  # above lossless zstd size
+    m = S.match_size("bitround", field, 3.99)  # above lossless zstd size
     assert not m.reached and m.codec.keepbits == 23
-    m = B.match_size("zfp", field, 10.0)
+    m = S.match_size("zfp", field, 10.0)
     assert not m.reached and m.codec.rate == B.ZFP_MAX_RATE
-    m = B.match_size("zfp", field, 1e-4)
+    m = S.match_size("zfp", field, 1e-4)
     assert not m.reached
     with pytest.raises(OptionError, match="positive"):
-        B.match_size("zfp", field, 0)
+        S.match_size("zfp", field, 0)
 
 
 @pytest.mark.parametrize("method", [pytest.param("zfp-accuracy", marks=needs_zfp),
                                     pytest.param("sz3", marks=needs_sz3)])
 def test_error_bounded_codecs_respect_their_bound(field, method):
-    m = B.match_size(method, field, 0.5)
+    m = S.match_size(method, field, 0.5)
     bound = m.codec.tolerance if method == "zfp-accuracy" else m.codec.abs_error_bound
     assert np.max(np.abs(np.asarray(m.recon, np.float64) - field.values)) <= bound * 1.0001
 
 
 @needs_zfp
 def test_rate_distortion_records(field):
-    recs = B.rate_distortion("zfp", field, [0.25, 0.5, 1.0])
+    recs = S.rate_distortion("zfp", field, [0.25, 0.5, 1.0])
     assert [r["target_bytes_per_value"] for r in recs] == [0.25, 0.5, 1.0]
     errs = [r["rmse_unweighted"] for r in recs]
     assert errs[0] > errs[1] > errs[2]
@@ -195,7 +196,7 @@ def test_rate_distortion_records(field):
         assert r["method"] == "zfp" and r["codec"]["name"] == "zfp_fixed_rate"
         assert r["compression_ratio"] == pytest.approx(4 / r["bytes_per_value"])
         assert r["reached"] and r["layout"] == "cube"
-    custom = B.rate_distortion("bitround", field, [0.5],
+    custom = S.rate_distortion("bitround", field, [0.5],
                                metrics=lambda t, r: {"rmse": _rmse(t, r)})
     assert "rmse" in custom[0] and "rmse_unweighted" not in custom[0]
 
@@ -223,11 +224,11 @@ def test_plots_write_pngs(tmp_path, field):
     from era5latent import plots
 
     lat, lon = field.latitude.values, field.longitude.values
-    recs = B.rate_distortion("bitround", field, [0.25, 1.0]) + \
-        B.rate_distortion("zfp", field, [0.25, 1.0])
+    recs = S.rate_distortion("bitround", field, [0.25, 1.0]) + \
+        S.rate_distortion("zfp", field, [0.25, 1.0])
     recs.append({"method": "latent", "bytes_per_value": 0.02, "compression_ratio": 200.0,
                  "rmse_unweighted": 30.0})
-    recon = B.match_size("zfp", field, 0.25).recon
+    recon = S.match_size("zfp", field, 0.25).recon
     paths = [
         plots.plot_maps(field, recon, "z500", lat, lon, tmp_path / "maps.png", units="m2 s-2",
                         land_mask=(field[0] > 54000)),
