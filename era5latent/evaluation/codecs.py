@@ -11,9 +11,18 @@ the bytes the codec really produces and back. The methods a user names (``parse_
 - ``zfp-accuracy``: :class:`ZFPFixedAccuracy`, zfpy fixed-accuracy mode (absolute tolerance);
   usually far better than fixed rate for the same size, so it is the fairer zfp baseline.
 - ``sz3``: :class:`SZ3`, SZ3 through the ``pysz`` bindings, absolute error bound.
+- ``ebcc``: :class:`EBCC`, the Error-Bounded Climate Compressor (Huang & Hoefler; spcl/EBCC)
+  through ``numcodecs-wasm-ebcc`` (JPEG2000 base plus an error-bounded residual). Slow here
+  (about 75 ms per 33 x 49 field on one core), so it is never in the default list.
+- ``xbitinfo-99``, ``xbitinfo-99.9``: bit-rounding (:class:`BitRoundZstd`) at the keepbits that
+  keep 99% / 99.9% of the channel's real information (:mod:`~era5latent.evaluation.bitinfo`).
+  Their size follows from the data, not from a target.
+- ``pcodec``: :class:`PCodecLossless`, numcodecs' ``PCodec`` (the ``pcodec`` package): the
+  lossless reference; its size is what it is.
 
-zfpy and pysz are optional: they are imported when used, and ``parse_baselines`` says which
-package to install when one is missing.
+The codecs that numcodecs wraps say so with :meth:`numcodecs_codecs` (the filters and compressor
+a Zarr array would be written with). zfpy, pysz, pcodec and numcodecs-wasm-ebcc are optional: they
+are imported when used, and ``parse_baselines`` says which package to install when one is missing.
 
 **Layout.** By default an array is compressed as one stream: a (time, latitude, longitude) cube
 for one channel (any leading dims are flattened into the first). The cube lets zfp's 4x4x4 blocks
@@ -79,6 +88,12 @@ class _Codec:
                 f"{sorted(known)}; remove them")
         return cls(**conf)
 
+    def numcodecs_codecs(self) -> list[Any] | None:
+        """The numcodecs codecs (filters..., compressor) that write this codec as a Zarr array
+        (zarr v2 ``filters``/``compressor``, or zarr v3 through ``numcodecs.zarr3``); None when
+        numcodecs has no wrapper for it."""
+        return None
+
     # one stream <-> one float32 array
     def encode(self, a: np.ndarray) -> bytes:
         raise NotImplementedError
@@ -107,6 +122,12 @@ class BitRoundZstd(_Codec):
         if isinstance(self.level, bool) or not isinstance(self.level, int) \
                 or not 1 <= self.level <= 22:
             raise OptionError(f"zstd level {self.level!r}: expected an integer 1..22, e.g. 9")
+
+    def numcodecs_codecs(self) -> list[Any]:
+        from numcodecs import BitRound, Shuffle, Zstd
+
+        shuffle = [Shuffle(elementsize=FLOAT32_BYTES)] if self.shuffle else []
+        return [BitRound(self.keepbits), *shuffle, Zstd(level=self.level)]
 
     def encode(self, a: np.ndarray) -> bytes:
         from numcodecs import BitRound, Shuffle, Zstd
@@ -179,6 +200,12 @@ class ZFPFixedRate(_Codec):
             raise OptionError(
                 f"zfp rate {self.rate!r}: expected bits per value in (0, {ZFP_MAX_RATE:g}]")
 
+    def numcodecs_codecs(self) -> list[Any]:
+        zfpy = _require("zfpy", "zfpy", self.method)
+        from numcodecs.zfpy import ZFPY
+
+        return [ZFPY(mode=zfpy.mode_fixed_rate, rate=float(self.rate))]
+
     def encode(self, a: np.ndarray) -> bytes:
         zfpy = _require("zfpy", "zfpy", self.method)
         x = np.ascontiguousarray(a, dtype=np.float32)
@@ -205,6 +232,12 @@ class ZFPFixedAccuracy(_Codec):
                 or not (self.tolerance > 0 and math.isfinite(self.tolerance)):
             raise OptionError(
                 f"zfp tolerance {self.tolerance!r}: expected a positive absolute error bound")
+
+    def numcodecs_codecs(self) -> list[Any]:
+        zfpy = _require("zfpy", "zfpy", self.method)
+        from numcodecs.zfpy import ZFPY
+
+        return [ZFPY(mode=zfpy.mode_fixed_accuracy, tolerance=float(self.tolerance))]
 
     def encode(self, a: np.ndarray) -> bytes:
         zfpy = _require("zfpy", "zfpy", self.method)
@@ -251,15 +284,93 @@ class SZ3(_Codec):
         return np.asarray(out, dtype=np.float32).reshape(shape)
 
 
-Codec = BitRoundZstd | ZFPFixedRate | ZFPFixedAccuracy | SZ3
+@dataclass(frozen=True)
+class PCodecLossless(_Codec):
+    """numcodecs' ``PCodec`` (pcodec): lossless, the reference every lossy row is set against."""
 
-#: Method name -> (codec class, module it needs, pip package).
+    level: int = 8
+
+    name: ClassVar[str] = "pcodec"
+    method: ClassVar[str] = "pcodec"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.level, bool) or not isinstance(self.level, int) \
+                or not 0 <= self.level <= 12:
+            raise OptionError(f"pcodec level {self.level!r}: expected an integer 0..12, e.g. 8")
+
+    def numcodecs_codecs(self) -> list[Any]:
+        _require("pcodec", "pcodec", self.method)
+        from numcodecs.pcodec import PCodec
+
+        return [PCodec(level=self.level)]
+
+    def encode(self, a: np.ndarray) -> bytes:
+        (codec,) = self.numcodecs_codecs()
+        return bytes(codec.encode(np.ascontiguousarray(a, dtype=np.float32)))
+
+    def decode(self, buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        (codec,) = self.numcodecs_codecs()
+        out = np.asarray(codec.decode(buf), dtype=np.float32)
+        return cast(np.ndarray, out.reshape(shape))
+
+
+@dataclass(frozen=True)
+class EBCC(_Codec):
+    """EBCC with an absolute error bound (``residual="absolute"``), through numcodecs-wasm-ebcc.
+
+    The codec wants 2-d frames of at least 32 x 32 (it compresses (n, lat, lon) as n frames);
+    ``base_cr`` is the JPEG2000 base layer's target ratio (the package's default, 100).
+    """
+
+    abs_error_bound: float
+    base_cr: float = 100.0
+
+    name: ClassVar[str] = "ebcc"
+    method: ClassVar[str] = "ebcc"
+
+    def __post_init__(self) -> None:
+        for key, v in (("abs_error_bound", self.abs_error_bound), ("base_cr", self.base_cr)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) \
+                    or not (v > 0 and math.isfinite(v)):
+                raise OptionError(f"ebcc {key} {v!r}: expected a positive number")
+
+    def numcodecs_codecs(self) -> list[Any]:
+        mod = _require("numcodecs_wasm_ebcc", "numcodecs-wasm-ebcc", self.method)
+        return [mod.Ebcc(residual="absolute", error=float(self.abs_error_bound),
+                         base_cr=float(self.base_cr))]
+
+    def encode(self, a: np.ndarray) -> bytes:
+        (codec,) = self.numcodecs_codecs()
+        x = np.ascontiguousarray(a, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        return bytes(np.asarray(codec.encode(x)).tobytes())
+
+    def decode(self, buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
+        (codec,) = self.numcodecs_codecs()
+        return np.asarray(codec.decode(np.frombuffer(buf, dtype=np.uint8)),
+                          dtype=np.float32).reshape(shape)
+
+
+Codec = BitRoundZstd | ZFPFixedRate | ZFPFixedAccuracy | SZ3 | PCodecLossless | EBCC
+
+#: Method name -> (codec class, module it needs, pip package), in the order tables list them.
 METHODS: dict[str, tuple[type[Codec], str | None, str | None]] = {
     "bitround": (BitRoundZstd, None, None),
+    "xbitinfo-99": (BitRoundZstd, None, None),
+    "xbitinfo-99.9": (BitRoundZstd, None, None),
     "zfp": (ZFPFixedRate, "zfpy", "zfpy"),
     "zfp-accuracy": (ZFPFixedAccuracy, "zfpy", "zfpy"),
     "sz3": (SZ3, "pysz", "pysz"),
+    "ebcc": (EBCC, "numcodecs_wasm_ebcc", "numcodecs-wasm-ebcc"),
+    "pcodec": (PCodecLossless, "pcodec", "pcodec"),
 }
+
+#: Methods whose size follows from the data (no knob to reach a target size).
+FIXED_SIZE_METHODS = ("xbitinfo-99", "xbitinfo-99.9", "pcodec")
+
+#: Information levels of the xbitinfo methods.
+XBITINFO_LEVELS = {"xbitinfo-99": 0.99, "xbitinfo-99.9": 0.999}
 
 
 def codec_from_dict(data: dict[str, Any]) -> Codec:
@@ -289,7 +400,8 @@ def available_methods() -> list[str]:
 
 
 def parse_baselines(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Parse ``"bitround,zfp"`` into method names (order kept, repeats dropped).
+    """Parse ``"bitround,zfp"`` into method names, in :data:`METHODS` order (the order tables
+    list them, whatever order they were named in), repeats dropped.
 
     ``"all"`` means every method whose package is installed; ``"none"`` means no baselines.
     Unknown names, and known ones whose package is missing, raise :class:`OptionError`.
@@ -315,7 +427,7 @@ def parse_baselines(spec: str | list[str] | tuple[str, ...]) -> list[str]:
                 _require(module, pkg or module, n)
             if n not in out:
                 out.append(n)
-    return out
+    return sorted(out, key=list(METHODS).index)
 
 
 # --------------------------------------------------------------------------------------------
