@@ -445,8 +445,9 @@ def evaluate_cmd(
         help="The latent store (gives the WLA's bytes; with --model, decodes on the fly).")] = None,
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint, to decode --latent.")] = None,
     baselines: Annotated[str, typer.Option(
-        help="Classical codecs at the same bytes per value: bitround, zfp, zfp-accuracy, sz3, "
-             "all or none.")] = "bitround,zfp",
+        help="Classical codecs at the same bytes per value: bitround, xbitinfo-99, "
+             "xbitinfo-99.9, zfp, zfp-accuracy, sz3, ebcc, pcodec, all or none. Rows that miss "
+             "the WLA's size by over 10% are marked.")] = "bitround,zfp",
     sweep: Annotated[Optional[str], typer.Option(
         help="Bytes per value for the rate-distortion sweep (default: 0.5x..16x the WLA's).")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Evaluate only these channels.")] = None,
@@ -454,7 +455,16 @@ def evaluate_cmd(
     time_axis: TimeAxis = "valid",
     step: Step = None,
     climatology: Annotated[Optional[str], typer.Option(
-        help="Climatology store for ACC (its time mean); default: the truth's own time mean.")] = None,
+        help="Climatology for ACC: a WeatherBench 2 climatology (dims hour/dayofyear; each "
+             "sample gets its hour and day of year) or any store (its time mean); default: the "
+             "truth's own time mean.")] = None,
+    region: Annotated[str, typer.Option(
+        help="Spatial means over: global, tropics, extra-tropics, northern-extra-tropics, "
+             "southern-extra-tropics, or a box LAT0,LAT1,LON0,LON1 (WeatherBench 2 regions).")
+    ] = "global",
+    time_chunk: Annotated[Optional[int], typer.Option(
+        help="Time steps read and scored at once (memory is bounded by one chunk); default: "
+             "about 4M values per chunk.", min=1)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write PNG maps, spectra and curves here.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records as JSON here "
                                                       "('-' for stdout).")] = None,
@@ -494,11 +504,16 @@ def evaluate_cmd(
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
                    device=device)
-        report = evaluate(open_source(truth, time_axis=time_axis, step=step), open_source(recon), subset=channels, time_range=time,
-                          latent=store, climatology=open_source(climatology) if climatology else None,
-                          baselines=[b for b in baselines.split(",") if b.strip()],
-                          sweep=sweep_bpv, plot_dir=str(plot) if plot else None)
-    doc = {"acc_reference": report.acc_reference, "records": report.records,
+        with _Bar("evaluate", "steps") as bar:
+            report = evaluate(open_source(truth, time_axis=time_axis, step=step),
+                              open_source(recon), subset=channels, time_range=time,
+                              latent=store, climatology=climatology,
+                              baselines=[b for b in baselines.split(",") if b.strip()],
+                              sweep=sweep_bpv, plot_dir=str(plot) if plot else None,
+                              region=region, time_chunk=time_chunk,
+                              progress=lambda d, n, ch: bar.update(d, n, ch))
+    doc = {"acc_reference": report.acc_reference, "region": report.region,
+           "time_chunk": report.time_chunk, "records": report.records,
            "sweep": report.sweep, "plots": report.plots}
     if json_path is not None:
         text = json.dumps(doc, indent=2, default=float)
@@ -506,7 +521,7 @@ def evaluate_cmd(
             print(text)
             return
         json_path.write_text(text)
-    _print_eval(report.records, report.acc_reference)
+    _print_eval(report.records, report.acc_reference, report.region)
     if plot:
         _echo(f"plots: {len(report.plots)} PNG files in {plot}")
     if json_path is not None:
@@ -531,7 +546,8 @@ def _encode_for_scoring(truth: str, loaded: object, channels: object, time: str 
     return out
 
 
-def _print_eval(records: list[dict[str, object]], acc_reference: str) -> None:
+def _print_eval(records: list[dict[str, object]], acc_reference: str, region: str = "global"
+                ) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -539,14 +555,35 @@ def _print_eval(records: list[dict[str, object]], acc_reference: str) -> None:
         return "-" if v is None else format(v, fmt)
 
     table = Table("channel", "method", "RMSE", "bias", "MAE", "max |err|", f"ACC ({acc_reference})",
-                  "small-scale power", "bytes/value", "ratio vs f32", "ratio vs source",
-                  title="reconstruction error (latitude-weighted, WeatherBench 2 definitions)")
+                  "small-scale power", "bytes/value", "size", "ratio vs f32", "ratio vs source",
+                  title="reconstruction error (latitude-weighted, WeatherBench 2 definitions"
+                        + ("" if region == "global" else f", region {region}") + ")")
+    notes = set()
     for r in records:
+        flags = r.get("size_flags")
+        size = "-"
+        if isinstance(flags, list):  # baselines: matched within 10% of the WLA's size, or not
+            size = "matched" if r.get("size_matched") else "NOT matched"
+            if "all_zero" in flags:
+                size += ", ALL ZERO"
+            if "fixed_size" in flags:
+                size += " (fixed)"
+            notes.update(flags)
         table.add_row(str(r["channel"]), str(r["method"]), f(r["rmse"], ".4g"), f(r["bias"], ".3g"),
                       f(r["mae"], ".4g"), f(r["max_abs_error"], ".4g"), f(r["acc"], ".4f"),
                       f(r["small_scale_power_ratio"], ".3f"), f(r["bytes_per_value"], ".4f"),
-                      f(r["compression_ratio"], ".1f"), f(r["compression_ratio_source"], ".1f"))
-    Console(highlight=False, width=200).print(table)
+                      size, f(r["compression_ratio"], ".1f"), f(r["compression_ratio_source"], ".1f"))
+    con = Console(highlight=False, width=220)
+    con.print(table)
+    if "size_off" in notes:
+        con.print("NOT matched: the codec could not get within 10% of the WLA's bytes per value; "
+                  "its row is at the bytes shown, not at equal bytes.")
+    if "all_zero" in notes:
+        con.print("ALL ZERO: the codec returned zeros for every value (zfp fixed rate at its "
+                  "floor does); its errors are those of a zero field.")
+    if "fixed_size" in notes:
+        con.print("(fixed): the codec's size follows from the data (xbitinfo keepbits, lossless "
+                  "pcodec); no setting reaches another size.")
 
 
 @command("verify")

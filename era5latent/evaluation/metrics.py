@@ -346,3 +346,113 @@ def channel_metrics(truth: Any, recon: Any, lat: Any = None, climatology: Any = 
         out["spectrum_truth"] = [float(v) for v in pt]
         out["spectrum_recon"] = [float(v) for v in pr]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# streaming: the same metrics over time chunks, with a region
+
+
+class MetricAccumulator:
+    """:func:`channel_metrics` for one channel, fed one time chunk at a time.
+
+    Memory is what one chunk takes: every metric is a time mean of per-step spatial means (or a
+    running max, or spectra summed over steps), so a chunk's per-step numbers are summed and the
+    chunk dropped. ``mask`` (latitude, longitude) booleans restrict the spatial means to a region
+    (:mod:`~era5latent.evaluation.regions`): means are ``sum(w m x) / sum(w m)`` with the whole
+    grid's latitude weights ``w``; the max error is over the region; the zonal spectra are over the
+    region's rows, on the longitudes it spans (windowed when that is not the full circle).
+    Results equal :func:`channel_metrics` on the concatenated chunks (global region) up to
+    floating-point summation order.
+    """
+
+    def __init__(self, lat: Any, mask: np.ndarray | None = None, *, fraction: float = 0.25,
+                 acc_reference: str = "climatology") -> None:
+        _check_fraction(fraction)
+        lat_ = np.asarray(lat, dtype=np.float64)
+        w = latitude_weights(lat_)
+        m = np.ones((lat_.size, 1), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        self.w2 = w[:, None] * m  # (lat, lon or 1)
+        self.mask = m
+        self.rows = np.nonzero(m.any(axis=1))[0]
+        self.cols = np.nonzero(m.any(axis=0))[0] if m.shape[1] > 1 else None
+        self.w_rows = w[self.rows] / w[self.rows].mean()
+        self.fraction = fraction
+        self.acc_reference = acc_reference
+        self.n = 0
+        self.sums = dict.fromkeys(("rmse", "mse", "bias", "mae", "acc"), 0.0)
+        self.max_abs = 0.0
+        self.pt: np.ndarray | None = None
+        self.pr: np.ndarray | None = None
+
+    def _smean(self, f: np.ndarray) -> np.ndarray:
+        """Region-weighted spatial mean per step of an (n, lat, lon) array."""
+        w = np.broadcast_to(self.w2, f.shape[-2:])
+        return cast(np.ndarray, np.einsum("nij,ij->n", f, w) / float(w.sum()))
+
+    def _spectrum(self, f: np.ndarray) -> np.ndarray:
+        g = f[:, self.rows]
+        if self.cols is not None:
+            g = g[:, :, self.cols]
+        n = g.shape[-1]
+        p = np.abs(np.fft.rfft(g, axis=-1)) ** 2 / n**2
+        if n % 2 == 0:
+            p[..., 1:-1] *= 2
+        else:
+            p[..., 1:] *= 2
+        return cast(np.ndarray, np.mean(p * self.w_rows[:, None], axis=-2).sum(axis=0))
+
+    def add(self, truth: np.ndarray, recon: np.ndarray, climatology: np.ndarray) -> None:
+        """One chunk: (n, lat, lon) truth and reconstruction; the climatology broadcasts to them
+        ((lat, lon), (1, lat, lon) or one map per step)."""
+        t = np.asarray(truth, dtype=np.float64)
+        r = np.asarray(recon, dtype=np.float64)
+        if t.shape != r.shape or t.ndim != 3:
+            raise GridMismatchError(f"truth chunk {t.shape} vs reconstruction {r.shape}: "
+                                    "expected equal (time, latitude, longitude) shapes")
+        err = r - t
+        mse = self._smean(err * err)
+        self.sums["rmse"] += float(np.sqrt(mse).sum())
+        self.sums["mse"] += float(mse.sum())
+        self.sums["bias"] += float(self._smean(err).sum())
+        self.sums["mae"] += float(self._smean(np.abs(err)).sum())
+        region_err = np.abs(err) if self.mask.shape[1] == 1 and self.mask.all() else \
+            np.where(np.broadcast_to(self.mask, t.shape[-2:]), np.abs(err), 0.0)
+        self.max_abs = max(self.max_abs, float(np.max(region_err)))
+        del err
+        c = np.broadcast_to(np.asarray(climatology, dtype=np.float64), t.shape)
+        af, at = r - c, t - c
+        num = self._smean(af * at)
+        den = np.sqrt(self._smean(af * af) * self._smean(at * at))
+        del af, at
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_step = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        self.sums["acc"] += float(per_step.sum())
+        pt, pr = self._spectrum(t), self._spectrum(r)
+        self.pt = pt if self.pt is None else self.pt + pt
+        self.pr = pr if self.pr is None else self.pr + pr
+        self.n += t.shape[0]
+
+    def result(self, spectra: bool = False) -> dict[str, Any]:
+        """The :func:`channel_metrics` dict over every chunk added."""
+        if self.n == 0 or self.pt is None or self.pr is None:
+            raise OptionError("no time steps were scored: expected at least one chunk")
+        n = self.n
+        pt, pr = self.pt / n, self.pr / n
+        sl = _small_scale_slice(pt.size, self.fraction)
+        den = float(pt[sl].sum())
+        out: dict[str, Any] = {
+            "rmse": self.sums["rmse"] / n,
+            "rmse_sqrt_after_time_mean": float(np.sqrt(self.sums["mse"] / n)),
+            "bias": self.sums["bias"] / n,
+            "mae": self.sums["mae"] / n,
+            "max_abs_error": self.max_abs,
+            "acc": self.sums["acc"] / n,
+            "acc_reference": self.acc_reference,
+            "small_scale_power_ratio": float(pr[sl].sum() / den) if den > 0 else float("nan"),
+            "small_scale_fraction": self.fraction,
+            "n_samples": n,
+        }
+        if spectra:
+            out["spectrum_truth"] = [float(v) for v in pt]
+            out["spectrum_recon"] = [float(v) for v in pr]
+        return out
