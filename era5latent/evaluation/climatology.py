@@ -15,6 +15,7 @@ as before: its time mean, one map per channel (:class:`TimeMeanClimatology`).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,7 +109,7 @@ class WB2Climatology:
         import pandas as pd
 
         t = pd.DatetimeIndex(np.asarray(times, dtype="datetime64[ns]"))
-        doy = np.asarray(t.dayofyear, dtype=np.int64)
+        doy = np.asarray(t.day_of_year, dtype=np.int64)
         pos_d = np.searchsorted(self.doys, doy)
         if np.any(pos_d >= len(self.doys)) or np.any(self.doys[np.minimum(pos_d, len(self.doys) - 1)] != doy):
             missing = sorted(set(doy.tolist()) - set(self.doys.tolist()))
@@ -182,7 +183,9 @@ def _open(path: str) -> Any:
     import xarray as xr
 
     if os.path.isdir(path) or path.rstrip("/").endswith(".zarr") or "://" in path:
-        return xr.open_zarr(path, consolidated=None, decode_timedelta=False)
+        with warnings.catch_warnings():  # WB2's stores are consolidated; others need not be
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return xr.open_zarr(path, consolidated=None, decode_timedelta=False)
     return xr.open_dataset(path)
 
 

@@ -131,7 +131,7 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
         raise OptionError(f"time chunk {time_chunk!r}: expected a positive number of time steps")
     channels = _common_channels(truth, recon, subset)
     ts, rs = _aligned_times(truth, recon, time_range)
-    methods = codecs.parse_baselines(baselines or [])
+    methods = codecs.parse_baselines(baselines) if baselines else []
     lat, lon = truth.latitude, truth.longitude
     reg = parse_region(region)
     mask = reg.mask(lat, lon)
