@@ -446,8 +446,8 @@ def evaluate_cmd(
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint, to decode --latent.")] = None,
     baselines: Annotated[str, typer.Option(
         help="Classical codecs at the same bytes per value: bitround, xbitinfo-99, "
-             "xbitinfo-99.9, zfp, zfp-accuracy, sz3, ebcc, pcodec, all or none. Rows that miss "
-             "the WLA's size by over 10% are marked.")] = "bitround,zfp",
+             "xbitinfo-99.9, zfp, zfp-accuracy, sz3, ebcc (slow; not in all), pcodec, all or "
+             "none. Rows that miss the WLA's size by over 10% are marked.")] = "bitround,zfp",
     sweep: Annotated[Optional[str], typer.Option(
         help="Bytes per value for the rate-distortion sweep (default: 0.5x..16x the WLA's).")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Evaluate only these channels.")] = None,

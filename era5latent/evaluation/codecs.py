@@ -369,6 +369,9 @@ METHODS: dict[str, tuple[type[Codec], str | None, str | None]] = {
 #: Methods whose size follows from the data (no knob to reach a target size).
 FIXED_SIZE_METHODS = ("xbitinfo-99", "xbitinfo-99.9", "pcodec")
 
+#: Methods ``all`` leaves out: seconds per try here, so they are run only when named.
+SLOW_METHODS = ("ebcc",)
+
 #: Information levels of the xbitinfo methods.
 XBITINFO_LEVELS = {"xbitinfo-99": 0.99, "xbitinfo-99.9": 0.999}
 
@@ -403,7 +406,8 @@ def parse_baselines(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """Parse ``"bitround,zfp"`` into method names, in :data:`METHODS` order (the order tables
     list them, whatever order they were named in), repeats dropped.
 
-    ``"all"`` means every method whose package is installed; ``"none"`` means no baselines.
+    ``"all"`` means every method whose package is installed, except the slow ones
+    (:data:`SLOW_METHODS`: EBCC, which must be named); ``"none"`` means no baselines.
     Unknown names, and known ones whose package is missing, raise :class:`OptionError`.
     """
     tokens = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -417,7 +421,8 @@ def parse_baselines(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         return []
     out: list[str] = []
     for t in tokens:
-        names = available_methods() if t == "all" else [t]
+        names = ([m for m in available_methods() if m not in SLOW_METHODS] if t == "all"
+                 else [t])
         for n in names:
             if n not in METHODS:
                 raise OptionError(
