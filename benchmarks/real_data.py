@@ -221,7 +221,8 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
         on_disk = wla_bytes_per_value(store)
         raw = raw_bytes_per_value(loaded, channels)
         sweep = sorted(set(raw.values()) | ({b * f for b in on_disk.values()
-                                             for f in SWEEP_FACTORS} if first else set()))
+                                             for f in SWEEP_FACTORS} if first else set())
+                       | set(args.sweep_extra))
         report = evaluate(test_src, open_source(recon), subset=channels,
                           time_range=case.test_range, latent=store, baselines=args.baselines,
                           sweep=sweep, method="wla")
@@ -374,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                          "comma-separated, '' for none (default: 64,32 for uk, none for ensemble)")
     ap.add_argument("--baselines",
                     default="bitround,xbitinfo-99,xbitinfo-99.9,zfp,zfp-accuracy,sz3,pcodec")
+    ap.add_argument("--sweep-extra", default="",
+                    help="more bytes per value for the baselines' sweep, comma-separated (e.g. "
+                         "the sizes of WLA models measured in an earlier run)")
     ap.add_argument("--ebcc", action="store_true",
                     help="add an EBCC row at the WLA's size (numcodecs-wasm-ebcc; slow)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (see the docstring)")
@@ -382,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rd_code_bits is not None:
         args.rd_code_bits = [int(b) for b in args.rd_code_bits.split(",") if b.strip()]
     args.baselines = [b for b in args.baselines.split(",") if b.strip()]
+    args.sweep_extra = [float(b) for b in args.sweep_extra.split(",") if b.strip()]
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     bad = [n for n in names if n not in CASES]
     if bad:

@@ -337,3 +337,17 @@ def test_keepbits_agree_with_xbitinfo_on_a_real_sample(real_data) -> None:
             dsi[var] = ("bitfloat32", info)
             theirs = xb.get_keepbits(dsi, inflevel=[0.99, 0.999])[var].values.tolist()
             assert [bitinfo.get_keepbits(info, lv) for lv in (0.99, 0.999)] == theirs
+
+
+@pytest.mark.skipif(not _has("numcodecs_wasm_ebcc"), reason="numcodecs-wasm-ebcc (the ebcc "
+                    "extra) not installed")
+def test_ebcc_round_trip_through_its_numcodecs_codec() -> None:
+    f = _t2m_like()[:2]
+    codec = B.EBCC(abs_error_bound=1.0)
+    (nc,) = codec.numcodecs_codecs()
+    assert nc.get_config()["residual"] == "absolute"
+    recon, nbytes = B.compress_roundtrip(codec, f)
+    assert recon.shape == f.shape and 0 < nbytes < f.nbytes
+    # the bound is approximate in numcodecs-wasm-ebcc 0.3.0 (docs/evaluation.md): allow 2x
+    assert float(np.abs(recon - f).max()) <= 2.0
+    assert B.codec_from_dict(codec.to_dict()) == codec
