@@ -94,7 +94,7 @@ def test_baseline_rows_state_their_size_and_the_table_marks_misses(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every baseline row carries its achieved bytes and whether it is at the WLA's size; rows
     come in one order; the table says NOT matched where a codec missed by over 10%."""
-    from era5latent import cli
+    from era5latent import cli_evaluate as cli
     from era5latent.evaluation import score
     from era5latent.sources import open_source
     from era5latent.variables import parse_subset
