@@ -188,3 +188,28 @@ def test_wb2_climatology_through_the_cli_and_its_errors(uk, tmp_path: Path) -> N
                        "hours", "every hour")
     assert_clean_error(run_cli("evaluate", _truth(recon), recon, "--region", "50,60,east,west"),
                        "region", "LAT0,LAT1,LON0,LON1")
+
+
+def test_region_masks_follow_wb2() -> None:
+    from era5latent.errors import GridMismatchError, OptionError
+    from era5latent.evaluation.regions import parse_region
+
+    lat = np.linspace(90, -90, 37)  # 5 degrees
+    lon = np.arange(0, 360, 5.0)
+    europe = parse_region("35,75,-12.5,42.5").mask(lat, lon)  # WB2's Europe, across 0 degrees
+    cols = europe.any(axis=0)
+    assert cols[lon == 350].all() and cols[lon == 40].all() and not cols[lon == 180].any()
+    assert not cols[lon == 345].any() and not cols[lon == 45].any()
+    rows = europe.any(axis=1)
+    assert set(lat[rows]) == {35, 40, 45, 50, 55, 60, 65, 70, 75}
+    trop = parse_region("tropics").mask(lat, lon).any(axis=1)
+    extra = parse_region("extra-tropics").mask(lat, lon).any(axis=1)
+    assert set(lat[trop]) == set(np.arange(-20, 21, 5.0))
+    assert set(lat[extra]) == {x for x in lat if abs(x) >= 20}  # +-20 in both, as in WB2
+    nh = parse_region("northern-hemisphere")
+    assert nh == parse_region("nh") and nh.name == "northern-extra-tropics"
+    assert set(lat[nh.mask(lat, lon).any(axis=1)]) == {x for x in lat if x >= 20}
+    with pytest.raises(OptionError, match="LAT0 <= LAT1"):
+        parse_region("60,50,0,10")
+    with pytest.raises(GridMismatchError, match="no point"):
+        parse_region("10,20,0,10").mask(np.linspace(58, 50, 33), np.linspace(-10, 2, 49))
