@@ -171,7 +171,10 @@ class TimeMeanClimatology:
 
 
 def is_wb2_climatology(path: str) -> bool:
-    """Whether ``path`` opens as a dataset with a ``dayofyear`` dimension."""
+    """Whether ``path`` opens as a dataset with a ``dayofyear`` dimension (GRIB never does:
+    it is not even opened here, so that cfgrib writes no index file beside it)."""
+    if path.lower().endswith((".grib", ".grb", ".grib1", ".grib2", ".grb2")):
+        return False
     try:
         ds = _open(path)
     except Exception:  # noqa: BLE001 - not something xarray opens as a WB2 climatology
