@@ -49,7 +49,7 @@ def option_sets(steps: int) -> dict[str, dict[str, Any]]:
 
 def run(case_name: str, name: str, options: dict[str, Any], args: argparse.Namespace,
         tmp: str) -> list[dict[str, Any]]:
-    from era5latent import metrics
+    from era5latent.evaluation import metrics
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
     from era5latent.sources import open_source

@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, StoreError
-from era5latent.evaluate import EvalReport
+from era5latent.evaluation.score import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
@@ -444,19 +444,31 @@ def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *
 def evaluate_reconstruction(truth: DataLike, recon: DataLike, *, latent: str | os.PathLike[str] | None = None,
              subset: Channels | None = None, time_range: str | None = None,
              baselines: Sequence[str] = ("bitround", "zfp"), sweep: Sequence[float] | None = None,
-             climatology: DataLike | None = None, plot_dir: str | os.PathLike[str] | None = None
-             ) -> EvalReport:
+             climatology: DataLike | None = None, plot_dir: str | os.PathLike[str] | None = None,
+             region: str = "global", time_chunk: int | None = None) -> EvalReport:
     """``era5latent evaluate``: score ``recon`` against ``truth`` beside classical codecs.
 
     ``recon`` may be the Dataset :func:`decode` returns. The baselines are sized to the WLA's
     bytes per value, which needs the latent store (``latent``); without it only the
-    reconstruction is scored. (Not named ``evaluate``: that is the ``era5latent.evaluate`` module.)
+    reconstruction is scored. ``climatology`` may be a WeatherBench 2 climatology (a path, or a
+    Dataset with a ``dayofyear`` dim). (Not named ``evaluate``: that is the
+    ``era5latent.evaluation`` package.)
     """
-    from era5latent.evaluate import evaluate as run_evaluate
+    from era5latent.evaluation.score import evaluate as run_evaluate
 
     return run_evaluate(
         _source(truth), _source(recon), subset=_channels(subset) if subset is not None else None,
         time_range=time_range, latent=open_latent_store(os.fspath(latent)) if latent else None,
-        climatology=_source(climatology) if climatology is not None else None,
+        climatology=_climatology(climatology),
         baselines=list(baselines), sweep=list(sweep) if sweep is not None else None,
-        plot_dir=os.fspath(plot_dir) if plot_dir is not None else None)
+        plot_dir=os.fspath(plot_dir) if plot_dir is not None else None, region=region,
+        time_chunk=time_chunk)
+
+
+def _climatology(data: DataLike | None) -> Any:
+    """A WB2 climatology (path or Dataset with ``dayofyear``) as it is; anything else as a source."""
+    if data is None:
+        return None
+    if isinstance(data, xr.Dataset):
+        return data if "dayofyear" in data.dims else _source(data)
+    return os.fspath(data)

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from era5latent.errors import GridMismatchError, OptionError
-from era5latent.metrics import zonal_power_spectrum
+from era5latent.evaluation.metrics import zonal_power_spectrum
 
 
 def _pyplot() -> Any:

@@ -8,7 +8,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from era5latent import metrics as M
+from era5latent.evaluation import metrics as M
 from era5latent.errors import GridMismatchError, OptionError, SourceError
 
 

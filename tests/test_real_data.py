@@ -33,8 +33,8 @@ def one_thread():
 
 def test_wla_on_uk_t2m_beats_the_mean_on_the_held_out_week(real_data: Path, tmp_path: Path,
                                                           one_thread: None) -> None:
-    from era5latent import metrics
-    from era5latent.evaluate import evaluate
+    from era5latent.evaluation import metrics
+    from era5latent.evaluation.score import evaluate
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
     from era5latent.sources import open_source

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from era5latent import __version__, faults
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
-from era5latent.metrics import latitude_weights
+from era5latent.evaluation.metrics import latitude_weights
 from era5latent.model.checkpoint import CheckpointMeta, file_sha256, read_meta, save_checkpoint
 from era5latent.model.discriminator import PatchDiscriminator, discriminator_for
 from era5latent.model.wla import WLA, WLAConfig, preset_config

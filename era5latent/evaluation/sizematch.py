@@ -1,0 +1,247 @@
+"""Size matching: the setting of a classical codec whose real output is closest to a target size.
+
+``match_size`` searches one codec's knob (keepbits, rate, error bound) for the bytes per value of
+the latent store; ``rate_distortion`` repeats it over several targets.
+
+A row is only "at equal bytes" when it got there: every :class:`SizeMatch` carries its achieved
+bytes per value, ``size_matched`` (within :data:`SIZE_TOLERANCE`, 10%, of the target, and not
+degenerate) and ``flags`` naming what went wrong: ``"size_off"`` (outside 10%: e.g. bit-rounding
+bottoms out at keepbits 0, zfp fixed rate at 9 bits per 4^d block), ``"all_zero"`` (the decoder
+returned zeros for a field that is not: zfp fixed rate at its floor does this), ``"fixed_size"``
+(xbitinfo and pcodec rows: their size follows from the data, there is no knob to turn).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from era5latent.errors import OptionError
+from era5latent.evaluation import bitinfo
+from era5latent.evaluation.codecs import (EBCC, FIXED_SIZE_METHODS, FLOAT32_BYTES, SZ3,
+                                          XBITINFO_LEVELS, ZFP_MAX_RATE, BitRoundZstd, Codec,
+                                          PCodecLossless, ZFPFixedAccuracy, ZFPFixedRate,
+                                          _as_stack, _rewrap, _roundtrip_stack, _zfp_layout,
+                                          _zfp_padded, parse_baselines, zfp_min_rate)
+
+#: A row counts as size-matched when its bytes per value are within this fraction of the target.
+SIZE_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class SizeMatch:
+    """What :func:`match_size` found. Unpacks as ``codec, recon, nbytes``.
+
+    ``reached`` is False when the target lies outside what the codec can produce (below its
+    smallest or above its largest output); then the closest end of its range is returned.
+    ``all_zero``: the reconstruction is all zeros while the input is not. ``size_matched`` and
+    ``flags``: see the module docstring.
+    """
+
+    codec: Codec
+    recon: Any
+    nbytes: int
+    n_values: int
+    target_bytes_per_value: float
+    reached: bool
+    method: str = ""
+    all_zero: bool = False
+
+    @property
+    def size_matched(self) -> bool:
+        return abs(self.relative_size_error) <= SIZE_TOLERANCE and not self.all_zero
+
+    @property
+    def flags(self) -> list[str]:
+        out = []
+        if abs(self.relative_size_error) > SIZE_TOLERANCE:
+            out.append("size_off")
+        if self.all_zero:
+            out.append("all_zero")
+        if self.method in FIXED_SIZE_METHODS:
+            out.append("fixed_size")
+        return out
+
+    def size_fields(self) -> dict[str, Any]:
+        """What every table row and JSON record states about its size."""
+        return {"target_bytes_per_value": self.target_bytes_per_value,
+                "bytes_per_value": self.bytes_per_value,
+                "relative_size_error": self.relative_size_error,
+                "size_matched": self.size_matched, "size_flags": self.flags,
+                "all_zero": self.all_zero}
+
+    @property
+    def bytes_per_value(self) -> float:
+        return self.nbytes / self.n_values
+
+    @property
+    def compression_ratio(self) -> float:
+        return FLOAT32_BYTES * self.n_values / self.nbytes
+
+    @property
+    def relative_size_error(self) -> float:
+        """(achieved - target) / target."""
+        return self.bytes_per_value / self.target_bytes_per_value - 1.0
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.codec, self.recon, self.nbytes))
+
+
+def _closest(cands: list[tuple[Codec, np.ndarray, int]], target_bytes: float
+             ) -> tuple[Codec, np.ndarray, int]:
+    return min(cands, key=lambda c: abs(c[2] - target_bytes))
+
+
+def _match_bitround(stack: np.ndarray, target_bytes: float, per_field: bool, level: int
+                    ) -> tuple[Codec, np.ndarray, int, bool]:
+    # sizes grow with keepbits: scan upwards and stop at the first size above the target
+    cands: list[tuple[Codec, np.ndarray, int]] = []
+    for k in range(24):
+        c = BitRoundZstd(k, level)
+        recon, nb = _roundtrip_stack(c, stack, per_field)
+        cands.append((c, recon, nb))
+        if nb >= target_bytes:
+            break
+    sizes = [nb for _, _, nb in cands]
+    reached = min(sizes) <= target_bytes <= max(sizes)
+    return (*_closest(cands, target_bytes), reached)
+
+
+def _match_zfp_rate(stack: np.ndarray, target_bytes: float, per_field: bool
+                    ) -> tuple[Codec, np.ndarray, int, bool]:
+    # rate = 8 * target bytes/value, scaled up by the padding zfp will store so that the real
+    # size (padding included) lands on the target
+    layouts = [stack.shape[1:]] * stack.shape[0] if per_field else [stack.shape]
+    shapes = [_zfp_layout(s) for s in layouts]
+    padded = sum(_zfp_padded(s) for s in shapes)
+    rate = 8.0 * target_bytes / padded
+    lo = max(zfp_min_rate(len(s)) for s in shapes)
+    reached = lo <= rate <= ZFP_MAX_RATE
+    c = ZFPFixedRate(min(max(rate, lo), ZFP_MAX_RATE))
+    recon, nb = _roundtrip_stack(c, stack, per_field)
+    return c, recon, nb, reached
+
+
+def _match_tolerance(make: Callable[[float], Codec], stack: np.ndarray, target_bytes: float,
+                     per_field: bool, stop: float = 0.002) -> tuple[Codec, np.ndarray, int, bool]:
+    """Bisect an absolute error bound (log scale) for the size closest to the target (stopping
+    within ``stop`` of it)."""
+    scale = max(float(stack.max() - stack.min()), float(np.abs(stack).max()), 1e-30)
+    lo_t, hi_t = scale * 1e-9, scale * 4  # small tolerance = big output
+    cache: dict[float, tuple[Codec, np.ndarray, int]] = {}
+
+    def run(tol: float) -> tuple[Codec, np.ndarray, int]:
+        if tol not in cache:
+            c = make(tol)
+            recon, nb = _roundtrip_stack(c, stack, per_field)
+            cache[tol] = (c, recon, nb)
+        return cache[tol]
+
+    small, big = run(hi_t), run(lo_t)
+    reached = small[2] <= target_bytes <= big[2]
+    if reached:
+        a, b = math.log(lo_t), math.log(hi_t)
+        for _ in range(40):
+            mid = math.exp((a + b) / 2)
+            nb = run(mid)[2]
+            if abs(nb - target_bytes) <= stop * target_bytes:
+                break
+            if nb > target_bytes:
+                a = math.log(mid)
+            else:
+                b = math.log(mid)
+            if b - a < 1e-4:
+                break
+    return (*_closest(list(cache.values()), target_bytes), reached)
+
+
+def match_size(method_name: str, array: Any, target_bytes_per_value: float, *,
+               per_field: bool = False, zstd_level: int = 9) -> SizeMatch:
+    """The codec setting of ``method_name`` whose real size is closest to the target.
+
+    - ``bitround``: keepbits 0..23 scanned, the closest size wins (24 discrete sizes).
+    - ``zfp``: ``rate = 8 * target`` bits per value, corrected for zfp's block padding and
+      clamped to zfp's range; no search.
+    - ``zfp-accuracy``, ``sz3``: the absolute error bound is bisected on a log scale until the
+      size is within 0.2% of the target (or the search runs out); ``ebcc`` likewise, to 5%.
+    - ``xbitinfo-99``, ``xbitinfo-99.9``, ``pcodec``: one setting (keepbits from the channel's
+      bit information; lossless), whatever the target: flagged ``fixed_size``.
+
+    A target outside the codec's range is no error: the closest end is returned with
+    ``reached=False``. Returns a :class:`SizeMatch` (``codec, recon, nbytes = match_size(...)``).
+    """
+    methods = parse_baselines([method_name])
+    if len(methods) != 1:
+        raise OptionError(f"match_size takes one method, got {method_name!r}: e.g. 'zfp'")
+    method = methods[0]
+    t = float(target_bytes_per_value)
+    if not (t > 0 and math.isfinite(t)):
+        raise OptionError(
+            f"target {target_bytes_per_value!r} bytes per value: expected a positive number "
+            "(float32 is 4; 0.25 is 16x smaller)")
+    stack, shape = _as_stack(array)
+    target_bytes = t * stack.size
+    codec: Codec
+    if method == "bitround":
+        codec, recon, nb, reached = _match_bitround(stack, target_bytes, per_field, zstd_level)
+    elif method == "zfp":
+        codec, recon, nb, reached = _match_zfp_rate(stack, target_bytes, per_field)
+    elif method == "zfp-accuracy":
+        codec, recon, nb, reached = _match_tolerance(ZFPFixedAccuracy, stack, target_bytes,
+                                                     per_field)
+    elif method == "sz3":
+        codec, recon, nb, reached = _match_tolerance(SZ3, stack, target_bytes, per_field)
+    elif method == "ebcc":  # slow: stop within 5%, inside the 10% that counts as matched
+        codec, recon, nb, reached = _match_tolerance(EBCC, stack, target_bytes, per_field,
+                                                     stop=0.05)
+    else:  # fixed size: one setting, whatever the target
+        codec = (PCodecLossless() if method == "pcodec" else
+                 BitRoundZstd(bitinfo.keepbits(stack, XBITINFO_LEVELS[method]), zstd_level))
+        recon, nb = _roundtrip_stack(codec, stack, per_field)
+        reached = abs(nb / target_bytes - 1.0) <= SIZE_TOLERANCE
+    all_zero = bool(np.any(stack) and not np.any(recon))
+    return SizeMatch(codec, _rewrap(array, recon.reshape(shape)), nb, stack.size, t, reached,
+                     method, all_zero)
+
+
+def _default_errors(truth: np.ndarray, recon: np.ndarray) -> dict[str, float]:
+    err = recon.astype(np.float64) - truth.astype(np.float64)
+    return {"rmse_unweighted": float(np.sqrt(np.mean(err**2))),
+            "max_abs_error": float(np.max(np.abs(err)))}
+
+
+def rate_distortion(method: str, array: Any, targets: list[float], *,
+                    metrics: Callable[[Any, Any], dict[str, Any]] | None = None,
+                    per_field: bool = False) -> list[dict[str, Any]]:
+    """One record per target size: what ``match_size`` achieved and the error it cost.
+
+    Each record holds ``method``, ``codec`` (its ``to_dict()``), ``target_bytes_per_value``,
+    ``bytes_per_value``, ``relative_size_error``, ``size_matched``, ``size_flags``, ``all_zero``,
+    ``compression_ratio`` (against float32), ``nbytes``, ``n_values``, ``reached``, then the errors: ``metrics(truth, recon)`` merged in
+    when given (e.g. a closure over ``metrics.channel_metrics`` with the latitudes, for
+    latitude-weighted WB2 numbers), else unweighted ``rmse_unweighted`` and ``max_abs_error``.
+    """
+    if not targets:
+        raise OptionError("no target sizes given: expected e.g. [0.5, 0.25, 0.1] bytes per value")
+    records = []
+    for t in targets:
+        m = match_size(method, array, t, per_field=per_field)
+        rec: dict[str, Any] = {
+            "method": parse_baselines([method])[0],
+            "codec": m.codec.to_dict(),
+            **m.size_fields(),
+            "compression_ratio": m.compression_ratio,
+            "nbytes": m.nbytes,
+            "n_values": m.n_values,
+            "reached": m.reached,
+            "layout": "per_field" if per_field else "cube",
+        }
+        if metrics is not None:
+            rec.update(metrics(array, m.recon))
+        else:
+            rec.update(_default_errors(np.asarray(array), np.asarray(m.recon)))
+        records.append(rec)
+    return records
