@@ -175,7 +175,8 @@ def _note_leftovers(out: object) -> None:
     if found:
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         sys.stderr.write(f"note: {shown} beside {out} were left by earlier runs that were "
-                         "killed; delete them once no era5latent run writes there\n")
+                         f"killed; 'era5latent cleanup {out}' removes them (once no era5latent "
+                         "run writes there)\n")
 
 
 Subset = Annotated[str, typer.Option("--subset", "-s", help="Channels, e.g. 'z500,t850,t2m' "
@@ -398,7 +399,12 @@ def info_cmd(
 
     from era5latent.store import summary
 
+    from era5latent.recipe import recipe_of, to_yaml
+
     info = summary(store, parts)
+    recipe = recipe_of(store)
+    if recipe is not None:
+        info["recipe"] = recipe
     if json_out:
         print(json.dumps(info, indent=2))
         return
@@ -433,6 +439,13 @@ def info_cmd(
     for line in lines:
         con.print(line)
     con.print(table)
+    if recipe is not None:
+        con.print("built from this recipe ('era5latent build' of it reproduces the store):")
+        con.print(to_yaml(recipe).rstrip(), markup=False)
+
+
+# build and cleanup live in cli_build.py; imported here so that they are listed after info
+from era5latent import cli_build as _cli_build  # noqa: E402,F401  (registers its commands)
 
 
 @command("evaluate")

@@ -395,6 +395,9 @@ class EncodeJob:
     part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
     #: a chunk already read (to check the source before creating the store), used once
     first: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: extra root attributes (e.g. the build recipe) written just before the store is sealed,
+    #: so that its metadata digest covers them
+    root_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def samples_per_step(self) -> int:
@@ -440,6 +443,8 @@ class EncodeJob:
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
         if self.part is None and not self.store.finished:
+            for key, value in self.root_attrs.items():
+                self.store.root.attrs[key] = jsonable(value)
             self.store.mark_complete()  # also repairs a kill between marking and consolidating
 
 
@@ -582,18 +587,22 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, time_chunk: int | None = None, precision: str = "auto",
            break_lock: bool = False, progress: Progress | None = None,
-           part: tuple[int, int] | None = None) -> EncodeResult:
+           part: tuple[int, int] | None = None,
+           root_attrs: Mapping[str, Any] | None = None) -> EncodeResult:
     """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).
 
     The store's lock file is held throughout, so a second encode into the same store is refused
     rather than interleaved; a lock left by a killed process on this host is cleared. With
     ``part`` ``(I, N)``, only that part's time chunks are encoded, under that part's own lock,
     and the store is left for ``finalize`` (or an encode without parts) to mark complete.
+    ``root_attrs`` are written into the store's root attributes before it is sealed (keys the
+    store's schema does not know, such as ``era5latent_recipe``).
     """
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
                          part=part)
+    job.root_attrs = dict(root_attrs or {})
     with writer_lock(out, break_lock, part):
         if job.resumed and part is None:  # the whole store is ours: nobody else is writing
             remove_partial_writes(out)  # chunk files a killed writer left half-written
