@@ -268,6 +268,10 @@ def encode_cmd(
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
+    allow_unseen_levels: Annotated[bool, typer.Option(
+        "--allow-unseen-levels", help="Encode pressure levels the model's group was not trained "
+        "on (out of distribution, with a warning; normalised with statistics of the source, "
+        "recorded in the store). Not with --scheduler/--workers.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Encode ERA5 fields into a latent store (re-run the same command to resume)."""
@@ -284,6 +288,14 @@ def encode_cmd(
     part = parse_part(parts) if parts is not None else None
     source = open_source(data, time_axis=time_axis, step=step)
     loaded = load_checkpoint(str(model))
+    if allow_unseen_levels:
+        if scheduler is not None or workers is not None:
+            raise OptionError("--allow-unseen-levels with --scheduler/--workers: the workers "
+                              "load the checkpoint as trained; encode unseen levels locally")
+        from era5latent.unseen import allow_unseen_levels as allow
+
+        for warning in allow(source, loaded, channels, time):
+            sys.stderr.write(f"warning: {warning}\n")
     with _Bar("encode", "samples") as bar:
         if scheduler is not None or workers is not None:
             from era5latent.distributed import encode_distributed

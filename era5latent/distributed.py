@@ -472,6 +472,9 @@ class DecodeTask:
     def state(self) -> _DecodeState:
         store = open_latent_store(self.store)
         loaded = _model(self.model, self.model_sha256)
+        from era5latent.unseen import adopt_store_levels
+
+        adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
         dev = resolve_device(self.device)
         prec = resolve_precision(self.precision, dev)
         loaded.model.to(dev).eval()

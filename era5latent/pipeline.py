@@ -33,6 +33,7 @@ from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, i
 from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               StoreLockedError, check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
+from era5latent.unseen import adopt_store_levels
 from era5latent.variables import Channel, group_channels, parse_channel, variable_by_name
 
 T = TypeVar("T")
@@ -82,9 +83,13 @@ def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> 
                 f"{','.join(c.code for cs in trained.values() for c in cs)}")
         extra = [c.code for c in chs if c not in trained[g]]
         if extra:
+            levels_only = all(c.level is not None and c.name in {t.name for t in trained[g]}
+                              for c in chs if c not in trained[g])
             raise SubsetError(
                 f"{loaded.path} was not trained on {', '.join(extra)}; group {g} knows "
-                f"{','.join(c.code for c in trained[g])}")
+                f"{','.join(c.code for c in trained[g])}" + (
+                    "; encode --allow-unseen-levels encodes them anyway (out of distribution, "
+                    "docs/variables.md)" if levels_only else ""))
 
 
 def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -733,6 +738,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     damaged = check_store_metadata(store, allow_corrupt)
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     check_store_model(store, loaded)
+    adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = time_index_range(times, time_range, store_path)
