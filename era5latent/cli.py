@@ -346,6 +346,9 @@ def decode_cmd(
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
+    zarr_format: Annotated[int, typer.Option(
+        "--zarr-format", min=2, max=3, help="Zarr version of a .zarr output: 3, or 2 as "
+        "WeatherBench 2's own stores (no crc32c checksums; docs/format.md).")] = 3,
 ) -> None:
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
     from era5latent.model.checkpoint import load_checkpoint
@@ -362,11 +365,13 @@ def decode_cmd(
                 latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
                 device=device, overwrite=overwrite, precision=precision,
                 allow_corrupt=allow_corrupt, scheduler=scheduler, workers=workers,
-                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar),
+                zarr_format=zarr_format)
         else:
             res = decode(latent, loaded, out, subset=channels, time_range=time,
                          batch_size=batch_size, device=device, overwrite=overwrite,
-                         precision=precision, allow_corrupt=allow_corrupt, progress=bar.update)
+                         precision=precision, allow_corrupt=allow_corrupt, progress=bar.update,
+                         zarr_format=zarr_format)
     for where in res.corrupt:
         sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
             "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")

@@ -728,7 +728,8 @@ def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
 
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
-                overwrite: bool = False, allow_corrupt: bool = False) -> DecodePlan:
+                overwrite: bool = False, allow_corrupt: bool = False,
+                zarr_format: int = 3) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
@@ -749,21 +750,22 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
-                                overwrite=overwrite)
+                                overwrite=overwrite, zarr_format=zarr_format)
     return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer, damaged)
 
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
-           progress: Progress | None = None) -> DecodeResult:
-    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+           progress: Progress | None = None, zarr_format: int = 3) -> DecodeResult:
+    """Decode a latent store into ERA5 fields at ``out`` (Zarr v3 or, with ``zarr_format=2``,
+    v2; or NetCDF by extension)."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)  # every option checked before the output is laid out
     prec = resolve_precision(precision, dev)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite, allow_corrupt=allow_corrupt)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
