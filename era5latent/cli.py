@@ -749,18 +749,31 @@ def build_embed_map_cmd(
     err = Console(stderr=True, soft_wrap=True)
     labels = {"read": "reading rows", "pca": "fitting PCA", "write": "writing chunks",
               "npz": "writing npz"}
+    units = {"read": "rows", "write": "chunks"}
+    lines: dict[str, _Bar] = {}  # not a terminal: one-line records per phase (_Bar)
     with Progress(TextColumn("{task.description:<15}"), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+                  console=err, transient=True, disable=not err.is_terminal or _QUIET) as bar:
         tasks: dict[str, object] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:
+            if not err.is_terminal:
+                if phase not in lines:
+                    for other in lines.values():  # the previous phase ends: its last record
+                        other.__exit__(None, None, None)
+                    lines.clear()
+                    lines[phase] = _Bar(f"build-embed-map {labels.get(phase, phase)}",
+                                        units.get(phase, "steps")).__enter__()
+                lines[phase].update(done, total)
+                return
             if phase not in tasks:
                 tasks[phase] = bar.add_task(labels.get(phase, phase), total=total)
             bar.update(tasks[phase], completed=done, total=total)  # type: ignore[arg-type]
 
         res = build_embed_map(inputs, out, attach_to=attach_to, options=opts,
                               progress=on_progress)
+        for last in lines.values():
+            last.__exit__(None, None, None)
     if json_out:
         sys.stdout.write(json.dumps(res.to_dict(), indent=2) + "\n")
         return

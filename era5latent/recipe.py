@@ -313,7 +313,8 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
                               f"'era5latent build {recipe.path} --train-only' once before the parts")
         from era5latent.training import train
 
-        train(open_source(recipe.source, storage), channels, recipe.model, recipe.train_options(),
+        train(open_source(recipe.source, storage, time_axis=recipe.time_axis, step=recipe.step),
+              channels, recipe.model, recipe.train_options(),
               progress=train_progress, storage_options=storage)
         trained = True
     if train_only:
