@@ -250,6 +250,10 @@ def _check(doc: _Doc, key: str, line: int, kind: str, v: Any) -> Any:
         if not (isinstance(v, str) or _is_int(v)):
             raise doc.fail(line, key, f"{v!r}: expected a forecast step such as 6, 6h or PT6H")
         return str(v)
+    import datetime as dt
+
+    if kind == "str" and isinstance(v, (dt.date, dt.datetime)):  # YAML read `time: 2020-01-01`
+        return v.isoformat()
     ok, words = _TYPES[kind]
     if not ok(v):
         raise doc.fail(line, key, f"{v!r}: expected {words}")
