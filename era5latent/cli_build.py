@@ -1,4 +1,4 @@
-"""The ``build`` and ``cleanup`` commands: run a whole build from a recipe, tidy after killed runs."""
+"""The ``build`` and ``cleanup`` commands: a whole build from a recipe; tidying after kills."""
 
 from __future__ import annotations
 

@@ -254,7 +254,8 @@ def _check(doc: _Doc, key: str, line: int, kind: str, v: Any) -> Any:
 
     if kind == "str" and isinstance(v, (dt.date, dt.datetime)):  # YAML read `time: 2020-01-01`
         return v.isoformat()
-    ok, words = _TYPES[kind]
+    # a kind not listed here (a newer TrainOptions field): TrainOptions.validate checks it
+    ok, words = _TYPES.get(kind, (lambda _: True, "a value"))
     if not ok(v):
         raise doc.fail(line, key, f"{v!r}: expected {words}")
     return v
@@ -314,7 +315,8 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
                               "has no 'train' section; point model at a checkpoint, or add one")
         if part is not None:
             raise RecipeError(f"{recipe.path}: model {recipe.model} is not trained yet; run "
-                              f"'era5latent build {recipe.path} --train-only' once before the parts")
+                              f"'era5latent build {recipe.path} --train-only' once before the "
+                              "parts")
         from era5latent.training import train
 
         train(open_source(recipe.source, storage, time_axis=recipe.time_axis, step=recipe.step),

@@ -41,7 +41,8 @@ def unseen_levels(channels: tuple[Channel, ...], loaded: LoadedModel) -> list[Ch
 
 def level_stats(source: Source, channels: tuple[Channel, ...], t0: int, t1: int,
                 steps: int = STATS_STEPS) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation per channel over ``steps`` evenly spaced times of ``[t0, t1)``."""
+    """Mean and standard deviation per channel over ``steps`` evenly spaced times of
+    ``[t0, t1)``."""
     from era5latent.training.stats import RunningMoments
 
     if t1 <= t0:

@@ -45,7 +45,8 @@ def test_cleanup_removes_what_killed_runs_left(sample_zarr: Path, tiny_model: Pa
     whys = {Path(i["path"]).name: i["why"] for i in listed["removed"]}
     assert "stale lock" in whys[".latent.zarr.era5latent.lock"]
     assert partial.name in whys and len(whys) == 3, whys
-    assert _beside(out) == sorted(left + [unrelated.name]) and partial.exists()  # --dry-run removes nothing
+    # --dry-run removes nothing
+    assert _beside(out) == sorted(left + [unrelated.name]) and partial.exists()
 
     # a fresh temporary may be a live run's: kept under the default --min-age
     res = run_cli("cleanup", out)
