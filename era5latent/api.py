@@ -292,6 +292,9 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     meta = _latent_meta(latent)
     label = str(latent.encoding.get("source") or "the latent Dataset")
     check_same_model(loaded, meta["model"]["sha256"], label)
+    from era5latent.unseen import adopt_store_levels
+
+    adopt_store_levels(meta, loaded)  # levels encoded with --allow-unseen-levels
     present = {g: d for g, d in meta["groups"].items() if codes_name(g) in latent.data_vars}
     if not present:
         raise StoreError(f"{label} holds no codes_<group> variable; expected one of "

@@ -24,7 +24,7 @@ def render() -> str:
     for name in root.list_commands(ctx):  # type: ignore[attr-defined]
         cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
         sub = cmd.context_class(cmd, info_name=name, parent=ctx)
-        out += [f"## `era5latent {name}`", "", (cmd.help or "").strip(), "", "```",
+        out += [f"## `era5latent {name}`", "", (cmd.help or "").strip(), "", "```text",
                 " ".join(cmd.collect_usage_pieces(sub)).join(
                     (f"era5latent {name} ", "")), "```", ""]
         rows = []

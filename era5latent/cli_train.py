@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from era5latent.cli import Device, Subset, TimeRange, _Bar, _echo, command
+from era5latent.cli import Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo, command
 from era5latent.errors import OptionError
 
 
@@ -23,6 +23,8 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (preset default).")] = None,
     device: Device = "auto",
     time: TimeRange = None,
+    time_axis: TimeAxis = "valid",
+    step: Step = None,
     val_fraction: Annotated[float, typer.Option(help="Last fraction of times held out.")] = 0.1,
     val_every: Annotated[int, typer.Option(min=1, help="Steps between validations.")] = 50,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Steps between checkpoints.")] = 100,
@@ -80,6 +82,7 @@ def train_cmd(
 
     channels = parse_subset(subset)
     storage = anonymous_options(data) if anonymous else None
+    how: dict[str, Any] = {"time_axis": time_axis, "step": step}  # how every rank opens it
     overrides = {"patch_stride": patch_stride} if patch_stride else {}
     opts = TrainOptions(
         preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device, time_range=time,
@@ -90,17 +93,17 @@ def train_cmd(
         checkpoint_activations=checkpoint_activations, grad_accum=grad_accum,
         log_dir=str(log_dir) if log_dir else None, log_every=log_every)
     if dry_run:
-        _dry_run(open_source(data, storage), channels, opts, nproc, memory_budget)
+        _dry_run(open_source(data, storage, **how), channels, opts, nproc, memory_budget)
         return
     if nproc > 1:
         if world_from_env().distributed:
             raise OptionError("--nproc starts its own processes; under torchrun leave it out")
         opts.validate(nproc)
-        source = open_source(data, storage)  # bad input fails here, once, before any rank starts
+        source = open_source(data, storage, **how)  # bad input fails here, once, before any rank
         source.check_channels(channels)
-        spawn(nproc, _train_rank, data, channels, str(out), opts, storage)
+        spawn(nproc, _train_rank, data, channels, str(out), opts, storage, how)
     else:
-        _train_rank(data, channels, str(out), opts, storage)
+        _train_rank(data, channels, str(out), opts, storage, how)
 
 
 def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: int,
@@ -141,7 +144,7 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
 
 
 def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
-                storage: dict[str, object] | None) -> None:
+                storage: dict[str, object] | None, how: dict[str, Any] | None = None) -> None:
     """One rank of ``train``: rank 0 shows progress and prints the result."""
     from era5latent.sources import open_source
     from era5latent.training import TrainOptions, train
@@ -151,7 +154,8 @@ def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
     main_rank = world_from_env().is_main
     batch = opts.batch_size
     with _Bar("train", "steps", enabled=main_rank) as bar:
-        res = train(open_source(data, storage), channels, out, opts,  # type: ignore[arg-type]
+        res = train(open_source(data, storage, **(how or {})),
+                    channels, out, opts,  # type: ignore[arg-type]
                     storage_options=storage, progress=lambda s, n, loss: bar.update(
                         s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
     if not main_rank:

@@ -516,6 +516,9 @@ class DecodeTask:
     def state(self) -> _DecodeState:
         store = open_latent_store(self.store)
         loaded = _model(self.model, self.model_sha256)
+        from era5latent.unseen import adopt_store_levels
+
+        adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
         dev = resolve_device(self.device)
         prec = resolve_precision(self.precision, dev)
         loaded.model.to(dev).eval()
@@ -589,7 +592,8 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                        precision: str = "auto", allow_corrupt: bool = False, client: Any = None,
                        scheduler: str | None = None, workers: int | None = None,
                        chunks_per_task: int = 0,
-                       progress: ClusterProgress | None = None) -> DecodeResult:
+                       progress: ClusterProgress | None = None,
+                       zarr_format: int = 3) -> DecodeResult:
     """``pipeline.decode`` on a Dask cluster: the same output bytes (Zarr or NetCDF)."""
     check_cluster_options(client, scheduler, workers)
     if scheduler is not None:  # connect first: an unreachable cluster leaves no output behind
@@ -598,13 +602,13 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                 store_path, loaded, out, subset=subset, time_range=time_range,
                 batch_size=batch_size, device=device, overwrite=overwrite, precision=precision,
                 allow_corrupt=allow_corrupt, client=c, chunks_per_task=chunks_per_task,
-                progress=progress)
+                progress=progress, zarr_format=zarr_format)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if client is None and scheduler is None:  # workers on this machine: check the device here
         resolve_precision(precision, resolve_device(device))
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite, allow_corrupt=allow_corrupt)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords = plan.sample_coords
     step = store.time_chunk

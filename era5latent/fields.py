@@ -8,9 +8,14 @@ GRIB) and its attributes verbatim, with CF ``units``, ``standard_name`` and ``lo
 the catalogue where the source had none; latitude and longitude are put back in the source's
 orientation and longitude convention, levels in the source's unit (hPa, or Pa for ``plev``). Pressure
 variables share one ascending ``level`` axis (the union of decoded levels; a level a variable was
-not decoded at is NaN). Zarr outputs (v3) are written chunk by chunk into a temporary directory
-beside the target; NetCDF outputs are assembled in memory. Either is moved into place only when
-complete.
+not decoded at is NaN). Zarr outputs (v3 by default, v2 as WeatherBench 2's own stores with
+``zarr_format=2``) are written chunk by chunk into a temporary directory beside the target; NetCDF
+outputs are assembled in memory. Either is moved into place only when complete.
+
+Integrity: Zarr v3 outputs end every array's codec chain with crc32c, which zarr checks on each
+read. Zarr v2 has no checksum codec in its specification (numcodecs' CRC32C is an extension that
+WeatherBench 2's readers and older zarr versions do not know), so v2 outputs carry none: plain
+Blosc, as WeatherBench 2 writes (docs/format.md).
 """
 
 from __future__ import annotations
@@ -37,14 +42,33 @@ from era5latent.variables import Channel, variable_by_name
 #: tiny-preset fields 1.69x against 1.24x for zarr's default Zstd, and no slower to write
 #: (docs/benchmarks.md). Every array is followed by crc32c (store.CRC), which zarr checks on read
 FIELD_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+ZARR_FORMATS = (2, 3)
+
+
+def _v2_codec() -> Any:
+    """FIELD_CODEC as Zarr v2 writes it (numcodecs' Blosc: LZ4, level 5, byte shuffle)."""
+    from numcodecs import Blosc
+
+    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
 
 
 class FieldWriter:
     def __init__(self, out: str, times: np.ndarray, sample_coords: dict[str, np.ndarray],
                  lat: np.ndarray, lon: np.ndarray, groups: dict[str, tuple[Channel, ...]],
-                 layout: SourceLayout, attrs: dict[str, Any], overwrite: bool = False) -> None:
+                 layout: SourceLayout, attrs: dict[str, Any], overwrite: bool = False,
+                 zarr_format: int = 3) -> None:
         self.out = out
         self.netcdf = out.lower().endswith((".nc", ".nc4", ".netcdf"))
+        if zarr_format not in ZARR_FORMATS:
+            from era5latent.errors import OptionError
+
+            raise OptionError(f"--zarr-format {zarr_format}: expected 2 or 3")
+        if self.netcdf and zarr_format != 3:
+            from era5latent.errors import OptionError
+
+            raise OptionError(f"--zarr-format {zarr_format} with a NetCDF output ({out}): the "
+                              "option is for Zarr outputs; leave it out, or name a .zarr output")
+        self.zarr_format = zarr_format
         self.times = times
         self.sample_coords = sample_coords
         self.sample_shape = tuple(len(v) for v in sample_coords.values())
@@ -127,7 +151,13 @@ class FieldWriter:
 
     def _create_zarr(self) -> None:
         with fast_zarr(self._tmp):  # the arrays keep zarrs for every later write
-            root = zarr.open_group(self._tmp, mode="w", zarr_format=3)
+            root = zarr.open_group(self._tmp, mode="w",
+                                   zarr_format=2 if self.zarr_format == 2 else 3)
+            v2 = self.zarr_format == 2
+            # v2 has no dimension names nor checksum codec: xarray's _ARRAY_DIMENSIONS, no crc32c
+            def dims(names: tuple[str, ...], attrs: dict[str, Any]) -> dict[str, Any]:
+                return ({"attributes": {**attrs, "_ARRAY_DIMENSIONS": list(names)}} if v2 else
+                        {"attributes": attrs, "dimension_names": names})
             secs = self.times.astype("datetime64[s]").astype(np.int64)
             coords: list[tuple[str, np.ndarray, dict[str, Any]]] = [
                 (self.dim_name("time"), secs, {**self.coord_attrs("time"), "units": TIME_UNITS,
@@ -140,16 +170,16 @@ class FieldWriter:
                                self.coord_attrs("level")))
             for name, vals, attrs in coords:
                 a = root.create_array(name, shape=vals.shape, chunks=vals.shape or (1,),
-                                      dtype=vals.dtype, dimension_names=(name,),
-                                      compressors=[CRC], fill_value=0, attributes=attrs)
+                                      dtype=vals.dtype, compressors=None if v2 else [CRC],
+                                      fill_value=0, **dims((name,), attrs))
                 a[...] = vals
             self._arrays: dict[str, zarr.Array[Any]] = {}  # opened once, not per write
             for var in self.vars:
                 shape = self._shape(var)
                 self._arrays[var] = root.create_array(
                     self.out_name(var), shape=shape, chunks=(1, *shape[1:]), dtype="float32",
-                    compressors=[FIELD_CODEC, CRC], dimension_names=self._dims(var),
-                    fill_value=float("nan"), attributes=self._var_attrs(var))
+                    compressors=[_v2_codec()] if v2 else [FIELD_CODEC, CRC],
+                    fill_value=float("nan"), **dims(self._dims(var), self._var_attrs(var)))
             root.attrs.update({**self.global_attrs(), "era5latent": self.attrs})
 
     def state(self) -> dict[str, Any] | None:
@@ -167,7 +197,8 @@ class FieldWriter:
         writer.__dict__.update(state)
         writer._ctx = None
         with fast_zarr(writer._tmp):
-            root = zarr.open_group(writer._tmp, mode="r+", zarr_format=3)
+            root = zarr.open_group(writer._tmp, mode="r+",
+                                   zarr_format=2 if writer.zarr_format == 2 else 3)
             writer._arrays = {var: array(root, writer.out_name(var)) for var in writer.vars}
         return writer
 
@@ -204,7 +235,10 @@ class FieldWriter:
             return
         assert self._ctx is not None
         try:
-            consolidate(self._tmp)
+            if self.zarr_format == 2:
+                zarr.consolidate_metadata(self._tmp, zarr_format=2)  # .zmetadata, as WB2's
+            else:
+                consolidate(self._tmp)
         except BaseException as err:
             self.abort()  # the temporary output goes: nothing is left behind
             os_err = os_error_of(err)

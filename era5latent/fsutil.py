@@ -144,7 +144,7 @@ def check_output_name(path: str, what: str, writes: str) -> None:
                          f"{writes}: choose an --out ending in one of those")
 
 
-def _zarr_attrs(doc_path: str) -> dict[str, Any] | None:
+def _zarr_attrs(doc_path: str, v2: bool = False) -> dict[str, Any] | None:
     import json
 
     try:
@@ -152,7 +152,7 @@ def _zarr_attrs(doc_path: str) -> dict[str, Any] | None:
             doc = json.load(f)
     except (OSError, ValueError):
         return None
-    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    attrs = doc if v2 else doc.get("attributes") if isinstance(doc, dict) else None
     return attrs if isinstance(attrs, dict) else None
 
 
@@ -161,6 +161,8 @@ def output_kind(path: str) -> str | None:
     DECODED, SAMPLE, EMBED_MAP or EMBED_NPZ, else None (someone else's file or directory)."""
     if os.path.isdir(path):
         attrs = _zarr_attrs(os.path.join(path, "zarr.json"))
+        if attrs is None and os.path.isfile(os.path.join(path, ".zattrs")):  # Zarr v2 output
+            attrs = _zarr_attrs(os.path.join(path, ".zattrs"), v2=True)
         if attrs is None:
             return None
         meta = attrs.get("era5latent")

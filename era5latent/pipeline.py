@@ -33,6 +33,7 @@ from era5latent.sources import (Source, SourceLayout, check_finite, grid_info, i
 from era5latent.store import (CorruptArrayError, CorruptChunkError, GroupSpec, LatentStore, StoreSpec,
                               StoreLockedError, check_unlocked, create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
+from era5latent.unseen import adopt_store_levels
 from era5latent.variables import Channel, group_channels, parse_channel, variable_by_name
 
 T = TypeVar("T")
@@ -82,9 +83,13 @@ def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> 
                 f"{','.join(c.code for cs in trained.values() for c in cs)}")
         extra = [c.code for c in chs if c not in trained[g]]
         if extra:
+            levels_only = all(c.level is not None and c.name in {t.name for t in trained[g]}
+                              for c in chs if c not in trained[g])
             raise SubsetError(
                 f"{loaded.path} was not trained on {', '.join(extra)}; group {g} knows "
-                f"{','.join(c.code for c in trained[g])}")
+                f"{','.join(c.code for c in trained[g])}" + (
+                    "; encode --allow-unseen-levels encodes them anyway (out of distribution, "
+                    "docs/variables.md)" if levels_only else ""))
 
 
 def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
@@ -395,6 +400,9 @@ class EncodeJob:
     part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
     #: a chunk already read (to check the source before creating the store), used once
     first: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: extra root attributes (e.g. the build recipe) written just before the store is sealed,
+    #: so that its metadata digest covers them
+    root_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def samples_per_step(self) -> int:
@@ -440,6 +448,8 @@ class EncodeJob:
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
         if self.part is None and not self.store.finished:
+            for key, value in self.root_attrs.items():
+                self.store.root.attrs[key] = jsonable(value)
             self.store.mark_complete()  # also repairs a kill between marking and consolidating
 
 
@@ -582,18 +592,22 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, time_chunk: int | None = None, precision: str = "auto",
            break_lock: bool = False, progress: Progress | None = None,
-           part: tuple[int, int] | None = None) -> EncodeResult:
+           part: tuple[int, int] | None = None,
+           root_attrs: Mapping[str, Any] | None = None) -> EncodeResult:
     """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).
 
     The store's lock file is held throughout, so a second encode into the same store is refused
     rather than interleaved; a lock left by a killed process on this host is cleared. With
     ``part`` ``(I, N)``, only that part's time chunks are encoded, under that part's own lock,
     and the store is left for ``finalize`` (or an encode without parts) to mark complete.
+    ``root_attrs`` are written into the store's root attributes before it is sealed (keys the
+    store's schema does not know, such as ``era5latent_recipe``).
     """
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
                          part=part)
+    job.root_attrs = dict(root_attrs or {})
     with writer_lock(out, break_lock, part):
         if job.resumed and part is None:  # the whole store is ours: nobody else is writing
             remove_partial_writes(out)  # chunk files a killed writer left half-written
@@ -714,7 +728,8 @@ def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
 
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
-                overwrite: bool = False, allow_corrupt: bool = False) -> DecodePlan:
+                overwrite: bool = False, allow_corrupt: bool = False,
+                zarr_format: int = 3) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
@@ -724,6 +739,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     damaged = check_store_metadata(store, allow_corrupt)
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
     check_store_model(store, loaded)
+    adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
     groups = select_store_channels(store, subset)
     times = store.times
     lo, hi = time_index_range(times, time_range, store_path)
@@ -734,21 +750,22 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
                                 attrs={"decoded_from": full_path(store_path),
                                        "model_sha256": loaded.sha256},
-                                overwrite=overwrite)
+                                overwrite=overwrite, zarr_format=zarr_format)
     return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer, damaged)
 
 
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
-           progress: Progress | None = None) -> DecodeResult:
-    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+           progress: Progress | None = None, zarr_format: int = 3) -> DecodeResult:
+    """Decode a latent store into ERA5 fields at ``out`` (Zarr v3 or, with ``zarr_format=2``,
+    v2; or NetCDF by extension)."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)  # every option checked before the output is laid out
     prec = resolve_precision(precision, dev)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite, allow_corrupt=allow_corrupt)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB, run_cli
+from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB, assert_clean_error, run_cli
 
 pytestmark = pytest.mark.realdata
 
@@ -162,8 +162,6 @@ def test_one_step_on_either_time_axis(derived: dict[str, Path], uk_model: Path,
 
 
 def test_step_errors_are_one_line(derived: dict[str, Path], uk_model: Path, tmp_path: Path) -> None:
-    from .conftest import assert_clean_error
-
     base = ("encode", derived["steps"], "--model", uk_model, "--subset", "t2m", "--out",
             tmp_path / "x.zarr", "--device", "cpu")
     assert_clean_error(run_cli(*base, "--step", "4h"), "--step 4h", "0h, 3h, 6h, 9h")
@@ -172,3 +170,25 @@ def test_step_errors_are_one_line(derived: dict[str, Path], uk_model: Path, tmp_
     assert_clean_error(run_cli("encode", UK_T2M_GRIB, "--model", uk_model, "--subset", "t2m",
                                "--out", tmp_path / "y.zarr", "--step", "6"), "holds step(s) 0h")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_train_selects_the_time_axis_and_step_as_encode_does(derived: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    raw = xr.open_dataset(derived["steps"], engine="cfgrib", backend_kwargs=GRIB_KW)
+    refs = raw["time"].values
+    base = ("train", derived["steps"], "--subset", "t2m", "--steps", "2", "--batch-size", "2",
+            "--device", "cpu", "--checkpoint-every", "2", "--val-fraction", "0")
+    assert_clean_error(run_cli(*base, "--out", tmp_path / "a.safetensors", "--time-axis",
+                               "reference"), "pick one with --step")
+    assert_clean_error(run_cli(*base, "--out", tmp_path / "b.safetensors", "--step", "4h"),
+                       "--step 4h", "0h, 3h, 6h, 9h")
+    # reference times exist only on the reference axis; a loader worker process reopens the
+    # source with the same axis and step
+    span = f"{str(refs[0])[:19]}/{str(refs[-1])[:19]}"
+    res = run_cli(*base, "--out", tmp_path / "c.safetensors", "--time-axis", "reference",
+                  "--step", "6h", "--time", span, "--workers", "1")
+    assert res.exit_code == 0, res.stderr
+    # on the valid axis, step 6h puts the same four fields six hours later: the reference span
+    # then holds only the first three of them
+    res = run_cli(*base, "--out", tmp_path / "d.safetensors", "--step", "6h", "--time", span)
+    assert res.exit_code == 0, res.stderr

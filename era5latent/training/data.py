@@ -63,18 +63,20 @@ class SourceRef:
     def __init__(self, source: Source, storage_options: dict[str, Any] | None = None) -> None:
         self.path = source.path
         self.storage_options = storage_options
+        self.open_options = dict(source.open_options)  # time_axis, step: reopened alike
         reopen = "://" in source.path or os.path.exists(source.path)
         self._pickled: Source | None = None if reopen else source
         self._source: Source | None = source
 
     def get(self) -> Source:
         if self._source is None:
-            self._source = open_source(self.path, self.storage_options)
+            self._source = open_source(self.path, self.storage_options, **self.open_options)
         return self._source
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "storage_options": self.storage_options,
-                "_pickled": self._pickled, "_source": self._pickled}
+                "open_options": self.open_options, "_pickled": self._pickled,
+                "_source": self._pickled}
 
 
 @dataclass(frozen=True)
