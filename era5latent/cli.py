@@ -264,6 +264,14 @@ def encode_cmd(
              "chunks) and leave the store unfinished; parts may run at once, from separate "
              "processes or batch jobs. Finish with 'era5latent finalize' (or encode without "
              "--parts).", metavar="I/N", show_default=False)] = None,
+    max_error: Annotated[Optional[str], typer.Option(
+        help="Add an error-bounded residual layer: decoded values stay within this bound of "
+             "the source. Per channel in its units (z500=5,t850=0.1, or t850=0.1K) or as a "
+             "share of its training std (*=1%); channels not covered get no residual. See "
+             "docs/residuals.md.", metavar="SPEC", show_default=False)] = None,
+    residual_codec: Annotated[str, typer.Option(
+        help="Error-bounded codec of the residual layer: sz3 (pysz) or zfp (fixed-accuracy, "
+             "zfpy).")] = "sz3",
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
@@ -291,12 +299,13 @@ def encode_cmd(
                 source, loaded, channels, out, time_range=time, batch_size=batch_size,
                 device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
                 break_lock=break_lock, part=part, scheduler=scheduler, workers=workers,
-                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar),
+                max_error=max_error, residual_codec=residual_codec)
         else:
             res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
                          device=device, overwrite=overwrite, time_chunk=time_chunk,
                          precision=precision, break_lock=break_lock, progress=bar.update,
-                         part=part)
+                         part=part, max_error=max_error, residual_codec=residual_codec)
     if json_out:
         print(json.dumps(dataclasses.asdict(res)))
         return
@@ -330,6 +339,9 @@ def decode_cmd(
     allow_corrupt: Annotated[bool, typer.Option(
         "--allow-corrupt", help="Fill time chunks that fail their checksum with NaN (and say "
         "where) instead of refusing the store.")] = False,
+    no_residual: Annotated[bool, typer.Option(
+        "--no-residual", help="Ignore the store's residual layer: the WLA's reconstruction "
+        "alone (no error bound).")] = False,
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
@@ -349,11 +361,13 @@ def decode_cmd(
                 latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
                 device=device, overwrite=overwrite, precision=precision,
                 allow_corrupt=allow_corrupt, scheduler=scheduler, workers=workers,
-                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar),
+                residual=not no_residual)
         else:
             res = decode(latent, loaded, out, subset=channels, time_range=time,
                          batch_size=batch_size, device=device, overwrite=overwrite,
-                         precision=precision, allow_corrupt=allow_corrupt, progress=bar.update)
+                         precision=precision, allow_corrupt=allow_corrupt, progress=bar.update,
+                         residual=not no_residual)
     for where in res.corrupt:
         sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
             "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")
@@ -433,6 +447,21 @@ def info_cmd(
     for line in lines:
         con.print(line)
     con.print(table)
+    res = info["residual"]
+    if res["present"]:
+        def rat(v: object) -> str:
+            return f"{v:.1f}x" if isinstance(v, float) else "-"
+
+        layers = Table("layer", "on disk", "ratio")
+        layers.add_row("codes", _size(res["codes_bytes"]), rat(res["codes_ratio"]))
+        layers.add_row(f"residuals ({res['codec']})", _size(res["residual_bytes"]),
+                       rat(res["residual_ratio"]))
+        layers.add_row("both", _size(res["codes_bytes"] + res["residual_bytes"]),
+                       rat(res["total_ratio"]))
+        con.print(layers)
+        con.print("max error (decode in fp32): " + ", ".join(
+            f"{c} {b['max_error']:.4g} {b['units']}" for c, b in res["channels"].items())
+            + f"  (--max-error {res['spec']})")
 
 
 @command("evaluate")

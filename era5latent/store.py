@@ -39,8 +39,10 @@ from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, check_metadata, is_conso
 
 FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
-#: records the sha256 of its metadata; version 1 stores are still read (docs/format.md)
-FORMAT_VERSION = 2
+#: records the sha256 of its metadata; version 3: an optional error-bounded residual layer
+#: (``residual_*`` arrays, attribute ``residual``); versions 1 and 2 are still read
+#: (docs/format.md)
+FORMAT_VERSION = 3
 ATTR = "era5latent"
 DONE = "build_done"
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
@@ -58,6 +60,37 @@ def codes_name(group: str) -> str:
 
 def checksum_name(group: str) -> str:
     return f"sha256_{group}"
+
+
+def residual_name(group: str) -> str:
+    """The residual byte streams of a group: ``(time_chunk, byte)`` uint8, one row per chunk."""
+    return f"residual_{group}"
+
+
+def residual_len_name(group: str) -> str:
+    """Each row's stream length per channel: ``(time_chunk, channel)`` int64 (0: no residual)."""
+    return f"residual_nbytes_{group}"
+
+
+def residual_sum_name(group: str) -> str:
+    """sha256 of each row's lengths and streams: ``(time_chunk, 32)`` uint8."""
+    return f"residual_sha256_{group}"
+
+
+#: bytes a residual row reserves per channel: twice the chunk's float32 size plus a header's
+#: room (an error-bounded stream of noise at a tiny bound can exceed the raw size; the unused
+#: tail is zeros, which zstd stores in a few bytes)
+def residual_capacity(per_channel_values: int) -> int:
+    return 2 * 4 * per_channel_values + 4096
+
+
+def residual_digest(lengths: np.ndarray, row: np.ndarray) -> bytes:
+    """The sha256 recorded for a residual row: over its lengths (int64, little-endian) and the
+    streams (the row's first ``sum(lengths)`` bytes)."""
+    n = int(np.sum(lengths))
+    h = hashlib.sha256(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(row[:n], dtype=np.uint8).tobytes())
+    return h.digest()
 
 
 def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -129,16 +162,17 @@ class CorruptArrayError(StoreError):
 
 
 class CorruptChunkError(StoreError):
-    """A time chunk's codes cannot be read or do not match the checksum written with them."""
+    """A time chunk's codes (or residuals) cannot be read or do not match their checksum."""
 
-    def __init__(self, path: str, group: str, chunk: int, why: str) -> None:
+    def __init__(self, path: str, group: str, chunk: int, why: str, array: str = "") -> None:
         self.path, self.group, self.chunk, self.why = path, group, chunk, why
-        super().__init__(f"{path}: time chunk {chunk} of group {group} is corrupt ({why}); "
-                         "re-encode that time range, or decode with --allow-corrupt to fill it "
-                         "with NaN")
+        self.array = array or codes_name(group)
+        super().__init__(f"{path}: time chunk {chunk} of group {group} ({self.array}) is corrupt "
+                         f"({why}); re-encode that time range, or decode with --allow-corrupt to "
+                         "fill it with NaN")
 
     def __reduce__(self) -> tuple[Any, ...]:  # rebuilt intact where Dask hands it back
-        return (type(self), (self.path, self.group, self.chunk, self.why))
+        return (type(self), (self.path, self.group, self.chunk, self.why, self.array))
 
 
 @dataclass(frozen=True)
@@ -182,6 +216,8 @@ class StoreSpec:
     normalisation: dict[str, dict[str, float]]
     source: dict[str, Any]  # path, format, layout, grid
     parts: int | None = None  # recorded when an ``encode --parts I/N`` run creates the store
+    #: the residual layer (``ResidualSpec.to_dict()``), None: codes only
+    residual: dict[str, Any] | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -204,14 +240,15 @@ class StoreSpec:
             "time_range": [iso(t[0]), iso(t[-1])] if len(t) else [],
             "time_chunk": self.time_chunk,
             "complete": False,
-        } | ({"parts": self.parts} if self.parts else {})
+        } | ({"parts": self.parts} if self.parts else {}) | (
+            {"residual": self.residual} if self.residual else {})
 
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this store rather than be refused."""
         a = self.attrs()
         return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
                                   "time_range")} | {
-            "model_sha256": self.model["sha256"]}
+            "model_sha256": self.model["sha256"], "residual": self.residual}
 
 
 def jsonable(x: Any) -> Any:
@@ -375,6 +412,31 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             dimension_names=("time_chunk", "sha256"), compressors=[CRC], fill_value=0,
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
+    if spec.residual:
+        per_channel = spec.time_chunk * int(np.prod(sample_shape, dtype=np.int64)) * \
+            len(spec.latitude) * len(spec.longitude)
+        for g in spec.groups:
+            n_ch = len(g.channels)
+            cap = n_ch * residual_capacity(per_channel)
+            create_array(
+                residual_name(g.name), shape=(spec.n_chunks, cap), chunks=(1, cap),
+                dtype="uint8", dimension_names=("time_chunk", "byte"),
+                compressors=[ZstdCodec(level=1), CRC], fill_value=0,
+                attributes={"group": g.name, "channels": list(g.channels),
+                            "codec": spec.residual["codec"],
+                            "description": "per time chunk: the channels' error-bounded residual "
+                                           "streams, concatenated in channel order (lengths in "
+                                           f"{residual_len_name(g.name)}), zero-padded"})
+            create_array(
+                residual_len_name(g.name), shape=(spec.n_chunks, n_ch), chunks=(1, n_ch),
+                dtype="int64", dimension_names=("time_chunk", "channel"), compressors=[CRC],
+                fill_value=0, attributes={"channels": list(g.channels), "description":
+                                          "bytes of each channel's residual stream (0: none)"})
+            create_array(
+                residual_sum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32),
+                dtype="uint8", dimension_names=("time_chunk", "sha256"), compressors=[CRC],
+                fill_value=0, attributes={"description": "sha256 of each time chunk's residual "
+                                          "lengths (int64 LE) and streams, set at write time"})
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                       dimension_names=("time_chunk",), compressors=[CRC], fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
@@ -399,7 +461,19 @@ class LatentStore:
         names = ["time", "latitude", "longitude", DONE, *self.sample_dims]
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
+            if self.has_residual:
+                names += [residual_name(g), residual_len_name(g), residual_sum_name(g)]
         return names
+
+    @property
+    def has_residual(self) -> bool:
+        return bool(self.meta.get("residual"))
+
+    @property
+    def residual(self) -> dict[str, Any] | None:
+        """The residual layer's attribute (``ResidualSpec.to_dict()``), None when codes only."""
+        r = self.meta.get("residual")
+        return r if r else None
 
     def metadata_problems(self) -> list[str]:
         """How the metadata differs from what was sealed at finalize (empty: intact, or not
@@ -481,8 +555,10 @@ class LatentStore:
     def codes(self, group: str) -> zarr.Array[Any]:
         return self.array(codes_name(group))
 
-    def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
-        """Write time chunk ``i`` for every group with its checksum, then mark it done."""
+    def write_chunk(self, i: int, codes: dict[str, np.ndarray],
+                    residuals: dict[str, dict[str, bytes]] | None = None) -> None:
+        """Write time chunk ``i`` for every group with its checksum (and, in a store with a
+        residual layer, every group's residual streams by channel code), then mark it done."""
         a, b = self.chunk_bounds(i)
         try:
             for g, packed in codes.items():
@@ -490,6 +566,10 @@ class LatentStore:
                 self.codes(g)[a:b] = packed
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
+            if self.has_residual:
+                for g, spec in self.groups.items():
+                    self._write_residual(g, spec.channels, i, (residuals or {}).get(g, {}))
+                faults.point("encode.residual-written")
             self.array(DONE)[i] = True
         except (OSError, RuntimeError) as err:
             os_err = os_error_of(err)  # RuntimeError: zarrs's way, should it be in use
@@ -499,6 +579,50 @@ class LatentStore:
                 f"cannot write time chunk {i} of {self.path}: {os_err.strerror or os_err}; free "
                 "space (or fix permissions) and re-run the same command to resume") from None
         faults.point("encode.chunk-done")
+
+    def _write_residual(self, g: str, channels: tuple[str, ...], i: int,
+                        streams: dict[str, bytes]) -> None:
+        arr = self.array(residual_name(g))
+        lengths = np.array([len(streams.get(c, b"")) for c in channels], dtype=np.int64)
+        cap = arr.shape[1]
+        if int(lengths.sum()) > cap:  # far above any stream seen; say so rather than truncate
+            raise StoreError(f"{self.path}: the residuals of group {g}, time chunk {i}, take "
+                             f"{int(lengths.sum())} bytes, more than the {cap} reserved; give "
+                             "a larger --max-error (or --residual-codec sz3)")
+        row = np.zeros(cap, dtype=np.uint8)
+        data = b"".join(streams.get(c, b"") for c in channels)
+        row[:len(data)] = np.frombuffer(data, dtype=np.uint8)
+        arr[i] = row
+        self.array(residual_len_name(g))[i] = lengths
+        self.array(residual_sum_name(g))[i] = np.frombuffer(residual_digest(lengths, row),
+                                                             dtype=np.uint8)
+
+    def read_residual(self, group: str, i: int) -> dict[str, bytes]:
+        """The residual streams of time chunk ``i`` of ``group`` by channel code (channels
+        without a residual absent), verified against their sha256: a
+        :class:`CorruptChunkError` naming the residual array otherwise."""
+        spec = self.groups[group]
+        where = residual_name(group)
+        try:
+            lengths = np.asarray(read_array(self.array(residual_len_name(group)), i, self.path),
+                                 dtype=np.int64)
+            where = residual_name(group)
+            row = np.asarray(read_array(self.array(where), i, self.path), dtype=np.uint8)
+            where = residual_sum_name(group)
+            want = bytes(np.asarray(read_array(self.array(where), i, self.path), dtype=np.uint8))
+        except CorruptArrayError as err:
+            raise CorruptChunkError(self.path, group, i, err.why, err.name) from None
+        if lengths.shape != (len(spec.channels),) or (lengths < 0).any() or \
+                int(lengths.sum()) > row.size or residual_digest(lengths, row) != want:
+            raise CorruptChunkError(self.path, group, i, "checksum mismatch",
+                                    residual_name(group))
+        out: dict[str, bytes] = {}
+        pos = 0
+        for c, n in zip(spec.channels, lengths.tolist()):
+            if n:
+                out[c] = row[pos:pos + n].tobytes()
+            pos += n
+        return out
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:
         """The packed codes of time chunk ``i``; with ``check``, verified against its checksum."""
@@ -561,16 +685,15 @@ class LatentStore:
 
     def nbytes_on_disk(self) -> dict[str, int]:
         """Bytes on disk per codes array (local stores) or stored bytes reported by zarr."""
-        out: dict[str, int] = {}
-        for g in self.groups:
-            name = codes_name(g)
-            local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
-            if os.path.isdir(os.path.join(self.path, name)):
-                out[g] = sum(os.path.getsize(os.path.join(d, f))
-                             for d, _, fs in os.walk(local) for f in fs)
-            else:
-                out[g] = int(self.codes(g).nbytes_stored())
-        return out
+        return {g: self.array_bytes(codes_name(g)) for g in self.groups}
+
+    def array_bytes(self, name: str) -> int:
+        """Bytes of array ``name``'s chunks on disk (local stores), else as zarr reports."""
+        local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
+        if os.path.isdir(os.path.join(self.path, name)):
+            return sum(os.path.getsize(os.path.join(d, f))
+                       for d, _, fs in os.walk(local) for f in fs)
+        return int(self.array(name).nbytes_stored())
 
 
 def consolidate(path: str) -> None:
@@ -655,6 +778,19 @@ def check_layout(store: LatentStore) -> None:
         if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
             raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
                       f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
+        if store.has_residual:
+            n_ch = len(spec.channels)
+            per_channel = tc * int(np.prod(sample, dtype=np.int64)) * coords["latitude"] * \
+                coords["longitude"]
+            cap = n_ch * residual_capacity(per_channel)
+            for name, shape in ((residual_name(g), (n_chunks, cap)),
+                                (residual_len_name(g), (n_chunks, n_ch)),
+                                (residual_sum_name(g), (n_chunks, 32))):
+                arr = store.array(name)
+                if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
+                    raise bad(name, f"has shape {tuple(arr.shape)} and chunks "
+                              f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
+                              f"{shape[1]})")
 
 
 def summary(path: str, parts: int | None = None) -> dict[str, Any]:
@@ -663,6 +799,8 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     With ``parts`` N (default: the N recorded by the ``encode --parts I/N`` run that created the
     store, if any) the result has ``parts``: ``{count, done, missing}`` (1-based part numbers).
     """
+    from era5latent.residual.summary import residual_summary
+
     store = open_latent_store(path)
     meta = store.meta
     times = store.times
@@ -706,5 +844,6 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
         "float32_bytes_written": raw_written,
         "compression_ratio": raw_written / disk_total if disk_total else None,
+        "residual": residual_summary(store, done),
     } | ({"parts": parts_status(done, n_parts)}
          if (n_parts := parts or meta.get("parts")) else {})

@@ -15,19 +15,21 @@ from era5latent.pipeline.common import (PRECISIONS, Progress, _normaliser, _pref
                                         encode_block, encode_fields, read_fields, resolve_device,
                                         resolve_precision)
 from era5latent.pipeline.decoding import (DecodePlan, DecodeResult, check_store_metadata,
-                                          check_store_model, decode, plan_decode, read_codes,
+                                          check_store_model, decode, decode_precision,
+                                          plan_decode, read_codes, read_residuals,
                                           select_store_channels)
 from era5latent.pipeline.encoding import (AUTO_CHUNK_FIELD_BYTES, AUTO_TIME_CHUNK,
-                                          MAX_CHUNK_FIELD_BYTES, EncodeJob, EncodeResult,
+                                          MAX_CHUNK_FIELD_BYTES, EncodedChunk, EncodeJob,
+                                          EncodeResult, residual_spec, residual_streams,
                                           _forget_if_empty, _open_for_resume, _run, _store_spec,
                                           auto_time_chunk, check_time_chunk, encode,
                                           prepare_encode, ready_to_encode)
 
 __all__ = ["AUTO_CHUNK_FIELD_BYTES", "AUTO_TIME_CHUNK", "MAX_CHUNK_FIELD_BYTES", "PRECISIONS",
-           "DecodePlan", "DecodeResult", "EncodeJob", "EncodeResult", "Progress", "autocast",
+           "DecodePlan", "DecodeResult", "EncodedChunk", "EncodeJob", "EncodeResult", "Progress", "autocast",
            "auto_time_chunk", "check_grid", "check_model_channels", "check_store_metadata",
-           "check_store_model", "check_time_chunk", "decode", "decode_block", "decode_fields",
+           "check_store_model", "check_time_chunk", "decode", "decode_precision", "decode_block", "decode_fields",
            "encode", "encode_block", "encode_fields", "plan_decode", "prepare_encode",
-           "read_codes", "read_fields", "ready_to_encode", "resolve_device", "resolve_precision",
+           "read_codes", "read_fields", "read_residuals", "residual_spec", "residual_streams", "ready_to_encode", "resolve_device", "resolve_precision",
            "select_store_channels", "_Writer", "_forget_if_empty", "_normaliser",
            "_open_for_resume", "_prefetch", "_run", "_store_spec", "_to_device", "_to_host"]

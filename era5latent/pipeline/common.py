@@ -221,15 +221,25 @@ def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndar
 def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
                   specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
                   batch_size: int, device: torch.device, precision: str,
-                  fill_shape: tuple[int, ...] | None = None) -> dict[Channel, np.ndarray]:
+                  fill_shape: tuple[int, ...] | None = None,
+                  residuals: Mapping[str, Mapping[str, np.ndarray] | None] | None = None
+                  ) -> dict[Channel, np.ndarray]:
     """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
 
     A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
-    The one decode step every path runs (CLI, Python API, Dask workers).
+    ``residuals`` (a residual layer's, by group then channel code, shaped as the fields) are
+    added after the WLA's reconstruction (``residual.apply_residual``); a group whose residuals
+    are None (damaged, allowed) gives NaN fields too. The one decode step every path runs (CLI,
+    Python API, Dask workers).
     """
+    from era5latent.residual.core import apply_residual
+
     block: dict[Channel, np.ndarray] = {}
     for g, chs in groups.items():
         p = packed[g]
+        if p is not None and residuals is not None and g in residuals and residuals[g] is None:
+            fill_shape = fill_shape or (*p.shape[:-3], *_field_grid(loaded))
+            p = None
         if p is None:
             if fill_shape is None:  # a caller's bug, not bad input
                 raise ValueError(f"codes of group {g} are missing and no fill_shape was given")
@@ -242,11 +252,20 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
             y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
                              batch_size, device)
         y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+        res = (residuals or {}).get(g) or {}
         for k, ch in enumerate(chs):
             block[ch] = y[..., k, :, :]
-            if variable_by_name(ch.name).nonnegative:  # precipitation, radiation: never below 0
+            nonneg = variable_by_name(ch.name).nonnegative
+            if nonneg:  # precipitation, radiation: never below 0
                 np.maximum(block[ch], 0.0, out=block[ch])
+            if ch.code in res:
+                block[ch] = apply_residual(block[ch], res[ch.code], nonneg)
     return block
+
+
+def _field_grid(loaded: LoadedModel) -> tuple[int, int]:
+    shape = loaded.meta.grid["shape"]
+    return int(shape[0]), int(shape[1])
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fie
                                         resolve_device, resolve_precision)
 from era5latent.sources import SourceLayout, iso, time_index_range
 from era5latent.store import (CorruptArrayError, CorruptChunkError, LatentStore,
-                              open_latent_store)
+                              open_latent_store, residual_name)
 from era5latent.variables import Channel, parse_channel
 
 
@@ -64,6 +64,81 @@ def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
 
 
 # -- decode ------------------------------------------------------------------------------------
+
+def read_residuals(store: LatentStore, groups: Mapping[str, tuple[Channel, ...]], a: int,
+                   b: int, *, allow_corrupt: bool = False
+                   ) -> tuple[dict[str, dict[str, np.ndarray] | None], list[str]]:
+    """The residual layer of store times ``[a, b)``: per group, each bounded channel's residual
+    ``(b - a, *sample, H, W)``, checksum-verified (empty for a store without residuals).
+
+    A damaged chunk raises :class:`CorruptChunkError` naming the residual array; with
+    ``allow_corrupt`` its group is None instead (decode fills it with NaN) and the second value
+    says which group and times were lost.
+    """
+    from era5latent.residual.core import decode_residual
+
+    out: dict[str, dict[str, np.ndarray] | None] = {}
+    corrupt: list[str] = []
+    r = store.residual
+    if r is None:
+        return out, corrupt
+    codec, bounded = r["codec"], set(r["channels"])
+    step = store.time_chunk
+    grid = (*(store.coord(d).size for d in store.sample_dims), store.coord("latitude").size,
+            store.coord("longitude").size)
+    for g, chs in groups.items():
+        wanted = [c.code for c in chs if c.code in bounded]
+        if not wanted:
+            continue
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in wanted}
+        for c in range(a // step, (b - 1) // step + 1):
+            c0, c1 = store.chunk_bounds(c)
+            try:
+                streams = store.read_residual(g, c)
+                missing = [ch for ch in wanted if ch not in streams]
+                if missing:
+                    raise CorruptChunkError(store.path, g, c, f"no residual stream for "
+                                            f"{', '.join(missing)}", residual_name(g))
+            except CorruptChunkError as err:
+                store.check_not_replaced()
+                if not allow_corrupt:
+                    raise
+                times = store.times
+                corrupt.append(f"group {g} residuals ({err.array}) times "
+                               f"{iso(times[c0])}..{iso(times[c1 - 1])}")
+                out[g] = None
+                break
+            for ch in wanted:
+                full = decode_residual(codec, streams[ch], (c1 - c0, *grid))
+                parts[ch].append(full[max(a, c0) - c0:min(b, c1) - c0])
+        else:
+            out[g] = {ch: np.concatenate(p) for ch, p in parts.items()}
+    return out, corrupt
+
+
+def decode_precision(store_path: str, precision: str, device: Any, residual: bool) -> str:
+    """The precision a decode runs at. A store with a residual layer decodes in fp32 (``auto``
+    means fp32 there): its bound holds for reconstructions within the drift margin of the
+    encoder's fp32 one, and bf16 drifts far more (docs/residuals.md); other precisions are
+    refused unless ``residual`` is False (``--no-residual``)."""
+    if not residual:
+        return resolve_precision(precision, device)
+    try:
+        has = open_latent_store(store_path).has_residual
+    except StoreError:  # said better by plan_decode
+        has = False
+    if not has:
+        return resolve_precision(precision, device)
+    if precision.strip().lower() == "auto":
+        return "fp32"
+    p = resolve_precision(precision, device)
+    if p != "fp32":
+        raise OptionError(f"--precision {precision}: {store_path} has a residual layer, whose "
+                          "error bound holds for fp32 decodes only (bf16 drifts past the margin "
+                          "it keeps); use --precision fp32, or --no-residual for the WLA's "
+                          "reconstruction alone")
+    return p
+
 
 @dataclass
 class DecodeResult:
@@ -157,12 +232,14 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
 def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Channel, ...] | None = None,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, precision: str = "auto", allow_corrupt: bool = False,
-           progress: Progress | None = None) -> DecodeResult:
-    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension)."""
+           progress: Progress | None = None, residual: bool = True) -> DecodeResult:
+    """Decode a latent store into ERA5 fields at ``out`` (Zarr, or NetCDF by extension).
+
+    A store's residual layer is applied unless ``residual`` is False (``--no-residual``)."""
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)  # every option checked before the output is laid out
-    prec = resolve_precision(precision, dev)
+    prec = decode_precision(store_path, precision, dev, residual)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
                        overwrite=overwrite, allow_corrupt=allow_corrupt)
     loaded.model.to(dev).eval()
@@ -179,10 +256,16 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     corrupt: list[str] = list(plan.damaged)
     sample_shape = tuple(len(v) for v in sample_coords.values())
 
-    def read(a: int) -> tuple[int, dict[str, np.ndarray | None]]:
+    def read(a: int) -> tuple[int, dict[str, np.ndarray | None],
+                              dict[str, dict[str, np.ndarray] | None] | None]:
         codes, lost = read_codes(store, groups, a, min(a + step, hi), allow_corrupt=allow_corrupt)
         corrupt.extend(lost)
-        return a, codes
+        res = None
+        if residual and store.has_residual:
+            res, lost = read_residuals(store, groups, a, min(a + step, hi),
+                                       allow_corrupt=allow_corrupt)
+            corrupt.extend(lost)
+        return a, codes, res
 
     def fill(a: int) -> tuple[int, ...]:
         return (min(a + step, hi) - a, *sample_shape, len(lat), len(lon))
@@ -194,8 +277,9 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     done_samples = 0
     background = _Writer()  # reading, computing and writing overlap
     try:
-        for a, packed in _prefetch(read(a) for a in range(lo, hi, step)):
-            block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a))
+        for a, packed, res in _prefetch(read(a) for a in range(lo, hi, step)):
+            block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a),
+                                  res)
             background.submit(write, a - lo, block)
             done_samples += (min(a + step, hi) - a) * per_step
             if progress:

@@ -24,13 +24,14 @@ from era5latent.errors import OptionError, StoreError, StoreExistsError
 from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_writes
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
-                                        check_model_channels, encode_fields, read_fields,
-                                        resolve_device, resolve_precision)
+                                        check_model_channels, decode_fields, encode_fields,
+                                        read_fields, resolve_device, resolve_precision)
+from era5latent.residual import ResidualSpec, make_residuals, parse_max_error
 from era5latent.sources import Source, grid_info
 from era5latent.store import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
                               create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
-from era5latent.variables import Channel, group_channels
+from era5latent.variables import Channel, group_channels, variable_by_name
 
 
 # -- encode ------------------------------------------------------------------------------------
@@ -52,8 +53,24 @@ class EncodeResult:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
+def residual_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
+                  max_error: str | None, codec: str = "sz3") -> ResidualSpec | None:
+    """``--max-error`` (and ``--residual-codec``) against the channels' units and the model's
+    training std; None without ``max_error``. Checked before any store is created."""
+    if max_error is None:
+        if codec != "sz3":
+            raise OptionError(f"--residual-codec {codec} without --max-error: the codec is for "
+                              "the residual layer; give --max-error too, or leave the codec out")
+        return None
+    return parse_max_error(max_error, tuple(c.code for c in channels),
+                           {c.code: source.units_of(c) for c in channels},
+                           {c.code: float(loaded.meta.normalisation[c.code]["std"])
+                            for c in channels}, codec)
+
+
 def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
-                t0: int, t1: int, time_chunk: int) -> StoreSpec:
+                t0: int, t1: int, time_chunk: int,
+                residual: ResidualSpec | None = None) -> StoreSpec:
     cfg = loaded.meta.config
     groups = tuple(
         GroupSpec(g, tuple(c.code for c in chs), tuple(c.meta for c in chs),
@@ -71,6 +88,7 @@ def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ..
         source={"path": os.path.abspath(source.path) if "://" not in source.path else source.path,
                 "layout": source.layout.to_dict(),
                 "grid": grid_info(source.latitude, source.longitude)},
+        residual=jsonable(residual.to_dict()) if residual else None,
     )
 
 
@@ -97,10 +115,36 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
             busy = f"; it is being written now ({err.holder}) with those settings"
         raise StoreError(
             f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
-            f"subset, time range or source){busy}; choose another --out, or pass --overwrite "
+            f"subset, time range, source or --max-error){busy}; choose another --out, or pass --overwrite "
             "to replace it" + (" once that writer has finished" if busy else ""))
     return store
 
+
+
+@dataclass
+class EncodedChunk:
+    """One time chunk's output: packed codes per group, and residual streams per group and
+    channel code (empty without a residual layer)."""
+
+    codes: dict[str, np.ndarray]
+    residuals: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+
+def residual_streams(loaded: LoadedModel, channels: tuple[Channel, ...], spec: StoreSpec,
+                     residual: ResidualSpec, x: np.ndarray, codes: dict[str, np.ndarray],
+                     batch_size: int, device: torch.device, where: str = ""
+                     ) -> dict[str, dict[str, bytes]]:
+    """The residual streams of one chunk: its codes decoded in fp32 (as decode does, clip
+    included), ``x - recon`` per bounded channel compressed and checked (``residual.core``)."""
+    groups = group_channels(channels)
+    specs = {g.name: g for g in spec.groups}
+    recon = decode_fields(loaded, groups, specs, codes, batch_size, device, "fp32")
+    truth = {c.code: x[..., k, :, :] for k, c in enumerate(channels)}
+    nonneg = {c.code: variable_by_name(c.name).nonnegative for c in channels}
+    streams = make_residuals(truth, {c.code: v for c, v in recon.items()}, residual, nonneg,
+                             where)
+    return {g: {c.code: streams[c.code] for c in chs if c.code in streams}
+            for g, chs in groups.items()}
 
 
 @dataclass
@@ -125,6 +169,7 @@ class EncodeJob:
     part: tuple[int, int] | None = None  # (I, N): only the I-th of N shares; never completes
     #: a chunk already read (to check the source before creating the store), used once
     first: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    residual: ResidualSpec | None = None  # the residual layer, None: codes only
 
     @property
     def samples_per_step(self) -> int:
@@ -153,12 +198,17 @@ class EncodeJob:
         a, b = self.spec.chunk_bounds(i)
         return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
 
-    def encode_chunk(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
-                             self.precision)
+    def encode_chunk(self, x: np.ndarray) -> EncodedChunk:
+        codes = encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
+                              self.precision)
+        if self.residual is None:
+            return EncodedChunk(codes)
+        return EncodedChunk(codes, residual_streams(self.loaded, self.channels, self.spec,
+                                                    self.residual, x, codes, self.batch_size,
+                                                    self.device, self.source.path))
 
-    def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
-        self.store.write_chunk(i, codes)
+    def write_chunk(self, i: int, chunk: EncodedChunk) -> None:
+        self.store.write_chunk(i, chunk.codes, chunk.residuals)
 
     def run_chunk(self, i: int) -> int:
         """Encode and write chunk ``i``; returns the number of samples it held."""
@@ -238,7 +288,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
                    overwrite: bool = False, time_chunk: int | None = None,
                    precision: str = "auto", break_lock: bool = False,
-                   part: tuple[int, int] | None = None) -> EncodeJob:
+                   part: tuple[int, int] | None = None, max_error: str | None = None,
+                   residual_codec: str = "sz3") -> EncodeJob:
     """Check everything, then create the store (or open it to resume): a job ready to run.
 
     With ``part`` ``(I, N)`` the job owns only the I-th of N contiguous shares of the time chunks
@@ -252,8 +303,9 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     dev, prec, time_chunk = ready_to_encode(source, loaded, channels, batch_size=batch_size,
                                             time_chunk=time_chunk, device=device,
                                             precision=precision)
+    residual = residual_spec(source, loaded, channels, max_error, residual_codec)
     t0, t1 = source.time_indices(time_range)
-    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk)
+    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk, residual)
     resumed = False
     first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
@@ -284,14 +336,15 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     if resumed:
         spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
     return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed,
-                     part, first)
+                     part, first, residual)
 
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
            time_range: str | None = None, batch_size: int = 8, device: str = "auto",
            overwrite: bool = False, time_chunk: int | None = None, precision: str = "auto",
            break_lock: bool = False, progress: Progress | None = None,
-           part: tuple[int, int] | None = None) -> EncodeResult:
+           part: tuple[int, int] | None = None, max_error: str | None = None,
+           residual_codec: str = "sz3") -> EncodeResult:
     """Encode ``channels`` of ``source`` into a latent store at ``out`` (resuming if possible).
 
     The store's lock file is held throughout, so a second encode into the same store is refused
@@ -302,7 +355,7 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
-                         part=part)
+                         part=part, max_error=max_error, residual_codec=residual_codec)
     with writer_lock(out, break_lock, part):
         if job.resumed and part is None:  # the whole store is ours: nobody else is writing
             remove_partial_writes(out)  # chunk files a killed writer left half-written
