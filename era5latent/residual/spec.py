@@ -102,7 +102,7 @@ def parse_max_error(text: str, channels: tuple[str, ...], units: Mapping[str, st
     for ch in channels:
         if ch not in items and "*" not in items:
             continue
-        v, suffix, item = items.get(ch, items["*"])
+        v, suffix, item = items[ch] if ch in items else items["*"]
         unit = units.get(ch, "")
         s = std[ch]
         if suffix == "%":
