@@ -328,3 +328,27 @@ def test_real_samples_within_bound(case: str, real_data: Path, tmp_path: Path) -
     assert run_cli("decode", out, "--model", model, "--out", dec, "--device",
                    "cpu").exit_code == 0
     assert_within(grib, dec, out, subset=subset)
+
+
+def test_stores_without_residuals_are_unchanged_and_version_2_is_read(
+        sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
+    import zarr
+
+    from era5latent.errors import StoreError
+    from era5latent.store import open_latent_store
+
+    out = tmp_path / "plain.zarr"
+    args = encode_args(sample_zarr, tiny_model, out)
+    del args[args.index("--max-error"):args.index("--max-error") + 2]
+    assert run_cli(*args).exit_code == 0
+    store = open_latent_store(str(out))
+    assert store.version == 3 and not store.has_residual
+    assert not [n for n in store.root.array_keys() if n.startswith("residual")]
+    assert json.loads(run_cli("info", out, "--json").stdout)["residual"]["present"] is False
+    root = zarr.open_group(str(out), mode="r+")
+    meta = dict(root.attrs["era5latent"])
+    root.attrs["era5latent"] = meta | {"format_version": 2}
+    assert open_latent_store(str(out)).version == 2  # read as before
+    root.attrs["era5latent"] = meta | {"format_version": 2, "residual": {"codec": "sz3"}}
+    with pytest.raises(StoreError, match="residual"):  # a layer version 2 cannot have
+        open_latent_store(str(out))

@@ -129,6 +129,13 @@ def decode_precision(store_path: str, precision: str, device: Any, residual: boo
         has = False
     if not has:
         return resolve_precision(precision, device)
+    if getattr(device, "type", "cpu") == "cuda":
+        # fp32 means fp32 here: TF32 convolutions/matmuls (cuDNN's default) round to 10 mantissa
+        # bits, far past the drift margin. GPU drift is unmeasured (docs/residuals.md).
+        import torch
+
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if precision.strip().lower() == "auto":
         return "fp32"
     p = resolve_precision(precision, device)

@@ -13,6 +13,7 @@ fixed-accuracy), so that ``decode`` brings every value within the bound of the s
 from era5latent.residual.codecs import CODECS, compress, decompress
 from era5latent.residual.core import apply_residuals, make_residuals, within_bound
 from era5latent.residual.spec import DRIFT_MARGIN_REL, ResidualSpec, parse_max_error
+from era5latent.residual.summary import residual_summary
 
 __all__ = ["CODECS", "DRIFT_MARGIN_REL", "ResidualSpec", "apply_residuals", "compress",
-           "decompress", "make_residuals", "parse_max_error", "within_bound"]
+           "decompress", "make_residuals", "parse_max_error", "residual_summary", "within_bound"]
