@@ -352,3 +352,24 @@ def test_stores_without_residuals_are_unchanged_and_version_2_is_read(
     root.attrs["era5latent"] = meta | {"format_version": 2, "residual": {"codec": "sz3"}}
     with pytest.raises(StoreError, match="residual"):  # a layer version 2 cannot have
         open_latent_store(str(out))
+
+
+def test_dask_encode_and_decode_keep_the_bound(sample_zarr: Path, tiny_model: Path,
+                                               tmp_path: Path) -> None:
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    out, dec = tmp_path / "latent.zarr", tmp_path / "d.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as lc, \
+            Client(lc) as client:
+        addr = client.scheduler.address
+        res = run_cli(*encode_args(sample_zarr, tiny_model, out, "--residual-codec", "zfp",
+                                   "--scheduler", addr, "--chunks-per-task", "2"))
+        assert res.exit_code == 0, res.stderr
+        res = run_cli("decode", out, "--model", tiny_model, "--out", dec, "--device", "cpu",
+                      "--scheduler", addr)
+        assert res.exit_code == 0, res.stderr
+    assert_within(sample_zarr, dec, out)
+    assert run_cli("verify", out).exit_code == 0
