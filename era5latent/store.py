@@ -62,37 +62,6 @@ def checksum_name(group: str) -> str:
     return f"sha256_{group}"
 
 
-def residual_name(group: str) -> str:
-    """The residual byte streams of a group: ``(time_chunk, byte)`` uint8, one row per chunk."""
-    return f"residual_{group}"
-
-
-def residual_len_name(group: str) -> str:
-    """Each row's stream length per channel: ``(time_chunk, channel)`` int64 (0: no residual)."""
-    return f"residual_nbytes_{group}"
-
-
-def residual_sum_name(group: str) -> str:
-    """sha256 of each row's lengths and streams: ``(time_chunk, 32)`` uint8."""
-    return f"residual_sha256_{group}"
-
-
-#: bytes a residual row reserves per channel: twice the chunk's float32 size plus a header's
-#: room (an error-bounded stream of noise at a tiny bound can exceed the raw size; the unused
-#: tail is zeros, which zstd stores in a few bytes)
-def residual_capacity(per_channel_values: int) -> int:
-    return 2 * 4 * per_channel_values + 4096
-
-
-def residual_digest(lengths: np.ndarray, row: np.ndarray) -> bytes:
-    """The sha256 recorded for a residual row: over its lengths (int64, little-endian) and the
-    streams (the row's first ``sum(lengths)`` bytes)."""
-    n = int(np.sum(lengths))
-    h = hashlib.sha256(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(row[:n], dtype=np.uint8).tobytes())
-    return h.digest()
-
-
 def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
     """The array ``name`` of ``group``; a :class:`StoreError` if it is missing or a group."""
     try:
@@ -413,30 +382,9 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
     if spec.residual:
-        per_channel = spec.time_chunk * int(np.prod(sample_shape, dtype=np.int64)) * \
-            len(spec.latitude) * len(spec.longitude)
-        for g in spec.groups:
-            n_ch = len(g.channels)
-            cap = n_ch * residual_capacity(per_channel)
-            create_array(
-                residual_name(g.name), shape=(spec.n_chunks, cap), chunks=(1, cap),
-                dtype="uint8", dimension_names=("time_chunk", "byte"),
-                compressors=[ZstdCodec(level=1), CRC], fill_value=0,
-                attributes={"group": g.name, "channels": list(g.channels),
-                            "codec": spec.residual["codec"],
-                            "description": "per time chunk: the channels' error-bounded residual "
-                                           "streams, concatenated in channel order (lengths in "
-                                           f"{residual_len_name(g.name)}), zero-padded"})
-            create_array(
-                residual_len_name(g.name), shape=(spec.n_chunks, n_ch), chunks=(1, n_ch),
-                dtype="int64", dimension_names=("time_chunk", "channel"), compressors=[CRC],
-                fill_value=0, attributes={"channels": list(g.channels), "description":
-                                          "bytes of each channel's residual stream (0: none)"})
-            create_array(
-                residual_sum_name(g.name), shape=(spec.n_chunks, 32), chunks=(1, 32),
-                dtype="uint8", dimension_names=("time_chunk", "sha256"), compressors=[CRC],
-                fill_value=0, attributes={"description": "sha256 of each time chunk's residual "
-                                          "lengths (int64 LE) and streams, set at write time"})
+        from era5latent.residual.layout import create_residual_arrays
+
+        create_residual_arrays(create_array, spec, sample_shape)
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                       dimension_names=("time_chunk",), compressors=[CRC], fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
@@ -462,7 +410,9 @@ class LatentStore:
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
             if self.has_residual:
-                names += [residual_name(g), residual_len_name(g), residual_sum_name(g)]
+                from era5latent.residual.layout import residual_arrays
+
+                names += residual_arrays(g)
         return names
 
     @property
@@ -567,8 +517,10 @@ class LatentStore:
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
             if self.has_residual:
+                from era5latent.residual.layout import write_residual
+
                 for g, spec in self.groups.items():
-                    self._write_residual(g, spec.channels, i, (residuals or {}).get(g, {}))
+                    write_residual(self, g, spec.channels, i, (residuals or {}).get(g, {}))
                 faults.point("encode.residual-written")
             self.array(DONE)[i] = True
         except (OSError, RuntimeError) as err:
@@ -580,49 +532,12 @@ class LatentStore:
                 "space (or fix permissions) and re-run the same command to resume") from None
         faults.point("encode.chunk-done")
 
-    def _write_residual(self, g: str, channels: tuple[str, ...], i: int,
-                        streams: dict[str, bytes]) -> None:
-        arr = self.array(residual_name(g))
-        lengths = np.array([len(streams.get(c, b"")) for c in channels], dtype=np.int64)
-        cap = arr.shape[1]
-        if int(lengths.sum()) > cap:  # far above any stream seen; say so rather than truncate
-            raise StoreError(f"{self.path}: the residuals of group {g}, time chunk {i}, take "
-                             f"{int(lengths.sum())} bytes, more than the {cap} reserved; give "
-                             "a larger --max-error (or --residual-codec sz3)")
-        row = np.zeros(cap, dtype=np.uint8)
-        data = b"".join(streams.get(c, b"") for c in channels)
-        row[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-        arr[i] = row
-        self.array(residual_len_name(g))[i] = lengths
-        self.array(residual_sum_name(g))[i] = np.frombuffer(residual_digest(lengths, row),
-                                                             dtype=np.uint8)
-
     def read_residual(self, group: str, i: int) -> dict[str, bytes]:
-        """The residual streams of time chunk ``i`` of ``group`` by channel code (channels
-        without a residual absent), verified against their sha256: a
-        :class:`CorruptChunkError` naming the residual array otherwise."""
-        spec = self.groups[group]
-        where = residual_name(group)
-        try:
-            lengths = np.asarray(read_array(self.array(residual_len_name(group)), i, self.path),
-                                 dtype=np.int64)
-            where = residual_name(group)
-            row = np.asarray(read_array(self.array(where), i, self.path), dtype=np.uint8)
-            where = residual_sum_name(group)
-            want = bytes(np.asarray(read_array(self.array(where), i, self.path), dtype=np.uint8))
-        except CorruptArrayError as err:
-            raise CorruptChunkError(self.path, group, i, err.why, err.name) from None
-        if lengths.shape != (len(spec.channels),) or (lengths < 0).any() or \
-                int(lengths.sum()) > row.size or residual_digest(lengths, row) != want:
-            raise CorruptChunkError(self.path, group, i, "checksum mismatch",
-                                    residual_name(group))
-        out: dict[str, bytes] = {}
-        pos = 0
-        for c, n in zip(spec.channels, lengths.tolist()):
-            if n:
-                out[c] = row[pos:pos + n].tobytes()
-            pos += n
-        return out
+        """The residual streams of time chunk ``i`` of ``group`` by channel code, verified
+        (``residual.layout.read_residual``)."""
+        from era5latent.residual.layout import read_residual
+
+        return read_residual(self, group, i)
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:
         """The packed codes of time chunk ``i``; with ``check``, verified against its checksum."""
@@ -779,18 +694,16 @@ def check_layout(store: LatentStore) -> None:
             raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
                       f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
         if store.has_residual:
-            n_ch = len(spec.channels)
-            per_channel = tc * int(np.prod(sample, dtype=np.int64)) * coords["latitude"] * \
-                coords["longitude"]
-            cap = n_ch * residual_capacity(per_channel)
-            for name, shape in ((residual_name(g), (n_chunks, cap)),
-                                (residual_len_name(g), (n_chunks, n_ch)),
-                                (residual_sum_name(g), (n_chunks, 32))):
-                arr = store.array(name)
+            from era5latent.residual.layout import residual_layout
+
+            for name, shape in residual_layout(len(spec.channels), tc, sample,
+                                               coords["latitude"], coords["longitude"], n_chunks):
+                arr = store.array(name + g)
                 if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
-                    raise bad(name, f"has shape {tuple(arr.shape)} and chunks "
+                    raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
                               f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
                               f"{shape[1]})")
+
 
 
 def summary(path: str, parts: int | None = None) -> dict[str, Any]:

@@ -17,9 +17,9 @@ import numpy as np
 import zarr
 
 from era5latent.errors import StoreError
+from era5latent.residual.layout import residual_name
 from era5latent.store import (DONE, CorruptArrayError, CorruptChunkError, LatentStore,
-                              checksum_name, codes_name, open_latent_store, read_array,
-                              residual_name)
+                              checksum_name, codes_name, open_latent_store, read_array)
 from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, read_doc
 
 

@@ -16,8 +16,9 @@ from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fields,
                                         resolve_device, resolve_precision)
 from era5latent.sources import SourceLayout, iso, time_index_range
+from era5latent.residual.layout import residual_name
 from era5latent.store import (CorruptArrayError, CorruptChunkError, LatentStore,
-                              open_latent_store, residual_name)
+                              open_latent_store)
 from era5latent.variables import Channel, parse_channel
 
 

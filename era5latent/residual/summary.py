@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from era5latent.store import (LatentStore, codes_name, residual_len_name, residual_name,
-                              residual_sum_name)
+from era5latent.residual.layout import residual_arrays
+from era5latent.store import LatentStore, codes_name
 
 
 def residual_summary(store: LatentStore, done: np.ndarray | None = None) -> dict[str, Any]:
@@ -31,7 +31,7 @@ def residual_summary(store: LatentStore, done: np.ndarray | None = None) -> dict
     values = written * samples * n_ch * n_lat * n_lon
     codes = sum(store.array_bytes(codes_name(g)) for g in store.groups)
     res = sum(store.array_bytes(n) for g in store.groups
-              for n in (residual_name(g), residual_len_name(g), residual_sum_name(g))) \
+              for n in residual_arrays(g)) \
         if store.has_residual else 0
     raw = 4 * values
 
