@@ -265,6 +265,10 @@ def test_resumed_after_a_kill_with_residuals_written_equals_uninterrupted(
     again = cli_subprocess(*encode_args(sample_zarr, tiny_model, out),
                            env={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr
+    clean = tmp_path / "clean.zarr"  # an uninterrupted run on the same thread count
+    assert cli_subprocess(*encode_args(sample_zarr, tiny_model, clean),
+                          env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    assert tree_bytes(out) == tree_bytes(clean)
     dec = tmp_path / "d.zarr"
     assert run_cli("decode", out, "--model", tiny_model, "--out", dec, "--device",
                    "cpu").exit_code == 0
