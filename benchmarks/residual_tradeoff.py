@@ -91,7 +91,8 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
     train(train_src, channels, model,
           TrainOptions(preset="tiny", steps=steps, batch_size=8, time_range=case.train_range,
                        val_fraction=case.val_fraction, val_every=max(1, steps // 4),
-                       checkpoint_every=steps, seed=args.seed, device="cpu"))
+                       checkpoint_every=steps, seed=args.seed, device="cpu",
+                       overrides={"code_bits": args.code_bits}))
     log(f"  trained {steps} steps in {time.perf_counter() - t:.0f} s")
     loaded = load_checkpoint(model)
     a, b = test_src.time_indices(case.test_range)
@@ -110,6 +111,7 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
     plain_store = open_latent_store(plain)
     tc = plain_store.time_chunk
     out: dict[str, Any] = {"case": case.name, "title": case.title, "steps": steps,
+                           "code_bits": args.code_bits,
                            "wla_rmse": rmse, "wla_max_error": wla_max,
                            "wla_bytes_per_value": residual_summary(plain_store)["bytes_per_value"],
                            "drift_std": drift(loaded, plain), "rows": []}
@@ -158,7 +160,8 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
 def table(res: dict[str, Any]) -> str:
     chans = list(res["wla_rmse"])
     lines = [f"### {res['title']}", "",
-             f"WLA alone ({res['steps']} training steps): "
+             f"WLA alone ({res.get('code_bits', 128)} bits per token, {res['steps']} training "
+             "steps): "
              + ", ".join(f"{c} RMSE {res['wla_rmse'][c]:.4g}, max error "
                          f"{res['wla_max_error'][c]:.4g}" for c in chans)
              + f"; {res['wla_bytes_per_value']:.4f} B/value", "",
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factors", default=",".join(map(str, FACTORS)),
                     help="bounds as multiples of the WLA's RMSE per channel")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--code-bits", type=int, default=128,
+                    help="code bits per token of the WLA (fewer: smaller codes, larger residuals)")
     ap.add_argument("--json", default=None, help="write the records here")
     args = ap.parse_args(argv)
     args.factors = [float(f) for f in args.factors.split(",") if f.strip()]
