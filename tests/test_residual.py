@@ -215,6 +215,18 @@ def test_bad_bounds_are_one_line_errors_and_write_nothing(bad: str, needle: str,
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+
+def test_a_residual_codec_without_a_bound_is_refused(sample_zarr: Path, tiny_model: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "latent.zarr"
+    args = encode_args(sample_zarr, tiny_model, out)
+    del args[args.index("--max-error"):args.index("--max-error") + 2]
+    assert_clean_error(run_cli(*args, "--residual-codec", "zfp"), "without --max-error")
+    assert_clean_error(run_cli(*encode_args(sample_zarr, tiny_model, out, "--residual-codec",
+                                            "lz4")), "--residual-codec 'lz4'")
+    assert not out.exists()
+
+
 def test_verify_catches_a_flipped_residual_byte_and_allow_corrupt_fills_one_chunk(
         bounded_store: Path, sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
     import shutil
