@@ -283,6 +283,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return p
 
 
+def strict_fp32(device: torch.device) -> None:
+    """On CUDA, make fp32 mean fp32: TF32 convolutions and matmuls (cuDNN's default) round to
+    10 mantissa bits, far past the residual layer's drift margin (docs/residuals.md)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)

@@ -14,7 +14,7 @@ from era5latent.errors import OptionError, StoreError, SubsetError
 from era5latent.fsutil import check_output_name, full_path
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fields,
-                                        resolve_device, resolve_precision)
+                                        resolve_device, resolve_precision, strict_fp32)
 from era5latent.sources import SourceLayout, iso, time_index_range
 from era5latent.residual.layout import residual_name
 from era5latent.store import (CorruptArrayError, CorruptChunkError, LatentStore,
@@ -130,13 +130,7 @@ def decode_precision(store_path: str, precision: str, device: Any, residual: boo
         has = False
     if not has:
         return resolve_precision(precision, device)
-    if getattr(device, "type", "cpu") == "cuda":
-        # fp32 means fp32 here: TF32 convolutions/matmuls (cuDNN's default) round to 10 mantissa
-        # bits, far past the drift margin. GPU drift is unmeasured (docs/residuals.md).
-        import torch
-
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    strict_fp32(device)  # GPU drift is unmeasured (docs/residuals.md)
     if precision.strip().lower() == "auto":
         return "fp32"
     p = resolve_precision(precision, device)

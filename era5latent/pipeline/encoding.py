@@ -25,7 +25,8 @@ from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
                                         check_model_channels, decode_fields, encode_fields,
-                                        read_fields, resolve_device, resolve_precision)
+                                        read_fields, resolve_device, resolve_precision,
+                                        strict_fp32)
 from era5latent.residual import ResidualSpec, make_residuals, parse_max_error
 from era5latent.sources import Source, grid_info
 from era5latent.store import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
@@ -138,6 +139,7 @@ def residual_streams(loaded: LoadedModel, channels: tuple[Channel, ...], spec: S
     included), ``x - recon`` per bounded channel compressed and checked (``residual.core``)."""
     groups = group_channels(channels)
     specs = {g.name: g for g in spec.groups}
+    strict_fp32(device)  # the reference reconstruction is true fp32, on CUDA too
     recon = decode_fields(loaded, groups, specs, codes, batch_size, device, "fp32")
     truth = {c.code: x[..., k, :, :] for k, c in enumerate(channels)}
     nonneg = {c.code: variable_by_name(c.name).nonnegative for c in channels}
