@@ -265,10 +265,9 @@ def encode_cmd(
              "processes or batch jobs. Finish with 'era5latent finalize' (or encode without "
              "--parts).", metavar="I/N", show_default=False)] = None,
     max_error: Annotated[Optional[str], typer.Option(
-        help="Add an error-bounded residual layer: decoded values stay within this bound of "
-             "the source. Per channel in its units (z500=5,t850=0.1, or t850=0.1K) or as a "
-             "share of its training std (*=1%); channels not covered get no residual. See "
-             "docs/residuals.md.", metavar="SPEC", show_default=False)] = None,
+        help="Add an error-bounded residual layer: decoded values within this bound of the "
+             "source. Per channel in its units (z500=5,t850=0.1K) or in % of its training std "
+             "(*=1%); others get none. docs/residuals.md", metavar="SPEC", show_default=False)] = None,
     residual_codec: Annotated[str, typer.Option(
         help="Error-bounded codec of the residual layer: sz3 (pysz) or zfp (fixed-accuracy, "
              "zfpy).")] = "sz3",
@@ -448,16 +447,13 @@ def info_cmd(
         con.print(line)
     con.print(table)
     res = info["residual"]
-    if res["present"]:
-        def rat(v: object) -> str:
-            return f"{v:.1f}x" if isinstance(v, float) else "-"
-
+    if res["present"]:  # the two layers (docs/residuals.md)
         layers = Table("layer", "on disk", "ratio")
-        layers.add_row("codes", _size(res["codes_bytes"]), rat(res["codes_ratio"]))
-        layers.add_row(f"residuals ({res['codec']})", _size(res["residual_bytes"]),
-                       rat(res["residual_ratio"]))
-        layers.add_row("both", _size(res["codes_bytes"] + res["residual_bytes"]),
-                       rat(res["total_ratio"]))
+        for name, n, r in (("codes", res["codes_bytes"], res["codes_ratio"]),
+                           (f"residuals ({res['codec']})", res["residual_bytes"],
+                            res["residual_ratio"]),
+                           ("both", res["codes_bytes"] + res["residual_bytes"], res["total_ratio"])):
+            layers.add_row(name, _size(n), f"{r:.1f}x" if r else "-")
         con.print(layers)
         con.print("max error (decode in fp32): " + ", ".join(
             f"{c} {b['max_error']:.4g} {b['units']}" for c, b in res["channels"].items())
