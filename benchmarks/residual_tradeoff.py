@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's era5latent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import CASES, DEFAULT_DATA, Case, _members  # noqa: E402
+from real_data import CASES, DEFAULT_DATA, Case, _members
 
 FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -171,9 +171,9 @@ def table(res: dict[str, Any]) -> str:
              + ", ".join(f"{c} RMSE {res['wla_rmse'][c]:.4g}, max error "
                          f"{res['wla_max_error'][c]:.4g}" for c in chans)
              + f"; {res['wla_bytes_per_value']:.4f} B/value", "",
-             "| bound / WLA RMSE | bound | hybrid B/value (codes + residuals) | residuals alone "
-             "B/value | SZ3 cube B/value | SZ3 chunks B/value | hybrid / SZ3 cube | hybrid max "
-             "error / bound | within | retried streams |",
+             ("| bound / WLA RMSE | bound | hybrid B/value (codes + residuals) | residuals alone "
+              "B/value | SZ3 cube B/value | SZ3 chunks B/value | hybrid / SZ3 cube | hybrid max "
+              "error / bound | within | retried streams |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         worst = max(r["hybrid_max_error"][c] / r["bounds"][c] for c in chans)
@@ -186,8 +186,8 @@ def table(res: dict[str, Any]) -> str:
             f"{r['hybrid_bytes_per_value'] / r['sz3_cube_bytes_per_value']:.2f} | {worst:.3f} | "
             f"{'yes' if r['within_bound'] else 'NO'} | {r.get('tightened', '-')}/"
             f"{r.get('streams', '-')} |")
-    lines += ["", "Decode drift from the encoder's reconstruction (max abs difference / "
-              "channel training std):", ""]
+    lines += ["", ("Decode drift from the encoder's reconstruction (max abs difference / "
+                   "channel training std):"), ""]
     lines += [f"- {name}: " + ", ".join(f"{c} {v:.2e}" for c, v in d.items())
               for name, d in res["drift_std"].items()]
     return "\n".join(lines)

@@ -296,7 +296,7 @@ def _residual(path: str, meta: dict[str, Any], groups: dict[str, Any]) -> None:
         raise _bad(path, "residual.channels", "at least one bounded channel", chans)
     for ch, b in chans.items():
         if ch not in known:
-            raise _bad(path, "residual.channels", f"channels of the store's groups", ch)
+            raise _bad(path, "residual.channels", "channels of the store's groups", ch)
         b = _obj(path, f"residual.channels.{ch}", b)
         e = _num(path, f"residual.channels.{ch}.max_error", b.get("max_error"), positive=True)
         m = _num(path, f"residual.channels.{ch}.margin", b.get("margin"))
