@@ -107,7 +107,7 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
 
         timed(pipeline.EncodeJob, "encode_chunk", "encode compute")
         timed(pipeline.EncodeJob, "write_chunk", "encode write")
-        timed(pipeline, "decode_fields", "decode compute")
+        timed(pipeline.decoding, "decode_fields", "decode compute")  # where decode looks it up
         timed(fields.FieldWriter, "write", "decode write")
         n = int(os.environ.get("EXP_STEPS", "100"))  # set by main from --steps
         t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"

@@ -35,8 +35,9 @@ from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.model.wla import WLAConfig
 from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode_fields,
-                                 encode_fields, read_fields, ready_to_encode, resolve_device,
-                                 resolve_precision, select_store_channels)
+                                 decode_precision, encode_fields, read_fields, read_residuals,
+                                 ready_to_encode, resolve_device, resolve_precision,
+                                 select_store_channels)
 from era5latent.sources import Source, SourceLayout, normalise, open_source
 from era5latent.store import (ATTR, GroupSpec, LatentStore, codes_name, jsonable,
                               open_latent_store)
@@ -268,9 +269,30 @@ class _MemoryFields(FieldWriter):
         super().__init__("\0in-memory.nc", times, sample_coords, lat, lon, groups, layout, attrs)
 
 
+def _residual_store(latent: xr.Dataset, residual: bool) -> LatentStore | None:
+    """The store behind ``latent`` when it has a residual layer to apply, else None."""
+    src = latent.encoding.get("source")
+    if not residual or not src:
+        return None
+    store = open_latent_store(str(src))
+    return store if store.has_residual else None
+
+
+def _store_window(store: LatentStore, store_times: np.ndarray, times: np.ndarray
+                  ) -> tuple[int, int]:
+    """Store time indices ``[i0, i1)`` of the window ``times`` (which must be contiguous)."""
+    idx = np.searchsorted(store_times, times)
+    if len(idx) and (idx[-1] - idx[0] != len(idx) - 1 or idx[-1] >= len(store_times)
+                     or not np.array_equal(store_times[idx], times)):
+        raise OptionError(f"{store.path} has a residual layer, applied to contiguous time "
+                          "ranges of the store only; select times with a slice (latent.sel("
+                          "time=slice(a, b))), or pass residual=False for the WLA alone")
+    return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0)
+
+
 def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
            subset: Channels | None = None, batch_size: int = 8, device: str = "auto",
-           precision: str = "auto") -> xr.Dataset:
+           precision: str = "auto", residual: bool = True) -> xr.Dataset:
     """Decode a latent Dataset (or store path) into ERA5 fields, as ``era5latent decode`` writes them.
 
     Returns WeatherBench 2 layout with the source's own variable names, units, latitude
@@ -279,7 +301,10 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     :func:`open_latent`) the result is lazy: one dask task per time chunk decodes every variable
     of that chunk; ``.load()`` it or write it with ``.to_zarr()``. Otherwise it is computed now.
     Select times with ``latent.sel(time=...)``; ``subset`` picks channels. Values equal, bit for
-    bit, those ``era5latent decode`` writes with the same ``--batch-size``.
+    bit, those ``era5latent decode`` writes with the same ``--batch-size``. A store's residual
+    layer (``encode --max-error``) is applied when the Dataset came from :func:`open_latent`
+    (its ``encoding["source"]``), unless ``residual=False``; it needs ``precision`` fp32 (or
+    auto) and a contiguous time selection.
     """
     import dask.array as dsa
     from dask.delayed import delayed
@@ -303,7 +328,9 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     groups = select_store_channels(view, _channels(subset) if subset is not None else None)
     specs = view.groups
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    rstore = _residual_store(latent, residual)
+    prec = decode_precision(rstore.path, precision, dev, True) if rstore is not None else \
+        resolve_precision(precision, dev)
     loaded.model.to(dev).eval()
     layout = SourceLayout.from_dict(meta["source"]["layout"])
     times = np.asarray(latent["time"].values).astype("datetime64[ns]")
@@ -312,21 +339,27 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     attrs = {"decoded_from": label, "model_sha256": loaded.sha256}
     windows = _windows(len(times), int(meta.get("time_chunk", 8)))
     codes = {g: latent[codes_name(g)].data for g in groups}
+    store_times = rstore.times if rstore is not None else times
+    spans = [_store_window(rstore, store_times, times[a:b]) if rstore is not None else (a, b)
+             for a, b in windows]
 
     if not any(_is_dask(c) for c in codes.values()):
         writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
-        for a, b in windows:
+        for (a, b), (i0, i1) in zip(windows, spans):
             packed = {g: np.asarray(c[a:b]) for g, c in codes.items()}
-            writer.write(a, decode_fields(loaded, groups, specs, packed, batch_size, dev, prec))
+            res = read_residuals(rstore, groups, i0, i1)[0] if rstore is not None else None
+            writer.write(a, decode_fields(loaded, groups, specs, packed, batch_size, dev, prec,
+                                          residuals=res))
         return writer.dataset()
 
     # lazy: one task per time chunk, each filling a FieldWriter of its own
     template = _MemoryFields(times[:0], sample_coords, lat, lon, groups, layout, attrs)
     pieces: dict[str, list[Any]] = {template.out_name(v): [] for v in template.vars}
-    for a, b in windows:
+    for (a, b), span in zip(windows, spans):
         task = delayed(_lazy_window, pure=False)(
             times[a:b], sample_coords, lat, lon, groups, layout, attrs,
-            {g: c[a:b] for g, c in codes.items()}, loaded, specs, batch_size, dev, prec)
+            {g: c[a:b] for g, c in codes.items()}, loaded, specs, batch_size, dev, prec,
+            (rstore.path, span) if rstore is not None else None)
         for v in template.vars:
             name = template.out_name(v)
             shape = (b - a, *template._shape(v)[1:])
@@ -341,9 +374,14 @@ def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: n
                  lon: np.ndarray, groups: dict[str, tuple[Channel, ...]], layout: SourceLayout,
                  attrs: dict[str, Any], packed: Mapping[str, np.ndarray], loaded: LoadedModel,
                  specs: Mapping[str, GroupSpec], batch_size: int, device: Any,
-                 precision: str) -> dict[str, np.ndarray]:
+                 precision: str, residual: tuple[str, tuple[int, int]] | None = None
+                 ) -> dict[str, np.ndarray]:
+    res = None
+    if residual is not None:  # (store path, store time span): this window's residuals
+        res = read_residuals(open_latent_store(residual[0]), groups, *residual[1])[0]
     writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
-    writer.write(0, decode_fields(loaded, groups, specs, packed, batch_size, device, precision))
+    writer.write(0, decode_fields(loaded, groups, specs, packed, batch_size, device, precision,
+                                  residuals=res))
     return {writer.out_name(v): writer._mem[v] for v in writer.vars}
 
 
@@ -354,27 +392,35 @@ def encode_to_store(data: DataLike, model: ModelLike, subset: Channels,
                     batch_size: int = 8, device: str = "auto", overwrite: bool = False,
                     time_chunk: int | None = None, precision: str = "auto",
                     break_lock: bool = False,
-                    progress: Progress | None = None) -> EncodeResult:
-    """``era5latent encode``: write a latent store at ``out`` (resumable; see docs/cli.md)."""
+                    progress: Progress | None = None, max_error: str | None = None,
+                    residual_codec: str = "sz3") -> EncodeResult:
+    """``era5latent encode``: write a latent store at ``out`` (resumable; see docs/cli.md).
+
+    ``max_error`` (``encode --max-error``, e.g. ``"*=1%"``) adds the error-bounded residual
+    layer, compressed with ``residual_codec`` (``sz3`` or ``zfp``): docs/residuals.md."""
     from era5latent.pipeline import encode as pipeline_encode
 
     return pipeline_encode(_source(data), _model(model), _channels(subset), os.fspath(out),
                            time_range=time_range, batch_size=batch_size, device=device,
                            overwrite=overwrite, time_chunk=time_chunk, precision=precision,
-                           break_lock=break_lock, progress=progress)
+                           break_lock=break_lock, progress=progress, max_error=max_error,
+                           residual_codec=residual_codec)
 
 
 def decode_to_file(latent: str | os.PathLike[str], model: ModelLike, out: str | os.PathLike[str],
                    *, subset: Channels | None = None, time_range: str | None = None,
                    batch_size: int = 8, device: str = "auto", overwrite: bool = False,
-                   precision: str = "auto", progress: Progress | None = None) -> DecodeResult:
-    """``era5latent decode``: write decoded fields to ``out`` (Zarr, or NetCDF for ``.nc``)."""
+                   precision: str = "auto", progress: Progress | None = None,
+                   residual: bool = True) -> DecodeResult:
+    """``era5latent decode``: write decoded fields to ``out`` (Zarr, or NetCDF for ``.nc``);
+    ``residual=False`` is ``--no-residual``."""
     from era5latent.pipeline import decode as pipeline_decode
 
     return pipeline_decode(os.fspath(latent), _model(model), os.fspath(out),
                            subset=_channels(subset) if subset is not None else None,
                            time_range=time_range, batch_size=batch_size, device=device,
-                           overwrite=overwrite, precision=precision, progress=progress)
+                           overwrite=overwrite, precision=precision, progress=progress,
+                           residual=residual)
 
 
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -265,6 +265,13 @@ def encode_cmd(
              "chunks) and leave the store unfinished; parts may run at once, from separate "
              "processes or batch jobs. Finish with 'era5latent finalize' (or encode without "
              "--parts).", metavar="I/N", show_default=False)] = None,
+    max_error: Annotated[Optional[str], typer.Option(
+        help="Add an error-bounded residual layer: decoded values within this bound of the "
+             "source. Per channel in its units (z500=5,t850=0.1K) or in % of its training std "
+             "(*=1%); others get none. docs/residuals.md", metavar="SPEC", show_default=False)] = None,
+    residual_codec: Annotated[str, typer.Option(
+        help="Error-bounded codec of the residual layer: sz3 (pysz) or zfp (fixed-accuracy, "
+             "zfpy).")] = "sz3",
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
@@ -304,12 +311,13 @@ def encode_cmd(
                 source, loaded, channels, out, time_range=time, batch_size=batch_size,
                 device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
                 break_lock=break_lock, part=part, scheduler=scheduler, workers=workers,
-                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar))
+                chunks_per_task=chunks_per_task, progress=_cluster_bar(bar),
+                max_error=max_error, residual_codec=residual_codec)
         else:
             res = encode(source, loaded, channels, out, time_range=time, batch_size=batch_size,
                          device=device, overwrite=overwrite, time_chunk=time_chunk,
                          precision=precision, break_lock=break_lock, progress=bar.update,
-                         part=part)
+                         part=part, max_error=max_error, residual_codec=residual_codec)
     if json_out:
         print(json.dumps(dataclasses.asdict(res)))
         return
@@ -343,6 +351,9 @@ def decode_cmd(
     allow_corrupt: Annotated[bool, typer.Option(
         "--allow-corrupt", help="Fill time chunks that fail their checksum with NaN (and say "
         "where) instead of refusing the store.")] = False,
+    no_residual: Annotated[bool, typer.Option(
+        "--no-residual", help="Ignore the store's residual layer: the WLA's reconstruction "
+        "alone (no error bound).")] = False,
     scheduler: Scheduler = None,
     workers: Workers = None,
     chunks_per_task: ChunksPerTask = 0,
@@ -366,12 +377,12 @@ def decode_cmd(
                 device=device, overwrite=overwrite, precision=precision,
                 allow_corrupt=allow_corrupt, scheduler=scheduler, workers=workers,
                 chunks_per_task=chunks_per_task, progress=_cluster_bar(bar),
-                zarr_format=zarr_format)
+                zarr_format=zarr_format, residual=not no_residual)
         else:
             res = decode(latent, loaded, out, subset=channels, time_range=time,
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          precision=precision, allow_corrupt=allow_corrupt, progress=bar.update,
-                         zarr_format=zarr_format)
+                         zarr_format=zarr_format, residual=not no_residual)
     for where in res.corrupt:
         sys.stderr.write(f"warning: damaged {where}, used as it is\n" if where.startswith(
             "metadata") else f"warning: corrupt chunk filled with NaN: {where}\n")
@@ -456,6 +467,18 @@ def info_cmd(
     for line in lines:
         con.print(line)
     con.print(table)
+    res = info["residual"]
+    if res["present"]:  # the two layers (docs/residuals.md)
+        layers = Table("layer", "on disk", "ratio")
+        for name, n, r in (("codes", res["codes_bytes"], res["codes_ratio"]),
+                           (f"residuals ({res['codec']})", res["residual_bytes"],
+                            res["residual_ratio"]),
+                           ("both", res["codes_bytes"] + res["residual_bytes"], res["total_ratio"])):
+            layers.add_row(name, _size(n), f"{r:.1f}x" if r else "-")
+        con.print(layers)
+        con.print("max error (decode in fp32): " + ", ".join(
+            f"{c} {b['max_error']:.4g} {b['units']}" for c, b in res["channels"].items())
+            + f"  (--max-error {res['spec']})")
     if recipe is not None:
         con.print("built from this recipe ('era5latent build' of it reproduces the store):")
         con.print(to_yaml(recipe).rstrip(), markup=False)

@@ -47,8 +47,10 @@ from era5latent.fsutil import full_path
 from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
 from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetch,
-                                 _store_spec, decode_fields, plan_decode, prepare_encode,
-                                 read_codes, resolve_device, resolve_precision)
+                                 _store_spec, decode_fields, decode_precision, plan_decode,
+                                 prepare_encode, read_codes, read_residuals, resolve_device,
+                                 resolve_precision)
+from era5latent.residual import ResidualSpec
 from era5latent.sources import Source, iso, open_source
 from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
                               MAX_PARTS, parts_status, writer_lock)
@@ -359,6 +361,7 @@ class EncodeTask:
     device: str
     precision: str
     open_options: dict[str, Any] = field(default_factory=dict)  # time_axis, step
+    residual: dict[str, Any] | None = None  # the client's ResidualSpec.to_dict()
 
     def job(self) -> EncodeJob:
         source = open_source(self.source, **self.open_options)
@@ -373,10 +376,12 @@ class EncodeTask:
         dev = resolve_device(self.device)
         prec = resolve_precision(self.precision, dev)
         loaded.model.to(dev).eval()
-        spec = _store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk)
+        residual = ResidualSpec.from_dict(self.residual) if self.residual else None
+        spec = _store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk,
+                           residual)
         store = open_latent_store(self.out, mode="r+")
         return EncodeJob(source, loaded, channels, spec, store, self.t0, self.batch_size, dev,
-                         prec)
+                         prec, residual=residual)
 
 
 def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
@@ -405,7 +410,8 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                        part: tuple[int, int] | None = None, client: Any = None,
                        scheduler: str | None = None, workers: int | None = None,
                        chunks_per_task: int = 0,
-                       progress: ClusterProgress | None = None) -> EncodeResult:
+                       progress: ClusterProgress | None = None, max_error: str | None = None,
+                       residual_codec: str = "sz3") -> EncodeResult:
     """``pipeline.encode`` on a Dask cluster (``client``, ``scheduler`` or ``workers`` local
     processes), with the same result bytes, resume and ``part`` semantics."""
     check_cluster_options(client, scheduler, workers)
@@ -415,14 +421,15 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                 source, loaded, channels, out, time_range=time_range, batch_size=batch_size,
                 device=device, overwrite=overwrite, time_chunk=time_chunk, precision=precision,
                 break_lock=break_lock, part=part, client=c, chunks_per_task=chunks_per_task,
-                progress=progress)
+                progress=progress, max_error=max_error, residual_codec=residual_codec)
     on_this_host = client is None and scheduler is None
     # devices are resolved by the workers; here only when the workers share this machine
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device if on_this_host else "cpu",
                          overwrite=overwrite, time_chunk=time_chunk,
                          precision=precision if on_this_host else "fp32",
-                         break_lock=break_lock, part=part)
+                         break_lock=break_lock, part=part, max_error=max_error,
+                         residual_codec=residual_codec)
     job.first = None  # read to check the source before creating the store; workers read their own
     start = time.perf_counter()
     with writer_lock(out, break_lock, part):
@@ -439,7 +446,8 @@ def encode_distributed(source: Source, loaded: LoadedModel, channels: tuple[Chan
                 channels=tuple(c.code for c in channels), out=full_path(out), t0=job.t0,
                 t1=job.t0 + len(spec.times), first_time=iso(spec.times[0]),
                 time_chunk=spec.time_chunk, batch_size=batch_size, device=device,
-                precision=precision, open_options=source.open_options)
+                precision=precision, open_options=source.open_options,
+                residual=job.residual.to_dict() if job.residual else None)
             with dask_client(client, scheduler, workers, device) as c:
                 start = time.perf_counter()  # from a running cluster (not counting its start)
                 runs = _runs(todo, _per_task(len(todo), chunks_per_task, c))
@@ -512,6 +520,7 @@ class DecodeTask:
     precision: str
     allow_corrupt: bool
     writer: dict[str, Any] | None  # FieldWriter state (Zarr output); None: return blocks (NetCDF)
+    residual: bool = True  # apply the store's residual layer, if any
 
     def state(self) -> _DecodeState:
         store = open_latent_store(self.store)
@@ -520,7 +529,7 @@ class DecodeTask:
 
         adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
         dev = resolve_device(self.device)
-        prec = resolve_precision(self.precision, dev)
+        prec = decode_precision(self.store, self.precision, dev, self.residual)
         loaded.model.to(dev).eval()
         groups = {g: tuple(parse_channel(c) for c in chs) for g, chs in self.groups}
         writer = None
@@ -541,17 +550,25 @@ class _DecodeState:
     writer: Any
 
 
+Residuals = dict[str, dict[str, np.ndarray] | None] | None
+
+
 def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
-                ) -> tuple[int, dict[str, np.ndarray | None]]:
-    """Codes for output times [a, a + step): whole store chunks, checksum-verified."""
-    codes, lost = read_codes(st.store, st.groups, a, min(a + task.step, task.hi),
-                             allow_corrupt=task.allow_corrupt)
+                ) -> tuple[int, dict[str, np.ndarray | None], Residuals]:
+    """Codes (and residuals) for output times [a, a + step), checksum-verified."""
+    b = min(a + task.step, task.hi)
+    codes, lost = read_codes(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
     corrupt.extend((a, msg) for msg in lost)
-    return a, codes
+    res: Residuals = None
+    if task.residual and st.store.has_residual:
+        res, lost = read_residuals(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
+        corrupt.extend((a, msg) for msg in lost)
+    return a, codes, res
 
 
 def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
-                  packed: dict[str, np.ndarray | None]) -> dict[Channel, np.ndarray]:
+                  packed: dict[str, np.ndarray | None],
+                  res: Residuals = None) -> dict[Channel, np.ndarray]:
     """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)."""
     store = st.store
     fill: tuple[int, ...] | None = None
@@ -559,7 +576,7 @@ def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
         fill = (min(a + task.step, task.hi) - a, *[store.coord(d).size for d in store.sample_dims],
                 store.coord("latitude").size, store.coord("longitude").size)
     return decode_fields(st.loaded, st.groups, store.groups, packed, task.batch_size, st.device,
-                         st.precision, fill)
+                         st.precision, fill, res)
 
 
 def decode_task(task: DecodeTask, starts: tuple[int, ...]
@@ -571,8 +588,8 @@ def decode_task(task: DecodeTask, starts: tuple[int, ...]
         corrupt: list[tuple[int, str]] = []
         back: list[tuple[int, dict[Channel, np.ndarray]]] = []
         steps = 0
-        for a, packed in _prefetch(_read_codes(task, st, a, corrupt) for a in starts):
-            block = _decode_block(task, st, a, packed)
+        for a, packed, res in _prefetch(_read_codes(task, st, a, corrupt) for a in starts):
+            block = _decode_block(task, st, a, packed, res)
             if st.writer is not None:
                 st.writer.write(a - task.lo, block)
                 faults.point("decode.block-written")
@@ -593,7 +610,7 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                        scheduler: str | None = None, workers: int | None = None,
                        chunks_per_task: int = 0,
                        progress: ClusterProgress | None = None,
-                       zarr_format: int = 3) -> DecodeResult:
+                       zarr_format: int = 3, residual: bool = True) -> DecodeResult:
     """``pipeline.decode`` on a Dask cluster: the same output bytes (Zarr or NetCDF)."""
     check_cluster_options(client, scheduler, workers)
     if scheduler is not None:  # connect first: an unreachable cluster leaves no output behind
@@ -602,11 +619,11 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
                 store_path, loaded, out, subset=subset, time_range=time_range,
                 batch_size=batch_size, device=device, overwrite=overwrite, precision=precision,
                 allow_corrupt=allow_corrupt, client=c, chunks_per_task=chunks_per_task,
-                progress=progress, zarr_format=zarr_format)
+                progress=progress, zarr_format=zarr_format, residual=residual)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     if client is None and scheduler is None:  # workers on this machine: check the device here
-        resolve_precision(precision, resolve_device(device))
+        decode_precision(store_path, precision, resolve_device(device), residual)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
                        overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
@@ -625,7 +642,7 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
             model=os.path.abspath(loaded.path), model_sha256=loaded.sha256,
             groups=tuple((g, tuple(c.code for c in chs)) for g, chs in groups.items()),
             lo=lo, hi=hi, step=step, batch_size=batch_size, device=device, precision=precision,
-            allow_corrupt=allow_corrupt, writer=writer.state())
+            allow_corrupt=allow_corrupt, writer=writer.state(), residual=residual)
         starts = list(range(lo, hi, step))
 
         def on_result(r: tuple[int, list[tuple[int, str]],

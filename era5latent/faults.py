@@ -13,6 +13,7 @@ import signal
 POINTS = (
     "encode.chunk-read",      # a time chunk has been read, nothing written for it yet
     "encode.codes-written",   # a chunk's codes are written, its done flag not yet
+    "encode.residual-written", # a chunk's residual streams are written, its done flag not yet
     "encode.chunk-done",      # a chunk's done flag is written
     "encode.before-complete", # every chunk done, the 'complete' attribute not yet written
     "store.created",          # the store skeleton is laid out at its temporary path

@@ -39,8 +39,10 @@ from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, check_metadata, is_conso
 
 FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
-#: records the sha256 of its metadata; version 1 stores are still read (docs/format.md)
-FORMAT_VERSION = 2
+#: records the sha256 of its metadata; version 3: an optional error-bounded residual layer
+#: (``residual_*`` arrays, attribute ``residual``); versions 1 and 2 are still read
+#: (docs/format.md)
+FORMAT_VERSION = 3
 ATTR = "era5latent"
 DONE = "build_done"
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
@@ -129,16 +131,17 @@ class CorruptArrayError(StoreError):
 
 
 class CorruptChunkError(StoreError):
-    """A time chunk's codes cannot be read or do not match the checksum written with them."""
+    """A time chunk's codes (or residuals) cannot be read or do not match their checksum."""
 
-    def __init__(self, path: str, group: str, chunk: int, why: str) -> None:
+    def __init__(self, path: str, group: str, chunk: int, why: str, array: str = "") -> None:
         self.path, self.group, self.chunk, self.why = path, group, chunk, why
-        super().__init__(f"{path}: time chunk {chunk} of group {group} is corrupt ({why}); "
-                         "re-encode that time range, or decode with --allow-corrupt to fill it "
-                         "with NaN")
+        self.array = array or codes_name(group)
+        super().__init__(f"{path}: time chunk {chunk} of group {group} ({self.array}) is corrupt "
+                         f"({why}); re-encode that time range, or decode with --allow-corrupt to "
+                         "fill it with NaN")
 
     def __reduce__(self) -> tuple[Any, ...]:  # rebuilt intact where Dask hands it back
-        return (type(self), (self.path, self.group, self.chunk, self.why))
+        return (type(self), (self.path, self.group, self.chunk, self.why, self.array))
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ class StoreSpec:
     normalisation: dict[str, dict[str, float]]
     source: dict[str, Any]  # path, format, layout, grid
     parts: int | None = None  # recorded when an ``encode --parts I/N`` run creates the store
+    #: the residual layer (``ResidualSpec.to_dict()``), None: codes only
+    residual: dict[str, Any] | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -204,14 +209,15 @@ class StoreSpec:
             "time_range": [iso(t[0]), iso(t[-1])] if len(t) else [],
             "time_chunk": self.time_chunk,
             "complete": False,
-        } | ({"parts": self.parts} if self.parts else {})
+        } | ({"parts": self.parts} if self.parts else {}) | (
+            {"residual": self.residual} if self.residual else {})
 
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this store rather than be refused."""
         a = self.attrs()
         return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
                                   "time_range")} | {
-            "model_sha256": self.model["sha256"]}
+            "model_sha256": self.model["sha256"], "residual": self.residual}
 
 
 def jsonable(x: Any) -> Any:
@@ -375,6 +381,10 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             dimension_names=("time_chunk", "sha256"), compressors=[CRC], fill_value=0,
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
+    if spec.residual:
+        from era5latent.residual.layout import create_residual_arrays
+
+        create_residual_arrays(create_array, spec, sample_shape)
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                       dimension_names=("time_chunk",), compressors=[CRC], fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
@@ -399,7 +409,21 @@ class LatentStore:
         names = ["time", "latitude", "longitude", DONE, *self.sample_dims]
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
+            if self.has_residual:
+                from era5latent.residual.layout import residual_arrays
+
+                names += residual_arrays(g)
         return names
+
+    @property
+    def has_residual(self) -> bool:
+        return bool(self.meta.get("residual"))
+
+    @property
+    def residual(self) -> dict[str, Any] | None:
+        """The residual layer's attribute (``ResidualSpec.to_dict()``), None when codes only."""
+        r = self.meta.get("residual")
+        return r if r else None
 
     def metadata_problems(self) -> list[str]:
         """How the metadata differs from what was sealed at finalize (empty: intact, or not
@@ -481,8 +505,10 @@ class LatentStore:
     def codes(self, group: str) -> zarr.Array[Any]:
         return self.array(codes_name(group))
 
-    def write_chunk(self, i: int, codes: dict[str, np.ndarray]) -> None:
-        """Write time chunk ``i`` for every group with its checksum, then mark it done."""
+    def write_chunk(self, i: int, codes: dict[str, np.ndarray],
+                    residuals: dict[str, dict[str, bytes]] | None = None) -> None:
+        """Write time chunk ``i`` for every group with its checksum (and, in a store with a
+        residual layer, every group's residual streams by channel code), then mark it done."""
         a, b = self.chunk_bounds(i)
         try:
             for g, packed in codes.items():
@@ -490,6 +516,12 @@ class LatentStore:
                 self.codes(g)[a:b] = packed
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
+            if self.has_residual:
+                from era5latent.residual.layout import write_residual
+
+                for g, spec in self.groups.items():
+                    write_residual(self, g, spec.channels, i, (residuals or {}).get(g, {}))
+                faults.point("encode.residual-written")
             self.array(DONE)[i] = True
         except (OSError, RuntimeError) as err:
             os_err = os_error_of(err)  # RuntimeError: zarrs's way, should it be in use
@@ -499,6 +531,13 @@ class LatentStore:
                 f"cannot write time chunk {i} of {self.path}: {os_err.strerror or os_err}; free "
                 "space (or fix permissions) and re-run the same command to resume") from None
         faults.point("encode.chunk-done")
+
+    def read_residual(self, group: str, i: int) -> dict[str, bytes]:
+        """The residual streams of time chunk ``i`` of ``group`` by channel code, verified
+        (``residual.layout.read_residual``)."""
+        from era5latent.residual.layout import read_residual
+
+        return read_residual(self, group, i)
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:
         """The packed codes of time chunk ``i``; with ``check``, verified against its checksum."""
@@ -561,16 +600,15 @@ class LatentStore:
 
     def nbytes_on_disk(self) -> dict[str, int]:
         """Bytes on disk per codes array (local stores) or stored bytes reported by zarr."""
-        out: dict[str, int] = {}
-        for g in self.groups:
-            name = codes_name(g)
-            local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
-            if os.path.isdir(os.path.join(self.path, name)):
-                out[g] = sum(os.path.getsize(os.path.join(d, f))
-                             for d, _, fs in os.walk(local) for f in fs)
-            else:
-                out[g] = int(self.codes(g).nbytes_stored())
-        return out
+        return {g: self.array_bytes(codes_name(g)) for g in self.groups}
+
+    def array_bytes(self, name: str) -> int:
+        """Bytes of array ``name``'s chunks on disk (local stores), else as zarr reports."""
+        local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
+        if os.path.isdir(os.path.join(self.path, name)):
+            return sum(os.path.getsize(os.path.join(d, f))
+                       for d, _, fs in os.walk(local) for f in fs)
+        return int(self.array(name).nbytes_stored())
 
 
 def consolidate(path: str) -> None:
@@ -655,6 +693,17 @@ def check_layout(store: LatentStore) -> None:
         if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
             raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
                       f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
+        if store.has_residual:
+            from era5latent.residual.layout import residual_layout
+
+            for name, shape in residual_layout(len(spec.channels), tc, sample,
+                                               coords["latitude"], coords["longitude"], n_chunks):
+                arr = store.array(name + g)
+                if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
+                    raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
+                              f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
+                              f"{shape[1]})")
+
 
 
 def summary(path: str, parts: int | None = None) -> dict[str, Any]:
@@ -663,6 +712,8 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     With ``parts`` N (default: the N recorded by the ``encode --parts I/N`` run that created the
     store, if any) the result has ``parts``: ``{count, done, missing}`` (1-based part numbers).
     """
+    from era5latent.residual.summary import residual_summary
+
     store = open_latent_store(path)
     meta = store.meta
     times = store.times
@@ -706,5 +757,6 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
         "float32_bytes": raw_total, "bytes_on_disk": disk_total,
         "float32_bytes_written": raw_written,
         "compression_ratio": raw_written / disk_total if disk_total else None,
+        "residual": residual_summary(store, done),
     } | ({"parts": parts_status(done, n_parts)}
          if (n_parts := parts or meta.get("parts")) else {})

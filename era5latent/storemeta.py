@@ -251,7 +251,8 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
     reserved = {"time", "latitude", "longitude", "level", "build_done"}
     for d in dims:
         safe_name(path, "sample_dims", d)
-        if d in reserved or d.startswith(("codes_", "sha256_")) or dims.count(d) > 1:
+        if d in reserved or d.startswith(("codes_", "sha256_", "residual_")) or \
+                dims.count(d) > 1:
             raise _bad(path, "sample_dims", "distinct names other than the store's own arrays",
                        dims)
     tr = _list(path, "time_range", meta.get("time_range", []))
@@ -262,6 +263,8 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
         raise _bad(path, "complete", "true or false", meta.get("complete"))
     if "parts" in meta:
         _int(path, "parts", meta["parts"], 1)
+    if meta.get("residual"):
+        _residual(path, meta, groups)
     if DIGEST_KEY in meta:
         digests = _obj(path, DIGEST_KEY, meta[DIGEST_KEY])
         for rel, h in digests.items():
@@ -271,3 +274,31 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
                 raise _bad(path, DIGEST_KEY, "keys NAME/zarr.json", rel)
             if not isinstance(h, str) or not _HEX64.match(h):
                 raise _bad(path, f"{DIGEST_KEY}.{rel}", "64 lowercase hex digits", h)
+
+
+#: residual codecs a reader of this version can apply
+RESIDUAL_CODECS = ("sz3", "zfp")
+
+
+def _residual(path: str, meta: dict[str, Any], groups: dict[str, Any]) -> None:
+    """The ``residual`` attribute (format version 3): codec and per-channel bounds."""
+    if meta["format_version"] < 3:
+        raise _bad(path, "residual", "no residual layer in a format version "
+                   f"{meta['format_version']} store (residuals came with version 3)", "...")
+    r = _obj(path, "residual", meta["residual"])
+    if r.get("codec") not in RESIDUAL_CODECS:
+        raise _bad(path, "residual.codec", f"one of {', '.join(RESIDUAL_CODECS)} (a newer "
+                   "era5latent may know more: upgrade it)", r.get("codec"))
+    _str(path, "residual.spec", r.get("spec"))
+    known = {c for g in groups.values() for c in g["channels"]}
+    chans = _obj(path, "residual.channels", r.get("channels"))
+    if not chans:
+        raise _bad(path, "residual.channels", "at least one bounded channel", chans)
+    for ch, b in chans.items():
+        if ch not in known:
+            raise _bad(path, "residual.channels", "channels of the store's groups", ch)
+        b = _obj(path, f"residual.channels.{ch}", b)
+        e = _num(path, f"residual.channels.{ch}.max_error", b.get("max_error"), positive=True)
+        m = _num(path, f"residual.channels.{ch}.margin", b.get("margin"))
+        if not 0 <= m < e:
+            raise _bad(path, f"residual.channels.{ch}.margin", "0 <= margin < max_error", m)

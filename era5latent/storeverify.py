@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from era5latent.errors import StoreError
+from era5latent.residual.layout import residual_name
 from era5latent.store import (DONE, CorruptArrayError, CorruptChunkError, LatentStore,
                               checksum_name, codes_name, open_latent_store, read_array)
 from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, read_doc
@@ -97,7 +98,8 @@ def _is_crc(arr: zarr.Array[Any]) -> bool:
 def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
     """One check per array: every chunk read (crc32c), codes against their sha256."""
     ours = {codes_name(g): g for g in store.groups}
-    names = sorted(set(store.root.array_keys()) | set(ours)
+    residuals = {residual_name(g): g for g in store.groups} if store.has_residual else {}
+    names = sorted(set(store.root.array_keys()) | set(ours) | set(residuals)
                    | {checksum_name(g) for g in store.groups} | {DONE})
     out: list[Check] = []
     for name in names:
@@ -119,6 +121,18 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
                         read_array(arr, slice(i * c0, (i + 1) * c0), store.path)
                 except (CorruptChunkError, CorruptArrayError) as err:
                     bad.append(f"chunk {i} ({err.why})")
+        elif name in residuals:
+            g = residuals[name]
+            for i in range(n0):
+                try:
+                    if done is not None and done[i]:
+                        store.read_residual(g, i)  # row, lengths and sha256 together
+                    else:
+                        read_array(arr, slice(i * c0, (i + 1) * c0), store.path)
+                except (CorruptChunkError, CorruptArrayError) as err:
+                    bad.append(f"chunk {i} ({err.why}"
+                               + (f" in {err.array}" if isinstance(err, CorruptChunkError)
+                                  and err.array != name else "") + ")")
         else:
             for i in range(n0):
                 sel: Any = slice(i * c0, (i + 1) * c0) if arr.ndim else Ellipsis
@@ -130,7 +144,7 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
                     arr.nchunks_initialized < arr.nchunks:
                 bad.append("chunk missing (zarr would read its fill value)")
         how = "crc32c" if _is_crc(arr) else "no crc32c (format version 1)"
-        if name in ours:
+        if name in ours or name in residuals:
             how += " and sha256"
         out.append(Check(f"array {name}", not bad, "; ".join(bad) or f"{n0} chunk(s), {how} ok"))
     return out

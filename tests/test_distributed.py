@@ -249,8 +249,8 @@ def test_a_store_created_meanwhile_by_another_process_is_resumed(
     # prepare_encode that loses the creation race opens the winner's store and resumes it
     out = tmp_path / "latent.zarr"
     assert run_cli(*encode_args(sample_zarr, tiny_model, out, "--parts", "1/2")).exit_code == 0
-    monkeypatch.setattr(pipeline, "exists", lambda p: False)  # "not there yet" when it looked
-    monkeypatch.setattr(pipeline, "is_store", lambda p: False)
+    monkeypatch.setattr(pipeline.encoding, "exists", lambda p: False)  # "not there yet" when it looked
+    monkeypatch.setattr(pipeline.encoding, "is_store", lambda p: False)
     res = run_cli(*encode_args(sample_zarr, tiny_model, out, "--parts", "2/2", "--json"))
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["resumed"]

@@ -1,0 +1,303 @@
+"""The steps every path shares: devices and precision, the model's encode and decode of a block,
+and the overlap helpers (a prefetching reader, a background writer).
+
+The one encode step (:func:`encode_fields`) and the one decode step (:func:`decode_fields`) live
+here, so the CLI, the Python API and Dask workers all give equal bits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from era5latent.errors import GridMismatchError, OptionError, SubsetError
+from era5latent.model.checkpoint import LoadedModel
+from era5latent.model.wla import pack_bits, unpack_bits
+from era5latent.sources import Source, check_finite, grid_info, iso
+from era5latent.store import GroupSpec
+from era5latent.variables import Channel, group_channels, variable_by_name
+
+T = TypeVar("T")
+#: progress(done_samples, total_samples) -- called after each chunk
+Progress = Callable[[int, int], None]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> first CUDA device if present else CPU; ``cpu``; ``cuda``/``cuda:N``."""
+    d = device.strip().lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
+        dev = torch.device(d)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise OptionError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def check_grid(source: Source, loaded: LoadedModel) -> None:
+    want = loaded.meta.grid
+    have = grid_info(source.latitude, source.longitude)
+    same = want["shape"] == have["shape"] and all(
+        np.allclose(want[k], have[k], atol=1e-6) for k in ("latitude", "longitude"))
+    if not same:
+        raise GridMismatchError(
+            f"{source.path} is on a {have['shape'][0]}x{have['shape'][1]} grid (lat "
+            f"{have['latitude'][0]}..{have['latitude'][1]}, lon {have['longitude'][0]}.."
+            f"{have['longitude'][1]}) but {loaded.path} was trained on {want['shape'][0]}x"
+            f"{want['shape'][1]} (lat {want['latitude'][0]}..{want['latitude'][1]}, lon "
+            f"{want['longitude'][0]}..{want['longitude'][1]}); regrid the data or train a model on "
+            "this grid")
+
+
+def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> None:
+    trained = loaded.meta.groups
+    for g, chs in group_channels(channels).items():
+        if g not in trained:
+            raise SubsetError(
+                f"{loaded.path} has no autoencoder for group {g!r} ({', '.join(c.code for c in chs)}); "
+                f"it was trained for groups {', '.join(trained)}: choose from "
+                f"{','.join(c.code for cs in trained.values() for c in cs)}")
+        extra = [c.code for c in chs if c not in trained[g]]
+        if extra:
+            levels_only = all(c.level is not None and c.name in {t.name for t in trained[g]}
+                              for c in chs if c not in trained[g])
+            raise SubsetError(
+                f"{loaded.path} was not trained on {', '.join(extra)}; group {g} knows "
+                f"{','.join(c.code for c in trained[g])}" + (
+                    "; encode --allow-unseen-levels encodes them anyway (out of distribution, "
+                    "docs/variables.md)" if levels_only else ""))
+
+
+def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` on a background thread, ``depth`` ahead; exceptions re-raised here."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                q.put(("item", it))
+            q.put(("end", None))
+        except BaseException as err:  # handed to the consumer
+            q.put(("error", err))
+
+    th = threading.Thread(target=run, name="era5latent-reader", daemon=True)
+    th.start()
+    try:
+        while True:
+            kind, val = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise val
+            yield val
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
+
+
+class _Writer:
+    """Run writes on one background thread, at most ``depth`` behind; errors re-raised here.
+
+    Writes happen in submission order (one thread), so a chunk's done flag still follows its
+    codes; ``drain`` waits for all of them.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="era5latent-writer")
+        self._pending: list[Future[None]] = []
+        self._depth = depth
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        try:
+            while self._pending:
+                self._pending.pop(0).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def drain_quietly(self) -> None:
+        """Wait for writes in flight, ignoring their errors (an error is already on its way)."""
+        for f in self._pending:
+            f.exception()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
+
+
+def _normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
+    mean, std = loaded.meta.channel_stats(channels)
+    shape = (len(channels), 1, 1)
+    return mean.numpy().reshape(shape), std.numpy().reshape(shape)
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device``; on CUDA staged in pinned memory and copied asynchronously,
+    so the copy overlaps the work already queued (PyTorch caches the pinned blocks)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _to_host(parts: list[torch.Tensor], device: torch.device) -> np.ndarray:
+    """Batch results -> one host array. Each was sent with ``.to("cpu", non_blocking=True)``
+    as soon as it was queued (on CUDA into pinned memory, overlapping the next batch; on the CPU
+    a no-op); one synchronisation here makes them all readable."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return np.concatenate([p.numpy() for p in parts], axis=0)
+
+
+@torch.inference_mode()
+def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                 batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``.
+
+    Bits are packed on the device, so 1/32 of the float codes' bytes come back."""
+    mean, std = _normaliser(loaded, channels)
+    z = ((x - mean) / std).astype(np.float32)
+    out: dict[str, np.ndarray] = {}
+    for g, chs in group_channels(channels).items():
+        idx = [channels.index(c) for c in chs]
+        meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
+        parts = []
+        for s in range(0, z.shape[0], batch_size):
+            xb = _to_device(z[s:s + batch_size, idx], device)
+            parts.append(pack_bits(loaded.model.encode(g, xb, meta)).to("cpu", non_blocking=True))
+        out[g] = _to_host(parts, device)
+    return out
+
+
+@torch.inference_mode()
+def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], packed: np.ndarray,
+                 code_bits: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Packed codes ``(N, h, w, bytes)`` of one group -> physical fields ``(N, C, H, W)``."""
+    meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
+    mean, std = _normaliser(loaded, chs)
+    parts = []
+    for s in range(0, packed.shape[0], batch_size):
+        bits = unpack_bits(_to_device(packed[s:s + batch_size], device), code_bits)
+        parts.append(loaded.model.decode(group, bits, meta).float().to("cpu", non_blocking=True))
+    z = _to_host(parts, device)
+    return np.asarray(z * std + mean, dtype=np.float32)
+
+
+def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -> np.ndarray:
+    """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked finite."""
+    x = source.read(channels, a, b)
+    check_finite(x, f"{source.path} between {iso(source.times[a])} and {iso(source.times[b - 1])}")
+    return x
+
+
+def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
+                  batch_size: int, device: torch.device, precision: str) -> dict[str, np.ndarray]:
+    """Fields ``(nt, *sample, C, H, W)`` -> packed codes per group ``(nt, *sample, h, w, B)``.
+
+    The one encode step every path runs (CLI, Python API, Dask workers), so all give equal bits.
+    """
+    lead = x.shape[:-3]
+    with autocast(device, precision):
+        codes = encode_block(loaded, channels, x.reshape(-1, *x.shape[-3:]), batch_size, device)
+    return {g: c.reshape(*lead, *c.shape[1:]) for g, c in codes.items()}
+
+
+def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]],
+                  specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
+                  batch_size: int, device: torch.device, precision: str,
+                  fill_shape: tuple[int, ...] | None = None,
+                  residuals: Mapping[str, Mapping[str, np.ndarray] | None] | None = None
+                  ) -> dict[Channel, np.ndarray]:
+    """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
+
+    A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
+    ``residuals`` (a residual layer's, by group then channel code, shaped as the fields) are
+    added after the WLA's reconstruction (``residual.apply_residual``); a group whose residuals
+    are None (damaged, allowed) gives NaN fields too. The one decode step every path runs (CLI,
+    Python API, Dask workers).
+    """
+    from era5latent.residual.core import apply_residual
+
+    block: dict[Channel, np.ndarray] = {}
+    for g, chs in groups.items():
+        p = packed[g]
+        if p is not None and residuals is not None and g in residuals and residuals[g] is None:
+            fill_shape = fill_shape or (*p.shape[:-3], *_field_grid(loaded))
+            p = None
+        if p is None:
+            if fill_shape is None:  # a caller's bug, not bad input
+                raise ValueError(f"codes of group {g} are missing and no fill_shape was given")
+            for ch in chs:
+                block[ch] = np.full(fill_shape, np.nan, dtype=np.float32)
+            continue
+        p = np.asarray(p)
+        lead = p.shape[:-3]
+        with autocast(device, precision):
+            y = decode_block(loaded, g, chs, p.reshape(-1, *p.shape[-3:]), specs[g].code_bits,
+                             batch_size, device)
+        y = y.reshape(*lead, *y.shape[1:])  # (nt, *sample, C, H, W)
+        res = (residuals or {}).get(g) or {}
+        for k, ch in enumerate(chs):
+            block[ch] = y[..., k, :, :]
+            nonneg = variable_by_name(ch.name).nonnegative
+            if nonneg:  # precipitation, radiation: never below 0
+                np.maximum(block[ch], 0.0, out=block[ch])
+            if ch.code in res:
+                block[ch] = apply_residual(block[ch], res[ch.code], nonneg)
+    return block
+
+
+def _field_grid(loaded: LoadedModel) -> tuple[int, int]:
+    shape = loaded.meta.grid["shape"]
+    return int(shape[0]), int(shape[1])
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; others checked against the device."""
+    p = precision.strip().lower()
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if p not in PRECISIONS:
+        raise OptionError(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
+    if p == "fp16" and device.type != "cuda":
+        raise OptionError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return p
+
+
+def strict_fp32(device: torch.device) -> None:
+    """On CUDA, make fp32 mean fp32: TF32 convolutions and matmuls (cuDNN's default) round to
+    10 mantissa bits, far past the residual layer's drift margin (docs/residuals.md)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
