@@ -151,6 +151,24 @@ def _print_eval(records: list[dict[str, object]], acc_reference: str, region: st
                       size, f(r["compression_ratio"], ".1f"), f(r["compression_ratio_source"], ".1f"))
     con = Console(highlight=False, width=220)
     con.print(table)
+    layered = [r for r in records if r.get("codes_bytes_per_value") is not None]
+    if layered:  # a store with a residual layer (docs/residuals.md)
+        lt = Table("channel", "codes B/value", "residuals B/value", "both", "ratio codes",
+                   "ratio residuals", "ratio both", "max |err|", "bound", "within bound",
+                   title="the latent store's two layers")
+        for r in layered:
+            applied, within = r.get("residual_applied"), r.get("within_bound")
+            codes, res = float(r["codes_bytes_per_value"]), float(r["residual_bytes_per_value"])  # type: ignore[arg-type]
+            lt.add_row(str(r["channel"]), f(r["codes_bytes_per_value"], ".4f"),
+                       f(r["residual_bytes_per_value"], ".4f"),
+                       f(codes + res, ".4f"),
+                       f(r["codes_ratio"], ".1f"), f(r["residual_ratio"], ".1f"),
+                       f(r["total_ratio"], ".1f"), f(r["max_abs_error"], ".4g"),
+                       f(r["max_error_bound"], ".4g"),
+                       ("yes" if within is True else "NO" if within is False else "-")
+                       + ("" if applied else " (decoded without residuals)" if applied is False
+                          else " (unknown: not decoded by era5latent)"))
+        con.print(lt)
     if "size_off" in notes:
         con.print("NOT matched: the codec could not get within 10% of the WLA's bytes per value; "
                   "its row is at the bytes shown, not at equal bytes.")

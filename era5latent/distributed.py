@@ -625,7 +625,8 @@ def decode_distributed(store_path: str, loaded: LoadedModel, out: str, *,
     if client is None and scheduler is None:  # workers on this machine: check the device here
         decode_precision(store_path, precision, resolve_device(device), residual)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format,
+                       residual=residual)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords = plan.sample_coords
     step = store.time_chunk

@@ -194,6 +194,28 @@ def output_kind(path: str) -> str | None:
     return None
 
 
+def decoded_attrs(path: str) -> dict[str, Any] | None:
+    """The ``era5latent`` attributes of a decoded-fields output (local Zarr v3 or v2, or
+    NetCDF, whose flat ``era5latent_KEY`` attributes are strings), else None."""
+    if os.path.isdir(path):
+        attrs = _zarr_attrs(os.path.join(path, "zarr.json"))
+        if attrs is None:
+            attrs = _zarr_attrs(os.path.join(path, ".zattrs"), v2=True)
+        meta = (attrs or {}).get("era5latent")
+        return meta if isinstance(meta, dict) and "decoded_from" in meta else None
+    if os.path.isfile(path):
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                flat = {k[len("era5latent_"):]: v.decode() if isinstance(v, bytes) else str(v)
+                        for k, v in f.attrs.items() if k.startswith("era5latent_")}
+        except Exception:  # not HDF5/NetCDF-4 at all
+            return None
+        return flat if "decoded_from" in flat else None
+    return None
+
+
 def check_replaceable(path: str, kind: str, option: str = "--out") -> None:
     """``--overwrite`` of ``path`` (given as ``option``): allowed only when it is an era5latent
     ``kind``."""

@@ -389,3 +389,41 @@ def test_dask_encode_and_decode_keep_the_bound(sample_zarr: Path, tiny_model: Pa
         assert res.exit_code == 0, res.stderr
     assert_within(sample_zarr, dec, out)
     assert run_cli("verify", out).exit_code == 0
+
+
+def test_evaluate_shows_both_layers_and_the_bound(bounded_store: Path, sample_zarr: Path,
+                                                  tiny_model: Path, tmp_path: Path) -> None:
+    from era5latent.residual.summary import channel_layers
+    from era5latent.store import open_latent_store
+
+    with_res, plain = tmp_path / "d.zarr", tmp_path / "plain.zarr"
+    for out, extra in ((with_res, []), (plain, ["--no-residual"])):
+        assert run_cli("decode", bounded_store, "--model", tiny_model, "--out", out,
+                       "--device", "cpu", *extra).exit_code == 0
+    layers = channel_layers(open_latent_store(str(bounded_store)))
+    docs = {}
+    for out in (with_res, plain):
+        res = run_cli("evaluate", sample_zarr, out, "--latent", bounded_store, "--subset",
+                      "t850,t2m", "--baselines", "sz3", "--json", "-")
+        assert res.exit_code == 0, res.stderr
+        docs[out.name] = json.loads(res.stdout[res.stdout.index("{"):])
+    for name, applied in (("d.zarr", True), ("plain.zarr", False)):
+        recs = docs[name]["records"]
+        for ch in ("t850", "t2m"):
+            wla = next(r for r in recs if r["method"] == "wla" and r["channel"] == ch)
+            layer = layers[ch]
+            assert wla["residual_applied"] is applied
+            assert wla["codes_bytes_per_value"] == pytest.approx(layer["codes_bytes_per_value"])
+            assert wla["residual_bytes_per_value"] > 0
+            both = layer["codes_bytes_per_value"] + layer["residual_bytes_per_value"]
+            # the baselines are sized to what the reconstruction used: both layers, or codes
+            assert wla["bytes_per_value"] == pytest.approx(
+                both if applied else layer["codes_bytes_per_value"])
+            assert wla["total_ratio"] == pytest.approx(4.0 / both)
+            assert wla["max_error_bound"] == layer["max_error"]
+            assert wla["within_bound"] is (True if applied else None)
+            if applied:
+                assert wla["max_abs_error"] <= wla["max_error_bound"]
+    table = run_cli("evaluate", sample_zarr, with_res, "--latent", bounded_store, "--subset",
+                    "t2m", "--baselines", "none").stdout
+    assert "two layers" in table and "yes" in table

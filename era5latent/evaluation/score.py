@@ -138,6 +138,10 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
     clim = _climatology_of(climatology, lat, lon, truth.grid)
     acc_ref = clim.reference if clim is not None else "truth time mean"
     wla_bpv = wla_bytes_per_value(latent) if latent is not None else {}
+    layers = _layers(latent)
+    applied = residual_applied(recon) if layers else None
+    if applied:  # the reconstruction carries both layers: baselines get both layers' bytes
+        wla_bpv = {c: b + layers[c]["residual_bytes_per_value"] for c, b in wla_bpv.items()}
     src_bpv = _source_bytes_per_value(truth)
     n_samples = int(np.prod(truth.sample_shape, dtype=np.int64)) if truth.sample_shape else 1
     n_steps = ts.stop - ts.start
@@ -182,6 +186,8 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
                 progress(done, total, ch.code)
         rec = {"method": method, "channel": ch.code, "units": units, "region": reg.name,
                **accs[method].result(), **_sizes(bpv, src_bpv)}
+        if ch.code in layers:
+            rec.update(_layer_fields(layers[ch.code], applied, rec["max_abs_error"]))
         records.append(rec)
         if bpv is not None:
             n_values = n_steps * n_samples * truth.grid[0] * truth.grid[1]
@@ -210,6 +216,41 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
             plots.extend(_plots(plot_dir, ch, units, first["truth"], recons, lat, lon,
                                 [s for s in sweep_records if s["channel"] == ch.code]))
     return EvalReport(records, sweep_records, plots, acc_ref, reg.name, chunk)
+
+
+def _layers(latent: LatentStore | None) -> dict[str, dict[str, Any]]:
+    """Per channel, both layers' bytes per value and the bound, for a store with residuals."""
+    if latent is None or not latent.has_residual:
+        return {}
+    from era5latent.residual.summary import channel_layers
+
+    return channel_layers(latent)
+
+
+def residual_applied(recon: Source) -> bool | None:
+    """Whether ``recon`` was decoded with its store's residual layer, as its attributes say
+    (``era5latent.residual_applied`` in Zarr, ``era5latent_residual_applied`` in NetCDF);
+    None when they do not say (not an era5latent decode, or one from before the attribute)."""
+    from era5latent.fsutil import decoded_attrs
+
+    v = (decoded_attrs(recon.path) or {}).get("residual_applied")
+    return v if isinstance(v, bool) else {"True": True, "False": False}.get(str(v))
+
+
+def _layer_fields(layer: dict[str, Any], applied: bool | None, max_abs: float
+                  ) -> dict[str, Any]:
+    """The record fields of a channel of a store with residuals: each layer's bytes per value and
+    ratio over float32, both together, the bound and whether the reconstruction kept it."""
+    codes, res = layer["codes_bytes_per_value"], layer["residual_bytes_per_value"]
+    bound = layer["max_error"]
+    return {"residual_applied": applied,
+            "codes_bytes_per_value": codes, "residual_bytes_per_value": res,
+            "codes_ratio": 4.0 / codes if codes else None,
+            "residual_ratio": 4.0 / res if res else None,
+            "total_ratio": 4.0 / (codes + res) if codes + res else None,
+            "max_error_bound": bound,
+            "within_bound": (bool(max_abs <= bound) if bound is not None and applied
+                             else None)}
 
 
 def _chunk_metrics(t: np.ndarray, r: np.ndarray, lat: np.ndarray, mask: np.ndarray,

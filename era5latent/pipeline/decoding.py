@@ -209,7 +209,7 @@ def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
                 overwrite: bool = False, allow_corrupt: bool = False,
-                zarr_format: int = 3) -> DecodePlan:
+                zarr_format: int = 3, residual: bool = True) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
     from era5latent import fields  # the ERA5-layout output writer
 
@@ -229,7 +229,9 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
     lon = store.coord("longitude")
     writer = fields.FieldWriter(out, times[lo:hi], sample_coords, lat, lon, groups, layout,
                                 attrs={"decoded_from": full_path(store_path),
-                                       "model_sha256": loaded.sha256},
+                                       "model_sha256": loaded.sha256,
+                                       # evaluate sizes its baselines by the layers used
+                                       "residual_applied": bool(residual and store.has_residual)},
                                 overwrite=overwrite, zarr_format=zarr_format)
     return DecodePlan(store, groups, times, lo, hi, sample_coords, lat, lon, writer, damaged)
 
@@ -248,7 +250,8 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     dev = resolve_device(device)  # every option checked before the output is laid out
     prec = decode_precision(store_path, precision, dev, residual)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
-                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format)
+                       overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format,
+                       residual=residual)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon

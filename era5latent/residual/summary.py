@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from era5latent.residual.layout import residual_arrays
+from era5latent.residual.layout import LENGTHS, residual_arrays
 from era5latent.store import LatentStore, codes_name
 
 
@@ -47,3 +47,35 @@ def residual_summary(store: LatentStore, done: np.ndarray | None = None) -> dict
             "codec": r.get("codec"), "spec": r.get("spec"),
             "channels": {c: {k: b[k] for k in ("max_error", "margin", "units")}
                          for c, b in r.get("channels", {}).items()}}
+
+
+def channel_layers(store: LatentStore) -> dict[str, dict[str, Any]]:
+    """Per channel of a complete store: its codes' and its residuals' bytes on disk per value,
+    and its bound (``max_error``, ``margin``, ``units``; None without a residual).
+
+    A group's codes are shared by its channels (one token holds them all), so each channel is
+    charged an equal share, as ``evaluate`` does for codes alone. A group's residual arrays
+    (streams, lengths, checksums) are split in proportion to its channels' stream lengths."""
+    n_lat = int(store.array("latitude").shape[0])
+    n_lon = int(store.array("longitude").shape[0])
+    samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
+    per_channel_values = len(store.times) * samples * n_lat * n_lon
+    bounds = (store.residual or {}).get("channels", {})
+    out: dict[str, dict[str, Any]] = {}
+    for g, spec in store.groups.items():
+        n = len(spec.channels)
+        codes = store.array_bytes(codes_name(g)) / n
+        if store.has_residual:
+            lengths = np.asarray(store.array(LENGTHS + g)[:], dtype=np.float64).sum(axis=0)
+            on_disk = sum(store.array_bytes(a) for a in residual_arrays(g))
+            share = lengths / lengths.sum() if lengths.sum() > 0 else np.zeros(n)
+        else:
+            share, on_disk = np.zeros(n), 0
+        for k, ch in enumerate(spec.channels):
+            b = bounds.get(ch)
+            out[ch] = {"codes_bytes_per_value": codes / per_channel_values,
+                       "residual_bytes_per_value": float(share[k]) * on_disk / per_channel_values,
+                       "max_error": b["max_error"] if b else None,
+                       "margin": b["margin"] if b else None,
+                       "units": b["units"] if b else None}
+    return out
