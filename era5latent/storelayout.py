@@ -144,16 +144,16 @@ def check_layout(store: LatentStore) -> None:
                   f"shape ({n_chunks},) and chunks (1,) ({n_t} times in chunks of {tc})")
     sample = tuple(coords[d] for d in store.sample_dims)
     for g, spec in store.groups.items():
-        for dim, n in zip(tokens, spec.token_grid):
-            if coords[dim] != n:
-                raise bad(dim, f"has {coords[dim]} values", f"a token grid of {n} along {dim} "
-                          f"(group {g})")
         codes = store.array(codes_name(g))
         want = (n_t, *sample, *spec.token_grid, spec.nbytes)
         if tuple(codes.shape) != want or codes.chunks[0] != tc or \
                 tuple(codes.chunks[1:]) != want[1:]:
             raise bad(codes_name(g), f"has shape {tuple(codes.shape)} and chunks "
                       f"{tuple(codes.chunks)}", f"shape {want} in chunks of {tc} times")
+        for dim, n in zip(tokens, spec.token_grid):
+            if coords[dim] != n:
+                raise bad(dim, f"has {coords[dim]} values", f"a token grid of {n} along {dim} "
+                          f"(group {g})")
         sums = store.array(checksum_name(g))
         if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
             raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
