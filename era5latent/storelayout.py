@@ -127,6 +127,8 @@ def check_layout(store: LatentStore) -> None:
         return StoreError(f"{path}: array {store.where(name)} {found}, but the attributes say {want}; the "
                           "store is damaged or was not written by era5latent: re-encode it")
 
+    for sub in store.own_groups():
+        _group(store, sub)
     coords: dict[str, int] = {}
     tokens = TOKEN_DIMS if store.version >= NESTED_SINCE else ()
     for name in ("time", "latitude", "longitude", *store.sample_dims, *tokens):
@@ -168,3 +170,21 @@ def check_layout(store: LatentStore) -> None:
                     raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
                               f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
                               f"{shape[1]})")
+
+
+def _group(store: LatentStore, name: str) -> None:
+    """The subgroup ``name`` is there and its ``zarr.json`` reads as a group."""
+    import zarr
+
+    try:
+        node = store.root[name]
+    except KeyError:
+        raise StoreError(f"{store.path}: group {name!r} is missing; the store is damaged or not "
+                         "an era5latent store") from None
+    except Exception as err:  # its zarr.json is damaged: zarr raises whatever its parser does
+        raise StoreError(f"{store.path}: the metadata of group {name!r} ({name}/zarr.json) is "
+                         f"unreadable ({type(err).__name__}); the store is damaged: re-encode "
+                         "it") from None
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{store.path}: {name!r} is an array where a group was expected; the "
+                         "store is damaged or not an era5latent store")

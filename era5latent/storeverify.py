@@ -109,7 +109,10 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
     ours = {codes_name(g): g for g in store.groups}
     residuals = {store.where(residual_name(g)): g for g in store.groups} \
         if store.has_residual else {}
-    found = {k for k, v in store.root.members(max_depth=None) if isinstance(v, zarr.Array)}
+    try:  # other tools' arrays too, in any subgroup
+        found = {k for k, v in store.root.members(max_depth=None) if isinstance(v, zarr.Array)}
+    except Exception:  # a damaged document of a node not era5latent's: that node is not listed
+        found = set(store.root.array_keys())
     names = sorted(found | set(store.own_arrays()))
     coords = {store.where(n) for n in ("time", "latitude", "longitude", *store.sample_dims,
                                        *TOKEN_DIMS)}

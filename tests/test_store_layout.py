@@ -126,3 +126,16 @@ def test_a_version_2_store_is_still_read_verified_and_decoded(plain: Path, tiny_
     _flip(store / "sha256_z" / "c" / "0" / "0")  # its flat bookkeeping is still checked
     bad = run_cli("verify", store)
     assert bad.exit_code == 3 and "array sha256_z" in bad.stdout
+
+
+@pytest.mark.parametrize("doc", ["_era5latent/zarr.json", "_era5latent/build_done/zarr.json"])
+def test_a_damaged_subgroup_document_of_an_unfinished_store_is_one_line(
+        sample_zarr: Path, tiny_model: Path, tmp_path: Path, doc: str) -> None:
+    """Unfinished: no digests and no consolidated metadata to fall back on."""
+    from .conftest import assert_clean_error
+
+    out = _encode(sample_zarr, tiny_model, tmp_path / "latent.zarr", "--parts", "1/3")
+    _flip(out / doc)
+    res = run_cli("verify", out)
+    assert res.exit_code == 3 and "Traceback" not in res.stdout + res.stderr, res.stdout
+    assert_clean_error(run_cli("info", out), "_era5latent")
