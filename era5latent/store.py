@@ -1,14 +1,14 @@
 """The ERA5-latent store: schema, atomic creation, build state and metadata (docs/format.md).
 
 A latent store is a Zarr v3 group. Its root attribute ``era5latent`` says fully how it was made.
-Per group ``g`` an array ``codes_g`` of packed sign bits, dims
-``(time, *sample_dims, token_lat, token_lon, byte)``, uint8, chunked along time only, beside the
-coordinates; the bookkeeping lives in the subgroup ``_era5latent`` (version 3,
-:mod:`era5latent.storelayout`): the bool array ``build_done(time_chunk)``, one chunk per time
-chunk, records which time chunks are complete. Stores are created whole (every array, every coordinate) at a temporary path beside the
-target and renamed into place, so a store either does not exist or is fully laid out; filling it
-is then a sequence of chunk-aligned region writes each followed by its done flag, which makes an
-interrupted build resumable and keeps concurrent writers of distinct time chunks apart.
+Per group ``g`` an array ``codes_g`` of packed sign bits, dims ``(time, *sample_dims, token_lat,
+token_lon, byte)``, uint8, chunked along time only, beside the coordinates; the bookkeeping lives
+in the subgroup ``_era5latent`` (version 3, :mod:`era5latent.storelayout`): the bool array
+``build_done(time_chunk)``, one chunk per time chunk, records which time chunks are complete.
+Stores are created whole (every array, every coordinate) at a temporary path beside the target and
+renamed into place, so a store either does not exist or is fully laid out; filling it is then a
+sequence of chunk-aligned region writes each followed by its done flag, which makes an interrupted
+build resumable and keeps concurrent writers of distinct time chunks apart.
 
 This module also holds the generic helpers used by decode for ERA5-layout outputs.
 """

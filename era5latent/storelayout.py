@@ -124,8 +124,9 @@ def check_layout(store: LatentStore) -> None:
     path = store.path
 
     def bad(name: str, found: str, want: str) -> StoreError:
-        return StoreError(f"{path}: array {store.where(name)} {found}, but the attributes say {want}; the "
-                          "store is damaged or was not written by era5latent: re-encode it")
+        return StoreError(f"{path}: array {store.where(name)} {found}, but the attributes say "
+                          f"{want}; the store is damaged or was not written by era5latent: "
+                          "re-encode it")
 
     for sub in store.own_groups():
         _group(store, sub)

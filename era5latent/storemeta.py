@@ -6,10 +6,10 @@ Two things live here, both pure functions of a store's bytes (no zarr, no numpy)
   (types, ranges, names that are safe as array names) before anything uses it; every violation
   is a one-line :class:`StoreError` naming the key.
 * :func:`metadata_digests` / :func:`check_metadata` seal a finished store's metadata: the sha256
-  of every node's ``zarr.json`` (arrays and subgroups, at any depth) and of the root document (its canonical JSON without the
-  digest itself and without consolidated metadata, which is checked against the arrays' own
-  documents instead), recorded in ``era5latent.metadata_sha256`` when the store is marked
-  complete (format version 2, docs/format.md).
+  of every node's ``zarr.json`` (arrays and subgroups, at any depth) and of the root document (its
+  canonical JSON without the digest itself and without consolidated metadata, which is checked
+  against the arrays' own documents instead), recorded in ``era5latent.metadata_sha256`` when the
+  store is marked complete (format version 2, docs/format.md).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Checks, in order (one :class:`Check` each): the format and the attributes' schema (what opening
 the store refuses), the metadata digests recorded at finalize (every ``zarr.json``, subgroups'
 included), the build state, then every array of the store, at the root and in its subgroups
-(``_era5latent/build_done``, ``residual/streams_G``, ...), chunk by chunk: each chunk's crc32c (zarr checks it on
-read, format version 2) and, for codes, each time chunk's sha256. Damage is reported, never
-raised; one flipped byte anywhere fails a check that names the array (or document) and chunk.
+(``_era5latent/build_done``, ``residual/streams_G``, ...), chunk by chunk: each chunk's crc32c
+(zarr checks it on read, format version 2) and, for codes, each time chunk's sha256. Damage is
+reported, never raised; one flipped byte anywhere fails a check that names the array (or document)
+and chunk.
 """
 
 from __future__ import annotations
