@@ -29,18 +29,34 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import xarray as xr
 
-from era5latent.errors import CheckpointError, Era5LatentError, OptionError, StoreError
+from era5latent.errors import CheckpointError, OptionError, StoreError
 from era5latent.evaluation.score import EvalReport
 from era5latent.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
-from era5latent.model.wla import WLAConfig
-from era5latent.pipeline import (DecodeResult, EncodeResult, _store_spec, decode_fields,
-                                 decode_precision, encode_fields, read_fields, read_residuals,
-                                 ready_to_encode, resolve_device, resolve_precision,
-                                 select_store_channels)
+from era5latent.pipeline import (
+    DecodeResult,
+    EncodeResult,
+    _store_spec,
+    decode_fields,
+    decode_precision,
+    encode_fields,
+    read_fields,
+    read_residuals,
+    ready_to_encode,
+    resolve_device,
+    resolve_precision,
+    select_store_channels,
+)
 from era5latent.sources import Source, SourceLayout, normalise, open_source
-from era5latent.store import (ATTR, GroupSpec, LatentStore, codes_name, jsonable,
-                              open_latent_store)
+from era5latent.store import (
+    ATTR,
+    GroupSpec,
+    LatentStore,
+    codes_name,
+    jsonable,
+    open_latent_store,
+)
+from era5latent.storelayout import TOKEN_DIMS, token_coords
 from era5latent.storeverify import Check
 from era5latent.training import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
@@ -123,33 +139,20 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel
 
 # -- the latent Dataset --------------------------------------------------------------------------
 
-def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray
-                  ) -> dict[str, tuple[str, np.ndarray, dict[str, str]]]:
-    """Centre of each token's patch: index ``i * stride - padding + (kernel - 1) / 2``."""
-    try:
-        cfg = WLAConfig.from_dict(meta["model"]["config"])
-    except (KeyError, TypeError, Era5LatentError):
-        return {}
-    out: dict[str, tuple[str, np.ndarray, dict[str, str]]] = {}
-    for dim, axis, n, k, name in (("token_lat", lat, cfg.token_grid[0], cfg.kernel[0], "latitude"),
-                                  ("token_lon", lon, cfg.token_grid[1], cfg.kernel[1], "longitude")):
-        if axis.size < 2:
-            continue
-        centre = np.arange(n) * cfg.patch_stride - cfg.patch_padding + (k - 1) / 2.0
-        step = (float(axis[-1]) - float(axis[0])) / (axis.size - 1)
-        values = float(axis[0]) + centre * step
-        if name == "latitude":
-            values = np.clip(values, -90.0, 90.0)
-        elif abs(abs(step) * axis.size - 360.0) < abs(step) / 2:  # global: wrap like the grid
-            values = np.mod(values, 360.0)
-        units = "degrees_north" if name == "latitude" else "degrees_east"
-        out[dim] = (dim, values, {"units": units, "long_name": f"{name} of the token's patch centre"})
-    return out
+def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray,
+                  store: LatentStore | None = None
+                  ) -> dict[str, tuple[str, np.ndarray, dict[str, Any]]]:
+    """Centre of each token's patch (``storelayout.token_centres``): the store's own
+    ``token_lat``/``token_lon`` arrays (format version 3), else computed from the model config."""
+    if store is not None and store.version >= 3:
+        return {d: (d, store.coord(d), dict(store.array(d).attrs)) for d in TOKEN_DIMS}
+    return {d: (d, v, a) for d, (v, a) in token_coords(meta.get("model", {}), lat, lon).items()}
 
 
 def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
                     sample_coords: Mapping[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
-                    array_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> xr.Dataset:
+                    array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+                    store: LatentStore | None = None) -> xr.Dataset:
     """Assemble a latent Dataset from packed codes per group (numpy or dask)."""
     dims = ("time", *sample_coords, "token_lat", "token_lon", "byte")
     groups = {g: GroupSpec.from_dict(g, d) for g, d in meta["groups"].items()}
@@ -165,7 +168,7 @@ def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np
                               **{d: (d, np.asarray(v)) for d, v in sample_coords.items()},
                               "latitude": ("latitude", lat, _coord_attrs("latitude")),
                               "longitude": ("longitude", lon, _coord_attrs("longitude")),
-                              **_token_coords(meta, lat, lon)}
+                              **_token_coords(meta, lat, lon, store)}
     return xr.Dataset(data_vars, coords=coords, attrs={ATTR: dict(meta)})
 
 
@@ -191,7 +194,7 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
         attrs[g] = dict(arr.attrs)
     ds = _latent_dataset(codes, store.meta, store.times,
                          {d: store.coord(d) for d in store.sample_dims},
-                         store.coord("latitude"), store.coord("longitude"), attrs)
+                         store.coord("latitude"), store.coord("longitude"), attrs, store)
     ds.encoding["source"] = p if "://" in p else os.path.abspath(p)
     return ds
 

@@ -1,13 +1,14 @@
 """The ERA5-latent store: schema, atomic creation, build state and metadata (docs/format.md).
 
 A latent store is a Zarr v3 group. Its root attribute ``era5latent`` says fully how it was made.
-Per group ``g`` an array ``codes_g`` of packed sign bits, dims
-``(time, *sample_dims, token_lat, token_lon, byte)``, uint8, chunked along time only. The bool
-array ``build_done(time_chunk)``, one chunk per time chunk, records which time chunks are
-complete. Stores are created whole (every array, every coordinate) at a temporary path beside the
-target and renamed into place, so a store either does not exist or is fully laid out; filling it
-is then a sequence of chunk-aligned region writes each followed by its done flag, which makes an
-interrupted build resumable and keeps concurrent writers of distinct time chunks apart.
+Per group ``g`` an array ``codes_g`` of packed sign bits, dims ``(time, *sample_dims, token_lat,
+token_lon, byte)``, uint8, chunked along time only, beside the coordinates; the bookkeeping lives
+in the subgroup ``_era5latent`` (version 3, :mod:`era5latent.storelayout`): the bool array
+``build_done(time_chunk)``, one chunk per time chunk, records which time chunks are complete.
+Stores are created whole (every array, every coordinate) at a temporary path beside the target and
+renamed into place, so a store either does not exist or is fully laid out; filling it is then a
+sequence of chunk-aligned region writes each followed by its done flag, which makes an interrupted
+build resumable and keeps concurrent writers of distinct time chunks apart.
 
 This module also holds the generic helpers used by decode for ERA5-layout outputs.
 """
@@ -26,25 +27,50 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from era5latent import __version__, faults
 from era5latent.errors import OptionError, StoreError
-from era5latent.fsutil import LATENT, atomic_dir, is_url, os_error_of, remove_tree, url_fs
-from era5latent.locks import LOCK as LOCK  # the writer locks: their names stay importable here
+from era5latent.fsutil import (
+    LATENT,
+    atomic_dir,
+    is_url,
+    os_error_of,
+    remove_tree,
+    url_fs,
+)
+from era5latent.locks import (
+    LOCK as LOCK,  # the writer locks: their names stay importable here
+)
 from era5latent.locks import StoreLockedError as StoreLockedError
 from era5latent.locks import check_unlocked as check_unlocked
 from era5latent.locks import lock_name as lock_name
 from era5latent.locks import lock_path as lock_path
 from era5latent.locks import writer_lock as writer_lock
 from era5latent.sources import iso
-from era5latent.storemeta import (DIGEST_KEY, ROOT_DOC, check_metadata, is_consolidated,
-                                  metadata_digests, read_doc, validate_attrs)
+from era5latent.storelayout import DONE as DONE
+from era5latent.storelayout import (
+    SUBGROUPS,
+    check_layout,
+    location,
+    subgroups,
+    token_coords,
+)
+from era5latent.storelayout import checksum_name as checksum_name
+from era5latent.storelayout import codes_name as codes_name
+from era5latent.storemeta import (
+    DIGEST_KEY,
+    ROOT_DOC,
+    check_metadata,
+    is_consolidated,
+    metadata_digests,
+    read_doc,
+    validate_attrs,
+)
 
 FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
-#: records the sha256 of its metadata; version 3: an optional error-bounded residual layer
-#: (``residual_*`` arrays, attribute ``residual``); versions 1 and 2 are still read
-#: (docs/format.md)
+#: records the sha256 of its metadata; version 3: bookkeeping in the subgroup ``_era5latent``,
+#: token coordinates, an optional error-bounded residual layer (subgroup ``residual``, attribute
+#: ``residual``); versions 1 and 2 (every array at the root) are still read (docs/format.md)
 FORMAT_VERSION = 3
 ATTR = "era5latent"
-DONE = "build_done"
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 
 
@@ -52,14 +78,6 @@ TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 #: fields): a 4-byte CRC-32C per chunk that zarr-python and zarrs check on every read, so a
 #: damaged chunk of any array (coordinates and flags included) is an error, never wrong values
 CRC = Crc32cCodec()
-
-
-def codes_name(group: str) -> str:
-    return f"codes_{group}"
-
-
-def checksum_name(group: str) -> str:
-    return f"sha256_{group}"
 
 
 def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -94,7 +112,7 @@ def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
         if os_err is not None:
             raise os_err from None
         chunk = f"chunk {sel // arr.chunks[0]}" if isinstance(sel, int) else _bad_chunk(arr, sel)
-        raise CorruptArrayError(where, arr.basename or "?", chunk, _why(err)) from None
+        raise CorruptArrayError(where, arr.path or "?", chunk, _why(err)) from None
 
 
 def _bad_chunk(arr: zarr.Array[Any], sel: Any) -> str:
@@ -354,6 +372,13 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
                 raise
             return array(root, name)
 
+    for sub in subgroups(FORMAT_VERSION, spec.residual is not None):
+        try:
+            root.create_group(sub, attributes={"description": SUBGROUPS[sub]})
+        except ContainsGroupError:  # in place: a concurrent creator made it
+            if not in_place:
+                raise
+
     write_time_coord(root, spec.times, exist_ok=in_place)
     for dim, vals in spec.sample_coords.items():
         _coord(root, dim, np.asarray(vals), dim, exist_ok=in_place)
@@ -363,6 +388,8 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
     _coord(root, "longitude", spec.longitude.astype(np.float64), "longitude",
            {"units": "degrees_east", "standard_name": "longitude",
             "description": "source grid longitude (decode target)"}, exist_ok=in_place)
+    for dim, (values, attrs) in token_coords(spec.model, spec.latitude, spec.longitude).items():
+        _coord(root, dim, values, dim, attrs, exist_ok=in_place)
     sample_dims = tuple(spec.sample_coords)
     sample_shape = tuple(len(v) for v in spec.sample_coords.values())
     for g in spec.groups:
@@ -405,15 +432,26 @@ class LatentStore:
     _root_doc: bytes | None = field(default=None, repr=False, compare=False)  # as opened
 
     def own_arrays(self) -> list[str]:
-        """The arrays the attributes say this store has (era5latent's own)."""
+        """Where the arrays the attributes say this store has (era5latent's own) are, e.g.
+        ``_era5latent/build_done`` (version 3) or ``build_done`` (versions 1 and 2)."""
         names = ["time", "latitude", "longitude", DONE, *self.sample_dims]
+        if self.version >= 3:
+            names += ["token_lat", "token_lon"]
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
             if self.has_residual:
                 from era5latent.residual.layout import residual_arrays
 
                 names += residual_arrays(g)
-        return names
+        return [self.where(n) for n in names]
+
+    def own_groups(self) -> list[str]:
+        """The subgroups this store has (``_era5latent``, ``residual``; none before version 3)."""
+        return subgroups(self.version, self.has_residual)
+
+    def where(self, name: str) -> str:
+        """Where this store keeps the array named by its version-3 path ``name``."""
+        return location(name, self.version)
 
     @property
     def has_residual(self) -> bool:
@@ -429,7 +467,8 @@ class LatentStore:
         """How the metadata differs from what was sealed at finalize (empty: intact, or not
         sealed because it is unfinished or of format version 1)."""
         if DIGEST_KEY in self.meta:
-            return check_metadata(self.path, self.meta[DIGEST_KEY], self.own_arrays())
+            return check_metadata(self.path, self.meta[DIGEST_KEY],
+                                  self.own_arrays() + self.own_groups())
         if self.complete and self.version >= 2:
             return [f"{DIGEST_KEY} is missing: the store is complete but its metadata was "
                     "never sealed"]
@@ -454,7 +493,7 @@ class LatentStore:
         more than writing one chunk of codes did."""
         arr = self._arrays.get(name)
         if arr is None:
-            arr = self._arrays[name] = array(self.root, name)
+            arr = self._arrays[name] = array(self.root, self.where(name))
         return arr
 
     @property
@@ -604,8 +643,9 @@ class LatentStore:
 
     def array_bytes(self, name: str) -> int:
         """Bytes of array ``name``'s chunks on disk (local stores), else as zarr reports."""
-        local = os.path.join(self.path, name, "c")  # the chunks (not the zarr.json)
-        if os.path.isdir(os.path.join(self.path, name)):
+        where = self.where(name).split("/")
+        local = os.path.join(self.path, *where, "c")  # the chunks (not the zarr.json)
+        if os.path.isdir(os.path.join(self.path, *where)):
             return sum(os.path.getsize(os.path.join(d, f))
                        for d, _, fs in os.walk(local) for f in fs)
         return int(self.array(name).nbytes_stored())
@@ -655,55 +695,6 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     store = LatentStore(path, root, meta, _root_doc=doc)
     check_layout(store)
     return store
-
-
-def check_layout(store: LatentStore) -> None:
-    """Hold the attributes against the arrays that exist: every array the attributes imply is
-    there, 1-D where a coordinate, and shaped and chunked as they say. A :class:`StoreError`
-    naming the array otherwise (what :func:`open_latent_store` refuses)."""
-    path, meta = store.path, store.meta
-
-    def bad(name: str, found: str, want: str) -> StoreError:
-        return StoreError(f"{path}: array {name} {found}, but the attributes say {want}; the "
-                          "store is damaged or was not written by era5latent: re-encode it")
-
-    coords: dict[str, int] = {}
-    for name in ("time", "latitude", "longitude", *store.sample_dims):
-        arr = store.array(name)
-        if arr.ndim != 1:
-            raise bad(name, f"has {arr.ndim} dimensions", "a 1-D coordinate")
-        coords[name] = int(arr.shape[0])
-    if coords["latitude"] < 1 or coords["longitude"] < 1:
-        raise bad("latitude/longitude", "is empty", "a grid of at least 1x1 points")
-    n_t, tc = coords["time"], store.time_chunk
-    n_chunks = -(-n_t // tc)
-    done = store.array(DONE)
-    if tuple(done.shape) != (n_chunks,) or tuple(done.chunks) != (1,):
-        raise bad(DONE, f"has shape {tuple(done.shape)} and chunks {tuple(done.chunks)}",
-                  f"shape ({n_chunks},) and chunks (1,) ({n_t} times in chunks of {tc})")
-    sample = tuple(coords[d] for d in store.sample_dims)
-    for g, spec in store.groups.items():
-        codes = store.array(codes_name(g))
-        want = (n_t, *sample, *spec.token_grid, spec.nbytes)
-        if tuple(codes.shape) != want or codes.chunks[0] != tc or \
-                tuple(codes.chunks[1:]) != want[1:]:
-            raise bad(codes_name(g), f"has shape {tuple(codes.shape)} and chunks "
-                      f"{tuple(codes.chunks)}", f"shape {want} in chunks of {tc} times")
-        sums = store.array(checksum_name(g))
-        if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
-            raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
-                      f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
-        if store.has_residual:
-            from era5latent.residual.layout import residual_layout
-
-            for name, shape in residual_layout(len(spec.channels), tc, sample,
-                                               coords["latitude"], coords["longitude"], n_chunks):
-                arr = store.array(name + g)
-                if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
-                    raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
-                              f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
-                              f"{shape[1]})")
-
 
 
 def summary(path: str, parts: int | None = None) -> dict[str, Any]:

@@ -6,10 +6,10 @@ Two things live here, both pure functions of a store's bytes (no zarr, no numpy)
   (types, ranges, names that are safe as array names) before anything uses it; every violation
   is a one-line :class:`StoreError` naming the key.
 * :func:`metadata_digests` / :func:`check_metadata` seal a finished store's metadata: the sha256
-  of every array's ``zarr.json`` and of the root document (its canonical JSON without the
-  digest itself and without consolidated metadata, which is checked against the arrays' own
-  documents instead), recorded in ``era5latent.metadata_sha256`` when the store is marked
-  complete (format version 2, docs/format.md).
+  of every node's ``zarr.json`` (arrays and subgroups, at any depth) and of the root document (its
+  canonical JSON without the digest itself and without consolidated metadata, which is checked
+  against the arrays' own documents instead), recorded in ``era5latent.metadata_sha256`` when the
+  store is marked complete (format version 2, docs/format.md).
 """
 
 from __future__ import annotations
@@ -48,18 +48,35 @@ def read_doc(path: str, rel: str) -> bytes:
 
 
 def child_docs(path: str) -> list[str]:
-    """``NAME/zarr.json`` of every direct child node of the store, sorted."""
+    """``NAME/zarr.json`` of every node below the store's root, subgroups' children included
+    (``_era5latent/zarr.json``, ``_era5latent/build_done/zarr.json``), sorted.
+
+    A node's children are the directories beside its ``zarr.json`` that hold one (an array's
+    chunk directory ``c`` holds none, so chunks are never walked)."""
+    out: list[str] = []
     if is_url(path):
         fs, p = url_fs(path)
         base = p.rstrip("/")
-        found = fs.glob(base + "/*/zarr.json")
-        return sorted(str(f)[len(base) + 1:] for f in found)
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return []
-    return sorted(f"{n}/zarr.json" for n in names
-                  if os.path.isfile(os.path.join(path, n, "zarr.json")))
+        level = "/*/zarr.json"
+        while found := sorted(str(f)[len(base) + 1:] for f in fs.glob(base + level)):
+            out += found
+            level = "/*" + level
+        return sorted(out)
+
+    def walk(rel: str) -> None:
+        here = os.path.join(path, *rel.split("/")) if rel else path
+        try:
+            names = os.listdir(here)
+        except OSError:
+            return
+        for n in sorted(names):
+            if os.path.isfile(os.path.join(here, n, "zarr.json")):
+                child = f"{rel}/{n}" if rel else n
+                out.append(f"{child}/zarr.json")
+                walk(child)
+
+    walk("")
+    return sorted(out)
 
 
 def _sha(data: bytes) -> str:
@@ -132,7 +149,11 @@ def check_metadata(path: str, recorded: Any, ours: list[str] | tuple[str, ...] =
             if rel == ROOT_DOC or rel not in docs:
                 continue
             name = rel.rsplit("/", 1)[0]
-            if not isinstance(entries, dict) or entries.get(name) != docs[rel]:
+            entry = entries.get(name) if isinstance(entries, dict) else None
+            if isinstance(entry, dict) and entry.get("node_type") == "group":
+                # zarr lists a subgroup's children flat, beside it, leaving it an empty index
+                entry = {k: v for k, v in entry.items() if k != "consolidated_metadata"}
+            if entry != docs[rel]:
                 problems.append(f"zarr.json (consolidated metadata of {name} differs from "
                                 f"{rel})")
     return problems
@@ -248,7 +269,8 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
                    layout.get("lat_descending"))
     _num(path, "source.layout.lon_min", layout.get("lon_min"))
     dims = _list(path, "sample_dims", meta.get("sample_dims", []))
-    reserved = {"time", "latitude", "longitude", "level", "build_done"}
+    reserved = {"time", "latitude", "longitude", "level", "build_done", "token_lat",
+                "token_lon", "_era5latent", "residual"}
     for d in dims:
         safe_name(path, "sample_dims", d)
         if d in reserved or d.startswith(("codes_", "sha256_", "residual_")) or \
@@ -269,9 +291,9 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
         digests = _obj(path, DIGEST_KEY, meta[DIGEST_KEY])
         for rel, h in digests.items():
             if not isinstance(rel, str) or ".." in rel.split("/") or rel.startswith("/") or not (
-                    rel == ROOT_DOC or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*/zarr\.json",
+                    rel == ROOT_DOC or re.fullmatch(r"([A-Za-z0-9_][A-Za-z0-9_.-]*/)+zarr\.json",
                                                     rel)):
-                raise _bad(path, DIGEST_KEY, "keys NAME/zarr.json", rel)
+                raise _bad(path, DIGEST_KEY, "keys NAME/zarr.json or GROUP/NAME/zarr.json", rel)
             if not isinstance(h, str) or not _HEX64.match(h):
                 raise _bad(path, f"{DIGEST_KEY}.{rel}", "64 lowercase hex digits", h)
 

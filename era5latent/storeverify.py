@@ -1,10 +1,12 @@
 """``era5latent verify``: every byte of a latent store checked, every array named.
 
 Checks, in order (one :class:`Check` each): the format and the attributes' schema (what opening
-the store refuses), the metadata digests recorded at finalize (every ``zarr.json``), the build
-state, then every array of the store chunk by chunk: each chunk's crc32c (zarr checks it on
-read, format version 2) and, for codes, each time chunk's sha256. Damage is reported, never
-raised; one flipped byte anywhere fails a check that names the array (or document) and chunk.
+the store refuses), the metadata digests recorded at finalize (every ``zarr.json``, subgroups'
+included), the build state, then every array of the store, at the root and in its subgroups
+(``_era5latent/build_done``, ``residual/streams_G``, ...), chunk by chunk: each chunk's crc32c
+(zarr checks it on read, format version 2) and, for codes, each time chunk's sha256. Damage is
+reported, never raised; one flipped byte anywhere fails a check that names the array (or document)
+and chunk.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ import zarr
 
 from era5latent.errors import StoreError
 from era5latent.residual.layout import residual_name
-from era5latent.store import (DONE, CorruptArrayError, CorruptChunkError, LatentStore,
-                              checksum_name, codes_name, open_latent_store, read_array)
+from era5latent.store import (
+    DONE,
+    CorruptArrayError,
+    CorruptChunkError,
+    LatentStore,
+    codes_name,
+    open_latent_store,
+    read_array,
+)
+from era5latent.storelayout import TOKEN_DIMS
 from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, read_doc
 
 
@@ -62,8 +72,8 @@ def verify(path: str, model_sha256: str | None = None) -> list[Check]:
     try:
         done = store.done()
     except CorruptArrayError as err:
-        checks.append(Check("build", False, f"done flags unreadable: {err.chunk} of {DONE} "
-                                            f"({err.why})"))
+        checks.append(Check("build", False, f"done flags unreadable: {err.chunk} of "
+                                            f"{store.where(DONE)} ({err.why})"))
         done = None
     if done is not None:
         checks.append(Check("build", bool(done.all()) and store.complete,
@@ -98,9 +108,15 @@ def _is_crc(arr: zarr.Array[Any]) -> bool:
 def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
     """One check per array: every chunk read (crc32c), codes against their sha256."""
     ours = {codes_name(g): g for g in store.groups}
-    residuals = {residual_name(g): g for g in store.groups} if store.has_residual else {}
-    names = sorted(set(store.root.array_keys()) | set(ours) | set(residuals)
-                   | {checksum_name(g) for g in store.groups} | {DONE})
+    residuals = {store.where(residual_name(g)): g for g in store.groups} \
+        if store.has_residual else {}
+    try:  # other tools' arrays too, in any subgroup
+        found = {k for k, v in store.root.members(max_depth=None) if isinstance(v, zarr.Array)}
+    except Exception:  # a damaged document of a node not era5latent's: that node is not listed
+        found = set(store.root.array_keys())
+    names = sorted(found | set(store.own_arrays()))
+    coords = {store.where(n) for n in ("time", "latitude", "longitude", *store.sample_dims,
+                                       *TOKEN_DIMS)}
     out: list[Check] = []
     for name in names:
         try:
@@ -140,7 +156,7 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
                     read_array(arr, sel, store.path)
                 except CorruptArrayError as err:
                     bad.append(f"chunk {i} ({err.why})")
-            if name in ("time", "latitude", "longitude", *store.sample_dims) and \
+            if name in coords and \
                     arr.nchunks_initialized < arr.nchunks:
                 bad.append("chunk missing (zarr would read its fill value)")
         how = "crc32c" if _is_crc(arr) else "no crc32c (format version 1)"

@@ -36,6 +36,8 @@ def test_cleanup_removes_what_killed_runs_left(sample_zarr: Path, tiny_model: Pa
     partial = out / "codes_z" / "c" / "9.0.0.0.0.partial"
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(b"\0" * 7)
+    nested = out / "_era5latent" / "build_done" / "c" / "2.partial"  # inside a subgroup
+    nested.write_bytes(b"\0")
     unrelated = tmp_path / ".other.zarr.tmp-keep"  # another output's: not this one's leftover
     unrelated.mkdir()
 
@@ -44,9 +46,10 @@ def test_cleanup_removes_what_killed_runs_left(sample_zarr: Path, tiny_model: Pa
     listed = json.loads(dry.stdout)
     whys = {Path(i["path"]).name: i["why"] for i in listed["removed"]}
     assert "stale lock" in whys[".latent.zarr.era5latent.lock"]
-    assert partial.name in whys and len(whys) == 3, whys
+    assert partial.name in whys and nested.name in whys and len(whys) == 4, whys
     # --dry-run removes nothing
     assert _beside(out) == sorted(left + [unrelated.name]) and partial.exists()
+    assert nested.exists()
 
     # a fresh temporary may be a live run's: kept under the default --min-age
     res = run_cli("cleanup", out)
@@ -56,6 +59,7 @@ def test_cleanup_removes_what_killed_runs_left(sample_zarr: Path, tiny_model: Pa
     res = run_cli("cleanup", out, "--min-age", "0")
     assert res.exit_code == 0, res.stderr
     assert _beside(out) == [".other.zarr.tmp-keep"] and not partial.exists()
+    assert not nested.exists()
     assert run_cli("cleanup", out).stdout.strip().endswith("nothing left behind by killed runs")
     # the store the killed writer left resumes as before
     again = run_cli(*_encode(sample_zarr, tiny_model, out))

@@ -355,6 +355,10 @@ def test_s3_parts_created_concurrently_in_place(s3: dict[str, str], reference: P
     info = json.loads(run_cli("info", url, "--json").stdout)
     assert info["parts"]["done"] == [1, 2] and not info["complete"]
     assert run_cli("finalize", url).exit_code == 0
+    ok = run_cli("verify", url)  # the digests cover the subgroups' documents on S3 too
+    assert ok.exit_code == 0 and "_era5latent/build_done/zarr.json" in json.dumps(
+        json.loads(_s3_tree(url)["zarr.json"])["attributes"]["era5latent"]["metadata_sha256"]
+    ), ok.stdout
     remote, local = _s3_tree(url), tree_bytes(reference)
     assert set(remote) == set(local)
     assert all(remote[k] == local[k] for k in local if k != "zarr.json")

@@ -44,8 +44,10 @@ def test_verify_passes_then_names_a_corrupt_chunk(store: Path, tiny_model: Path)
     lines = ok.stdout.splitlines()
     assert all(ln.startswith("PASS") for ln in lines), ok.stdout
     checked = {ln.split()[2].rstrip(":") for ln in lines if ln.split()[1] == "array"}
-    on_disk = {p.name for p in store.iterdir() if (p / "zarr.json").is_file()}
+    on_disk = {str(p.parent.relative_to(store)) for p in store.rglob("zarr.json")
+               if json.loads(p.read_text())["node_type"] == "array"}
     assert checked == on_disk  # every array of the store, coordinates and flags included
+    assert "_era5latent/build_done" in checked and "token_lat" in checked
     assert "crc32c" in next(ln for ln in lines if "array latitude" in ln)
     assert "documents match" in next(ln for ln in lines if "metadata" in ln)
     _flip_a_byte(store, "codes_z", 1)
@@ -56,8 +58,9 @@ def test_verify_passes_then_names_a_corrupt_chunk(store: Path, tiny_model: Path)
 
 
 #: one chunk of each kind of array: (array, chunk, what decode --allow-corrupt can do about it)
-ARRAYS = [("codes_z", 1, "fill"), ("sha256_surface", 2, "fill"), ("build_done", 0, "fill"),
-          ("time", 0, "refuse"), ("latitude", 0, "refuse"), ("longitude", 0, "refuse")]
+ARRAYS = [("codes_z", 1, "fill"), ("_era5latent/sha256_surface", 2, "fill"),
+          ("_era5latent/build_done", 0, "fill"), ("time", 0, "refuse"), ("latitude", 0, "refuse"),
+          ("longitude", 0, "refuse")]
 
 
 @pytest.mark.parametrize("name,chunk,allowed", ARRAYS)
@@ -81,7 +84,7 @@ def test_a_flipped_byte_in_any_array_is_caught(store: Path, tiny_model: Path, tm
     assert res.exit_code == 0, res.stderr
     assert "filled with NaN" in res.stderr
     ds = xr.open_zarr(out)
-    var = "geopotential" if name.endswith("_z") or name == "build_done" else "2m_temperature"
+    var = "geopotential" if name.endswith(("_z", "build_done")) else "2m_temperature"
     lost = np.isnan(ds[var].values).all(axis=tuple(range(1, ds[var].ndim)))
     assert lost.tolist() == [chunk * 8 <= t < chunk * 8 + 8 for t in range(24)]
 
@@ -98,7 +101,8 @@ def _edit(doc: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("doc", ["zarr.json", "codes_z/zarr.json", "latitude/zarr.json",
-                                 "build_done/zarr.json", "sha256_z/zarr.json"])
+                                 "_era5latent/build_done/zarr.json", "_era5latent/sha256_z/zarr.json",
+                                 "_era5latent/zarr.json", "token_lon/zarr.json"])
 @pytest.mark.parametrize("how", ["flip", "edit"])
 def test_a_changed_byte_in_any_metadata_document_is_caught(store: Path, tiny_model: Path,
                                                            tmp_path: Path, doc: str,
@@ -226,8 +230,12 @@ def test_decode_to_a_full_disk_is_a_clear_error_and_leaves_nothing(
 
 def as_version_1(store: Path) -> None:
     """Rewrite ``store`` as era5latent 0.1 wrote it (format version 1): no crc32c on any array,
-    no metadata digest."""
+    no metadata digest, every array at the root (``oldformats.as_version_2``)."""
     import warnings
+
+    from .oldformats import as_version_2
+
+    as_version_2(store)
 
     import zarr
     from zarr.codecs import ZstdCodec

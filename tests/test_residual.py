@@ -233,24 +233,25 @@ def test_verify_catches_a_flipped_residual_byte_and_allow_corrupt_fills_one_chun
 
     res = run_cli("verify", bounded_store)
     assert res.exit_code == 0, res.stdout
-    assert "PASS  array residual_z: 6 chunk(s), crc32c and sha256 ok" in res.stdout
+    assert "PASS  array residual/streams_z: 6 chunk(s), crc32c and sha256 ok" in res.stdout
     store = tmp_path / "latent.zarr"
     shutil.copytree(bounded_store, store)
-    chunk = store / "residual_t" / "c" / "2" / "0"
+    chunk = store / "residual" / "streams_t" / "c" / "2" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x40
     chunk.write_bytes(bytes(data))
     res = run_cli("verify", store)
     assert res.exit_code == 3
     fails = [ln for ln in res.stdout.splitlines() if ln.startswith("FAIL")]
-    assert fails == ["FAIL  array residual_t: chunk 2 (crc32c mismatch)"], res.stdout
+    assert fails == ["FAIL  array residual/streams_t: chunk 2 (crc32c mismatch)"], res.stdout
     out = tmp_path / "d.zarr"
     res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu")
-    assert_clean_error(res, "time chunk 2 of group t", "residual_t", "--allow-corrupt")
+    assert_clean_error(res, "time chunk 2 of group t", "residual/streams_t",
+                       "--allow-corrupt")
     res = run_cli("decode", store, "--model", tiny_model, "--out", out, "--device", "cpu",
                   "--allow-corrupt")
     assert res.exit_code == 0, res.stderr
-    assert "group t residuals (residual_t) times 2020-01-03T00:00:00..2020-01-03T18:00:00" \
+    assert "group t residuals (residual/streams_t) times 2020-01-03T00:00:00..2020-01-03T18:00:00" \
         in res.stderr
     from era5latent.sources import open_source
     from era5latent.variables import parse_subset
@@ -359,12 +360,14 @@ def test_stores_without_residuals_are_unchanged_and_version_2_is_read(
     assert run_cli(*args).exit_code == 0
     store = open_latent_store(str(out))
     assert store.version == 3 and not store.has_residual
-    assert not [n for n in store.root.array_keys() if n.startswith("residual")]
+    assert not (out / "residual").exists() and (out / "_era5latent").is_dir()
     assert json.loads(run_cli("info", out, "--json").stdout)["residual"]["present"] is False
+    from .oldformats import as_version_2
+
+    as_version_2(out)
+    assert open_latent_store(str(out)).version == 2  # read as before
     root = zarr.open_group(str(out), mode="r+")
     meta = dict(root.attrs["era5latent"])
-    root.attrs["era5latent"] = meta | {"format_version": 2}
-    assert open_latent_store(str(out)).version == 2  # read as before
     root.attrs["era5latent"] = meta | {"format_version": 2, "residual": {"codec": "sz3"}}
     with pytest.raises(StoreError, match="residual"):  # a layer version 2 cannot have
         open_latent_store(str(out))

@@ -1,8 +1,10 @@
 """The residual layer's arrays in a latent store: names, layout, and chunk reads and writes.
 
-Per group ``G`` (docs/format.md, version 3): ``residual_G`` (uint8 rows, one per time chunk, the
-channels' streams concatenated in channel order, then zeros), ``residual_nbytes_G`` (int64 stream
-lengths per channel) and ``residual_sha256_G`` (sha256 of a row's lengths and streams). The
+Per group ``G`` (docs/format.md, version 3), in the store's subgroup ``residual`` (which plain
+``xr.open_zarr`` of the store does not read; ``xr.open_zarr(store, group="residual")`` does):
+``residual/streams_G`` (uint8 rows, one per time chunk, the channels' streams concatenated in
+channel order, then zeros), ``residual/nbytes_G`` (int64 stream lengths per channel) and
+``residual/sha256_G`` (sha256 of a row's lengths and streams). The
 store's IO for the layer lives here; the numbers are made in :mod:`era5latent.residual.core`.
 """
 
@@ -17,11 +19,12 @@ from zarr.codecs import ZstdCodec
 
 from era5latent.errors import StoreError
 from era5latent.store import CRC, CorruptArrayError, CorruptChunkError, read_array
+from era5latent.storelayout import RESIDUAL
 
 if TYPE_CHECKING:
     from era5latent.store import LatentStore, StoreSpec
 
-STREAMS, LENGTHS, SUMS = "residual_", "residual_nbytes_", "residual_sha256_"
+STREAMS, LENGTHS, SUMS = f"{RESIDUAL}/streams_", f"{RESIDUAL}/nbytes_", f"{RESIDUAL}/sha256_"
 
 
 def residual_name(group: str) -> str:
@@ -69,7 +72,8 @@ def create_residual_arrays(create_array: Callable[..., Any], spec: StoreSpec,
             spec.n_chunks)
         create_array(
             STREAMS + g.name, shape=streams, chunks=(1, streams[1]), dtype="uint8",
-            dimension_names=("time_chunk", "byte"), compressors=[ZstdCodec(level=1), CRC],
+            dimension_names=("time_chunk", f"byte_{g.name}"),
+            compressors=[ZstdCodec(level=1), CRC],
             fill_value=0,
             attributes={"group": g.name, "channels": list(g.channels),
                         "codec": spec.residual["codec"],
@@ -78,7 +82,8 @@ def create_residual_arrays(create_array: Callable[..., Any], spec: StoreSpec,
                                        f"{LENGTHS + g.name}), zero-padded"})
         create_array(
             LENGTHS + g.name, shape=lengths, chunks=(1, n_ch), dtype="int64",
-            dimension_names=("time_chunk", "channel"), compressors=[CRC], fill_value=0,
+            dimension_names=("time_chunk", f"channel_{g.name}"), compressors=[CRC],
+            fill_value=0,
             attributes={"channels": list(g.channels),
                         "description": "bytes of each channel's residual stream (0: none)"})
         create_array(
