@@ -136,8 +136,10 @@ def _grid(value: Any, path: str) -> dict[str, Any]:
         return isinstance(v, list) and len(v) == 2 and all(
             isinstance(x, kind) and not isinstance(x, bool) and lo <= x <= hi for x in v)
 
+    # latitude/longitude (first, last) are checked against a source where present
     if not isinstance(value, dict) or not pair("shape", int, 1, 1 << 20) or not (
-            pair("latitude", (int, float), -90, 90) and pair("longitude", (int, float), -360, 360)):
+            ("latitude" not in value or pair("latitude", (int, float), -90, 90)) and
+            ("longitude" not in value or pair("longitude", (int, float), -360, 360))):
         raise _bad(path, "'grid'", value, "{shape: [nlat, nlon], latitude: [first, last], "
                    "longitude: [first, last]}")
     return value
