@@ -223,8 +223,13 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedMode
     initialisation cost.
     """
     meta = read_meta(path)
-    with torch.device("meta"):
-        model = WLA(meta.config, init_weights=False)
+    try:
+        with torch.device("meta"):  # no memory: but a size past int64 still fails in torch
+            model = WLA(meta.config, init_weights=False)
+    except (RuntimeError, OverflowError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config describes a model that cannot be built "
+                              f"({str(err).splitlines()[0][:120]}); the file is damaged or was "
+                              "not written by era5latent") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = _file_shapes(path)
     missing = sorted(set(expected) - set(shapes))
