@@ -73,7 +73,7 @@ def drift(loaded: Any, store_path: str) -> dict[str, dict[str, float]]:
 
 
 def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[str, Any]:
-    from era5latent.baselines import SZ3
+    from era5latent.evaluation.codecs import SZ3
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
     from era5latent.residual.summary import residual_summary

@@ -11,7 +11,7 @@ Protocol: two tiny models, trained alike (seeded) on members 0-6, one on z500,t5
 z850,t850 only. Each encodes and decodes members 7-9 (12 fields per channel) at all four
 channels: its own level (seen) and the other level (unseen, with the statistics
 ``--allow-unseen-levels`` takes from the source). The score is the latitude-weighted RMSE in
-physical units (era5latent.metrics.rmse, WeatherBench 2's definition) of each channel, so each
+physical units (era5latent.evaluation.metrics.rmse, WeatherBench 2's definition) of each channel, so each
 unseen cell has a seen cell beside it: the model trained on that level. "mean field" (the
 training members' time-mean field at that level) is the no-bytes reference of docs/evaluation.md.
 """
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from era5latent.metrics import rmse
+    from era5latent.evaluation.metrics import rmse
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
     from era5latent.sources import open_source

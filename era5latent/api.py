@@ -339,7 +339,8 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     times = np.asarray(latent["time"].values).astype("datetime64[ns]")
     sample_coords = {d: np.asarray(latent[d].values) for d in meta.get("sample_dims", [])}
     lat, lon = _grid(latent, meta)
-    attrs = {"decoded_from": label, "model_sha256": loaded.sha256}
+    attrs = {"decoded_from": label, "model_sha256": loaded.sha256,
+             "residual_applied": rstore is not None}
     windows = _windows(len(times), int(meta.get("time_chunk", 8)))
     codes = {g: latent[codes_name(g)].data for g in groups}
     store_times = rstore.times if rstore is not None else times

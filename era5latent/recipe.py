@@ -54,6 +54,8 @@ class Recipe:
     device: str = "auto"
     precision: str = "auto"
     parts: int | None = None
+    max_error: str | None = None  # encode --max-error (docs/residuals.md), as one spec string
+    residual_codec: str = "sz3"
     path: str = field(default="", compare=False)  # the recipe file (not part of the recipe)
 
     def canonical(self) -> dict[str, Any]:
@@ -98,7 +100,7 @@ TOP: dict[str, tuple[str, bool]] = {
     "step": ("step", False), "model": ("str", True), "train": ("train", False),
     "out": ("str", True), "time_chunk": ("int", False), "batch_size": ("int", False),
     "device": ("str", False), "precision": ("str", False), "parts": ("int", False),
-    "max_error": ("reserved", False),
+    "max_error": ("max_error", False), "residual_codec": ("str", False),
 }
 #: train-section keys the recipe does not take (the build sets them, or they are per-run)
 _TRAIN_EXCLUDED = {"resume", "overrides", "time_range", "device", "group", "log_dir"}
@@ -198,10 +200,6 @@ def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
         if kind == "train" and v is not None:
             values[key] = _train_section(doc, node, line)
             continue
-        if kind == "reserved":
-            raise doc.fail(line, key, "residual error bounds are not available in this version "
-                           "(they come with 'encode --max-error', docs/residuals.md); remove the "
-                           "key")
         if v is None:
             if TOP[key][1]:
                 raise doc.fail(line, key, "needs a value")
@@ -215,6 +213,9 @@ def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
     if r.version != RECIPE_VERSION:
         raise doc.fail(lines["version"], "version", f"{r.version} is not a recipe version this "
                        f"era5latent reads; expected {RECIPE_VERSION}")
+    if r.residual_codec not in ("sz3", "zfp"):
+        raise doc.fail(lines["residual_codec"], "residual_codec",
+                       f"{r.residual_codec!r}: expected sz3 or zfp")
     if r.time_axis not in ("valid", "reference"):
         raise doc.fail(lines["time_axis"], "time_axis",
                        f"{r.time_axis!r}: expected valid or reference")
@@ -246,6 +247,14 @@ def _check(doc: _Doc, key: str, line: int, kind: str, v: Any) -> Any:
             return [c.code for c in parse_subset(v if isinstance(v, str) else [str(x) for x in v])]
         except Era5LatentError as err:
             raise doc.fail(line, key, str(err)) from None
+    if kind == "max_error":  # 'z500=5,t850=0.1' or a mapping {z500: 5, "*": 1%}
+        if isinstance(v, dict) and v and all(isinstance(k, str) and isinstance(b, (int, float, str))
+                                             and not isinstance(b, bool) for k, b in v.items()):
+            return ",".join(f"{k}={b}" for k, b in v.items())
+        if isinstance(v, str) and v.strip():
+            return v
+        raise doc.fail(line, key, f"{v!r}: expected bounds as 'z500=5,t850=0.1' or a mapping "
+                       "of channel (or '*') to bound, e.g. {t2m: 0.5, '*': 1%}")
     if kind == "step":
         if not (isinstance(v, str) or _is_int(v)):
             raise doc.fail(line, key, f"{v!r}: expected a forecast step such as 6, 6h or PT6H")
@@ -331,6 +340,7 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
                  overwrite=overwrite, time_chunk=recipe.time_chunk, precision=recipe.precision,
                  progress=encode_progress,
                  part=(part, recipe.parts) if part is not None and recipe.parts else None,
+                 max_error=recipe.max_error, residual_codec=recipe.residual_codec,
                  root_attrs={RECIPE_ATTR: recipe.canonical()})
     return BuildResult(recipe, trained, res)
 

@@ -181,10 +181,10 @@ class Source:
             if channels[ks[0]].level is not None:
                 da = da.sel(level=[channels[k].level for k in ks]).transpose(
                     "time", *self.sample_dims, "level", "latitude", "longitude")
-            else:
-                da = da.expand_dims("level", axis=-3)
-            try:
+            try:  # (xarray's expand_dims would read the values outside this try)
                 vals = np.asarray(da.values, dtype=np.float32)
+                if channels[ks[0]].level is None:
+                    vals = vals[..., None, :, :]  # a level axis of one
             except MemoryError:
                 raise
             except Exception as err:  # what a reader raises on a damaged or missing chunk varies

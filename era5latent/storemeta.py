@@ -268,6 +268,19 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
         raise _bad(path, "source.layout.lat_descending", "true or false",
                    layout.get("lat_descending"))
     _num(path, "source.layout.lon_min", layout.get("lon_min"))
+    # the optional keys (decode writes its output from them: a wrong type would reach it)
+    for kk, vv in _obj(path, "source.layout.dims", layout.get("dims", {})).items():
+        _str(path, f"source.layout.dims.{kk}", vv)
+    for key in ("attrs", "coord_attrs"):
+        for kk, vv in _obj(path, f"source.layout.{key}", layout.get(key, {})).items():
+            _obj(path, f"source.layout.{key}.{kk}", vv)
+    _obj(path, "source.layout.global_attrs", layout.get("global_attrs", {}))
+    if layout.get("time_axis", "valid") not in ("valid", "reference"):
+        raise _bad(path, "source.layout.time_axis", "valid or reference", layout.get("time_axis"))
+    if layout.get("step_hours") is not None:
+        _num(path, "source.layout.step_hours", layout.get("step_hours"))
+    if not isinstance(layout.get("level_pa", False), bool):
+        raise _bad(path, "source.layout.level_pa", "true or false", layout.get("level_pa"))
     dims = _list(path, "sample_dims", meta.get("sample_dims", []))
     reserved = {"time", "latitude", "longitude", "level", "build_done", "token_lat",
                 "token_lon", "_era5latent", "residual"}

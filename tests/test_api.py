@@ -64,7 +64,7 @@ def unpack(packed: np.ndarray) -> np.ndarray:
 def test_import_is_lazy_and_exports_resolve() -> None:
     code = ("import sys, era5latent; assert 'torch' not in sys.modules, 'torch'; "
             "assert 'xarray' not in sys.modules, 'xarray'; "
-            "import era5latent.training, era5latent.evaluate; "  # submodules must not shadow exports
+            "import era5latent.training, era5latent.evaluation; "  # submodules must not shadow exports
             "assert callable(era5latent.train_model) and callable(era5latent.evaluate_reconstruction);"
             "print(sorted(era5latent.__all__))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

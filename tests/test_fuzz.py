@@ -497,6 +497,8 @@ def judge(case: Case) -> tuple[int, list[str]]:
             problems.append(f"pre-existing {name} modified or removed")
             break
     new = {n.split("/")[0] for n in after} - {n.split("/")[0] for n in before}
+    if code != 0 and case.verb == "encode" and out_name in new and _resumable(case.out):
+        new.discard(out_name)  # chunks were written before the failure: kept, for a resume
     if code != 0 and new:
         problems.append(f"left behind after a failure: {sorted(new)}")
     expected = {out_name, f"{out_name}.state.safetensors"} if out_name else set()
@@ -512,6 +514,18 @@ def judge(case: Case) -> tuple[int, list[str]]:
     if problems:
         problems.append(f"stderr: {stderr.strip()[-400:]!r}")
     return code, problems
+
+
+def _resumable(out: Path | None) -> bool:
+    """An unfinished latent store holding at least one encoded time chunk: what an encode that
+    failed part-way keeps (nothing is lost; the same command resumes it)."""
+    if out is None or not out.is_dir():
+        return False
+    res = run_cli("info", str(out), "--json")
+    if res.exit_code != 0:
+        return False
+    info = json.loads(res.stdout)
+    return not info["complete"] and info["chunks_done"] >= 1
 
 
 def damage(pristine: Path, store: Path) -> list[str]:

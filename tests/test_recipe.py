@@ -109,7 +109,8 @@ BASE = "source: s.zarr\nsubset: z500\nmodel: m.safetensors\nout: o.zarr\n"
     (BASE + "batch_size: 0\n", ["line 5", "batch_size", "positive"]),
     ("source: s.zarr\nsubset: z500\nmodel: m.safetensors\n", ["missing key 'out'"]),
     ("source: s.zarr\nsubset: zz500\nmodel: m\nout: o\n", ["line 2", "subset", "zz500"]),
-    (BASE + "max_error: {t: 0.5}\n", ["line 5", "max_error", "not available"]),
+    (BASE + "max_error: [1, 2]\n", ["line 5", "max_error", "expected bounds"]),
+    (BASE + "residual_codec: lz4\n", ["line 5", "residual_codec", "sz3 or zfp"]),
     (BASE + "time_axis: forecast\n", ["line 5", "time_axis", "valid or reference"]),
     (BASE + "train:\n  ema: 2\n", ["line 5", "train", "--ema"]),
     (BASE + "out: again.zarr\n", ["line 5", "out", "twice"]),
@@ -122,3 +123,23 @@ def test_malformed_recipe_is_one_line_naming_the_key(tmp_path: Path, text: str,
     recipe.write_text(text)
     assert_clean_error(run_cli("build", recipe), "bad.yaml", *needles)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_recipe_with_bounds_builds_a_store_with_residuals(tmp_path: Path, sample_zarr: Path,
+                                                           tiny_model: Path) -> None:
+    (tmp_path / "m.safetensors").symlink_to(tiny_model)
+    recipe = tmp_path / "bounded.yaml"
+    recipe.write_text(f"""source: {sample_zarr}
+subset: z500,t2m
+model: m.safetensors
+device: cpu
+max_error: {{t2m: 0.5, "*": 1%}}
+residual_codec: zfp
+out: bounded.zarr
+""")
+    res = run_cli("build", recipe)
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(run_cli("info", tmp_path / "bounded.zarr", "--json").stdout)
+    assert info["residual"]["present"] and info["residual"]["codec"] == "zfp"
+    assert info["residual"]["channels"]["t2m"]["max_error"] == 0.5
+    assert info["recipe"]["max_error"] == "t2m=0.5,*=1%"

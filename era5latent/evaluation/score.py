@@ -220,7 +220,7 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
 
 def _layers(latent: LatentStore | None) -> dict[str, dict[str, Any]]:
     """Per channel, both layers' bytes per value and the bound, for a store with residuals."""
-    if latent is None or not latent.has_residual:
+    if latent is None or not getattr(latent, "has_residual", False):
         return {}
     from era5latent.residual.summary import channel_layers
 

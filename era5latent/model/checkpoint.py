@@ -136,8 +136,10 @@ def _grid(value: Any, path: str) -> dict[str, Any]:
         return isinstance(v, list) and len(v) == 2 and all(
             isinstance(x, kind) and not isinstance(x, bool) and lo <= x <= hi for x in v)
 
+    # latitude/longitude (first, last) are checked against a source where present
     if not isinstance(value, dict) or not pair("shape", int, 1, 1 << 20) or not (
-            pair("latitude", (int, float), -90, 90) and pair("longitude", (int, float), -360, 360)):
+            ("latitude" not in value or pair("latitude", (int, float), -90, 90)) and
+            ("longitude" not in value or pair("longitude", (int, float), -360, 360))):
         raise _bad(path, "'grid'", value, "{shape: [nlat, nlon], latitude: [first, last], "
                    "longitude: [first, last]}")
     return value
@@ -221,8 +223,13 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedMode
     initialisation cost.
     """
     meta = read_meta(path)
-    with torch.device("meta"):
-        model = WLA(meta.config, init_weights=False)
+    try:
+        with torch.device("meta"):  # no memory: but a size past int64 still fails in torch
+            model = WLA(meta.config, init_weights=False)
+    except (RuntimeError, OverflowError, ValueError) as err:
+        raise CheckpointError(f"{path}: its config describes a model that cannot be built "
+                              f"({str(err).splitlines()[0][:120]}); the file is damaged or was "
+                              "not written by era5latent") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = _file_shapes(path)
     missing = sorted(set(expected) - set(shapes))

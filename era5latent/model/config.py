@@ -109,8 +109,8 @@ class WLAConfig:
             raise OptionError(f"code_bits must be a multiple of 8, got {self.code_bits}")
         if self.meta_dim % PVUM_HEADS:
             raise OptionError(f"meta_dim must be a multiple of {PVUM_HEADS}, got {self.meta_dim}")
-        if not self.mlp_ratio > 0 or int(self.width * self.mlp_ratio) < 1:
-            raise OptionError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0 < self.mlp_ratio <= MAX_MLP_RATIO or int(self.width * self.mlp_ratio) < 1:
+            raise OptionError(f"mlp_ratio must be in (0, {MAX_MLP_RATIO}], got {self.mlp_ratio}")
         for name in ("entropy_sample_weight", "entropy_codebook_weight"):
             if not getattr(self, name) >= 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -181,6 +181,10 @@ class WLAConfig:
         except (OptionError, TypeError, ValueError) as e:
             raise CheckpointError(f"model config is invalid: {e}") from e
 
+
+#: the MLP's hidden width over the model width (4 in every preset; bounded so a crafted config
+#: cannot ask for a tensor no machine holds)
+MAX_MLP_RATIO = 64.0
 
 _INT_FIELDS = {"patch_stride", "patch_padding", "width", "enc_depth", "dec_depth", "heads",
                "code_bits", "feat_dim", "meta_dim", "global_every"}

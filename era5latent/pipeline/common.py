@@ -48,15 +48,16 @@ def check_grid(source: Source, loaded: LoadedModel) -> None:
     want = loaded.meta.grid
     have = grid_info(source.latitude, source.longitude)
     same = want["shape"] == have["shape"] and all(
-        np.allclose(want[k], have[k], atol=1e-6) for k in ("latitude", "longitude"))
+        np.allclose(want[k], have[k], atol=1e-6) for k in ("latitude", "longitude") if k in want)
     if not same:
+        trained = (f" (lat {want['latitude'][0]}..{want['latitude'][1]}, lon "
+                   f"{want['longitude'][0]}..{want['longitude'][1]})"
+                   if "latitude" in want and "longitude" in want else "")
         raise GridMismatchError(
             f"{source.path} is on a {have['shape'][0]}x{have['shape'][1]} grid (lat "
             f"{have['latitude'][0]}..{have['latitude'][1]}, lon {have['longitude'][0]}.."
             f"{have['longitude'][1]}) but {loaded.path} was trained on {want['shape'][0]}x"
-            f"{want['shape'][1]} (lat {want['latitude'][0]}..{want['latitude'][1]}, lon "
-            f"{want['longitude'][0]}..{want['longitude'][1]}); regrid the data or train a model on "
-            "this grid")
+            f"{want['shape'][1]}{trained}; regrid the data or train a model on this grid")
 
 
 def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> None:

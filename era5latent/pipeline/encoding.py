@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from era5latent import faults
-from era5latent.errors import OptionError, StoreError, StoreExistsError
+from era5latent.errors import Era5LatentError, OptionError, StoreError, StoreExistsError
 from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_writes
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
@@ -374,24 +374,30 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
             remove_partial_writes(out)  # chunk files a killed writer left half-written
         try:
             return _run(job, out, progress)
-        except BaseException:
-            _forget_if_empty(job, out)
+        except BaseException as err:
+            kept = _forget_if_empty(job, out)
+            if kept and isinstance(err, Era5LatentError) and len(err.args) == 1 and \
+                    type(err).__str__ is BaseException.__str__:  # say what was kept, and why
+                err.args = (f"{err.args[0]} ({kept} time chunk(s) encoded before it are kept "
+                            f"in {out}: the same command resumes from there)",)
             raise
 
 
-def _forget_if_empty(job: EncodeJob, out: str) -> None:
+def _forget_if_empty(job: EncodeJob, out: str) -> int:
     """After a failure: remove the store this run created if not one time chunk reached it
-    (a whole-store writer holds the only lock, so nobody else is writing it)."""
+    (a whole-store writer holds the only lock, so nobody else is writing it). Returns the
+    number of time chunks kept (0: nothing, or a store this run did not create)."""
     from era5latent.fsutil import remove_tree
 
     if job.resumed or job.part is not None:
-        return
+        return 0
     try:
-        empty = not job.store.done().any()
+        done = int(job.store.done().sum())
     except Exception:  # cannot tell: keep it (a re-run resumes or says what is wrong)
-        return
-    if empty:
+        return 0
+    if not done:
         remove_tree(out)
+    return done
 
 
 def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from era5latent.baselines import SZ3, ZFPFixedAccuracy
+from era5latent.evaluation.codecs import SZ3, ZFPFixedAccuracy
 
 #: ``--residual-codec`` names -> what they are
 CODECS = {"sz3": "SZ3 (pysz), absolute error bound",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,10 @@ DEFAULT_LR = {"tiny": 2e-3, "small": 1e-3, "paper": 3e-4}
 LEVEL_WEIGHTS = ("variance", "none")
 QUANTIZER_FORMS = ("era5latent", "upstream")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+#: the most optimiser steps a run may ask for (a typo of many digits fails at once)
+MAX_STEPS = 10 ** 9
 
 
 @dataclass
@@ -55,6 +60,11 @@ class TrainOptions:
         if self.steps < 1 or self.batch_size < 1:
             raise OptionError(f"--steps {self.steps} / --batch-size {self.batch_size}: expected "
                               "positive integers")
+        if self.steps > MAX_STEPS:
+            raise OptionError(f"--steps {self.steps}: expected at most {MAX_STEPS:,} (the paper "
+                              "trained for 200,000)")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise OptionError(f"--lr {self.lr}: expected a positive learning rate, e.g. 3e-4")
         if self.preset not in DEFAULT_LR and self.lr is None:
             raise OptionError(f"--preset {self.preset!r}: expected one of {', '.join(DEFAULT_LR)}")
         if self.grad_accum < 1:
@@ -72,8 +82,9 @@ class TrainOptions:
                 raise OptionError(f"{flag} {value!r}: expected one of {', '.join(allowed)}")
         if not 0.0 <= self.ema < 1.0:
             raise OptionError(f"--ema {self.ema}: expected a decay in [0, 1), e.g. 0.999 (0: off)")
-        if not self.adversarial_weight >= 0.0:
-            raise OptionError(f"--adversarial-weight {self.adversarial_weight}: expected >= 0")
+        if not (math.isfinite(self.adversarial_weight) and self.adversarial_weight >= 0.0):
+            raise OptionError(f"--adversarial-weight {self.adversarial_weight}: expected a "
+                              "finite number >= 0")
         nonneg = {"--disc-start": self.disc_start, "--workers": self.workers}
         positive = {"--val-every": self.val_every, "--checkpoint-every": self.checkpoint_every,
                     "--log-every": self.log_every, "--shuffle-mb": self.shuffle_mb,
