@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
 	else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi
 	$(PIP) install -q -e ".[dev]"
+	# xbitinfo, for the one test that checks our keepbits against its own: beside the venv, not
+	# in it (it pins numpy < 2.4 and numcodecs < 0.16.4; its Python implementation runs fine)
+	$(PIP) install -q --no-deps --target $(VENV)/xbitinfo "xbitinfo==0.0.7" "tqdm>=4"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +33,7 @@ install: $(STAMP)
 # one OpenMP thread per process: the suite runs subprocesses and Dask workers side by side, and
 # spinning OpenMP threads on an oversubscribed 2-core machine made model steps ~20x slower
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} ERA5LATENT_XBITINFO_PATH=$(VENV)/xbitinfo $(PY) -m pytest -q
 
 # generated malformed sources, stores, parquet files and command lines through every verb
 # (tests/test_fuzz.py; make test runs 200 of them), printing the counts by verb and exit code;

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -318,9 +321,12 @@ def test_keepbits_agree_with_xbitinfo_on_a_real_sample(real_data) -> None:
     """Our bitinformation and keepbits against xbitinfo's own (its Python implementation).
 
     xbitinfo 0.0.7 pins numpy < 2.4 and numcodecs < 0.16.4, so it is not installed with the
-    project; install it beside (``pip install --no-deps --target DIR xbitinfo tqdm`` and
-    PYTHONPATH=DIR) to run this check.
+    project; ``make install`` puts it beside the venv (``pip install --no-deps --target
+    .venv/xbitinfo``) and ``make test`` points ERA5LATENT_XBITINFO_PATH there.
     """
+    side = os.environ.get("ERA5LATENT_XBITINFO_PATH")  # where `make install` puts it
+    if side and os.path.isdir(side) and side not in sys.path:
+        sys.path.append(side)  # last: it never shadows the project's own packages
     xb = pytest.importorskip("xbitinfo", reason="xbitinfo not importable here (its pins are "
                              "older than this project's numpy/numcodecs; see the docstring)")
     from era5latent.evaluation import bitinfo
