@@ -18,7 +18,7 @@ import numpy as np
 
 from era5latent.errors import SubsetError
 from era5latent.model.checkpoint import LoadedModel
-from era5latent.sources import Source, check_finite
+from era5latent.sources import Source
 from era5latent.variables import Channel, group_channels, parse_channel
 
 #: time steps (evenly spaced over the encoded range) an unseen level's statistics are taken from:
@@ -43,22 +43,13 @@ def level_stats(source: Source, channels: tuple[Channel, ...], t0: int, t1: int,
                 steps: int = STATS_STEPS) -> dict[str, dict[str, float]]:
     """Mean and standard deviation per channel over ``steps`` evenly spaced times of
     ``[t0, t1)``."""
-    from era5latent.training.stats import RunningMoments
+    from era5latent.training.stats import stats_over
 
     if t1 <= t0:
         raise SubsetError(f"{source.path}: no time steps in the range to take statistics from")
     idx = np.unique(np.linspace(t0, t1 - 1, min(steps, t1 - t0)).round().astype(int))
-    acc = RunningMoments(len(channels))
-    for t in idx.tolist():
-        x = source.read(channels, t, t + 1)
-        check_finite(x, f"{source.path} (statistics of levels not seen in training)")
-        x = x.reshape(-1, *x.shape[-3:])
-        for c in range(len(channels)):
-            for k in range(x.shape[0]):
-                acc.add_slab(c, x[k, c])
-    mean, std = acc.mean, acc.std()
-    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    return {c.code: {"mean": float(m), "std": float(s)} for c, m, s in zip(channels, mean, std)}
+    return stats_over(source, channels, [(t, t + 1) for t in idx.tolist()],
+                      "statistics of levels not seen in training")
 
 
 def _adopt(loaded: LoadedModel, chs: list[Channel], stats: dict[str, Any]) -> None:

@@ -54,10 +54,19 @@ def _slab_moments(x: np.ndarray) -> tuple[float, float]:
 def compute_stats(source: Source, channels: tuple[Channel, ...], t0: int, t1: int,
                   block: int = 8) -> dict[str, dict[str, float]]:
     """Per-channel mean and standard deviation over time indices ``[t0, t1)``, streamed."""
+    return stats_over(source, channels, [(a, min(a + block, t1)) for a in range(t0, t1, block)],
+                      "training period")
+
+
+def stats_over(source: Source, channels: tuple[Channel, ...], spans: list[tuple[int, int]],
+               what: str) -> dict[str, dict[str, float]]:
+    """Per-channel mean and standard deviation over the time spans ``[a, b)`` (each read
+    once, checked finite; ``what`` names them in the error), streamed; a constant channel gets
+    std 1."""
     acc = RunningMoments(len(channels))
-    for a in range(t0, t1, block):
-        x = source.read(channels, a, min(a + block, t1))  # (t, *sample, C, H, W) float32
-        check_finite(x, f"{source.path} (training period)")
+    for a, b in spans:
+        x = source.read(channels, a, b)  # (t, *sample, C, H, W) float32
+        check_finite(x, f"{source.path} ({what})")
         x = x.reshape(-1, *x.shape[-3:])  # (t * samples, C, H, W)
         for c in range(len(channels)):
             for k in range(x.shape[0]):
