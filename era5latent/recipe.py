@@ -163,7 +163,6 @@ def _value(node: Any) -> Any:
 
 def load_recipe(path: str) -> Recipe:
     """Read and validate the recipe at ``path`` (one :class:`RecipeError` line on any problem)."""
-    import yaml
 
     try:
         with open(path, encoding="utf-8") as f:

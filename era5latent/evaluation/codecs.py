@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ClassVar, Iterator, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
