@@ -163,3 +163,19 @@ def test_checkpoint_metadata_is_checked_key_by_key(tmp_path: Path, key: str, val
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(str(bad))
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("meta_dim", 2 ** 63), ("patch_padding", 2 ** 63), ("mlp_ratio", 2 ** 63),
+    ("grid", [17, 2 ** 63]), ("width", 2 ** 40), ("heads", 2 ** 30)])
+def test_a_config_past_any_model_size_is_one_line(tmp_path: Path, field: str, value: Any) -> None:
+    """Found by the fuzz harness: sizes past int64 failed inside torch (a C++ stack), even on
+    the meta device."""
+    path, _, meta = _save(tmp_path)
+    header = json.loads(meta.to_json())
+    header["config"][field] = value
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(path)), str(bad), metadata={"era5latent": json.dumps(header)})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(bad))
+    assert field in str(err.value) and "\n" not in str(err.value)

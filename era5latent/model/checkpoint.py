@@ -226,7 +226,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedMode
     try:
         with torch.device("meta"):  # no memory: but a size past int64 still fails in torch
             model = WLA(meta.config, init_weights=False)
-    except (RuntimeError, OverflowError, ValueError) as err:
+    except (RuntimeError, OverflowError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path}: its config describes a model that cannot be built "
                               f"({str(err).splitlines()[0][:120]}); the file is damaged or was "
                               "not written by era5latent") from None

@@ -85,8 +85,9 @@ class WLAConfig:
         if self.preset not in (*PRESETS, "custom"):
             raise OptionError(f"unknown preset {self.preset!r}: expected one of "
                               f"{', '.join((*PRESETS, 'custom'))}")
-        if len(self.grid) != 2 or min(self.grid) < 1:
-            raise OptionError(f"grid must be two positive sizes (nlat, nlon), got {self.grid}")
+        if len(self.grid) != 2 or min(self.grid) < 1 or max(self.grid) > MAX_SIZE:
+            raise OptionError(f"grid must be two sizes (nlat, nlon) in 1..{MAX_SIZE}, got "
+                              f"{self.grid}")
         if not self.groups or len(set(self.groups)) != len(self.groups):
             raise OptionError(f"groups must be non-empty and unique, got {self.groups}")
         for g in self.groups:
@@ -100,9 +101,12 @@ class WLAConfig:
         for name, v in positive.items():
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise OptionError(f"{name} must be a positive integer, got {v!r}")
+            if v > MAX_SIZE:  # a crafted config: no layer of any preset comes near
+                raise OptionError(f"{name} must be at most {MAX_SIZE}, got {v!r}")
         if isinstance(self.patch_padding, bool) or not isinstance(self.patch_padding, int) \
-                or self.patch_padding < 0:
-            raise OptionError(f"patch_padding must be an integer >= 0, got {self.patch_padding!r}")
+                or not 0 <= self.patch_padding <= MAX_SIZE:
+            raise OptionError(f"patch_padding must be an integer in 0..{MAX_SIZE}, got "
+                              f"{self.patch_padding!r}")
         if self.width % self.heads:
             raise OptionError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.code_bits % 8:
@@ -185,6 +189,8 @@ class WLAConfig:
 #: the MLP's hidden width over the model width (4 in every preset; bounded so a crafted config
 #: cannot ask for a tensor no machine holds)
 MAX_MLP_RATIO = 64.0
+#: the largest width, depth, head count or code size a config may name
+MAX_SIZE = 1 << 20
 
 _INT_FIELDS = {"patch_stride", "patch_padding", "width", "enc_depth", "dec_depth", "heads",
                "code_bits", "feat_dim", "meta_dim", "global_every"}
