@@ -108,7 +108,7 @@ def local_cluster(workers: int, device: str = "auto") -> Any:
     try:
         # a worker process that dies while the cluster starts (killed, out of memory) makes
         # LocalCluster raise; once more with fresh processes before giving up
-        for attempt in range(CLUSTER_START_ATTEMPTS):
+        for _ in range(CLUSTER_START_ATTEMPTS):
             try:
                 return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
