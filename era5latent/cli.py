@@ -63,8 +63,9 @@ PROGRESS_EVERY_S = 30.0
 
 class _Bar:
     """Progress on stderr: a rich bar on a terminal; elsewhere (scripts, batch jobs) a one-line
-    record every ``PROGRESS_EVERY_S`` seconds and at the end (percentage, rate, ETA); nothing
-    under ``--quiet``."""
+    record every ``PROGRESS_EVERY_S`` seconds and one at the end of a run that took that long
+    (percentage, rate, ETA), so a quick run, or a quick failure, prints only its result or its
+    one error line; nothing under ``--quiet``."""
 
     def __init__(self, description: str, unit: str, enabled: bool = True) -> None:
         from rich.console import Console
@@ -84,6 +85,7 @@ class _Bar:
         self.t0 = 0.0
         self.first: int | None = None
         self.last_line = 0.0
+        self.printed = False  # a record was written (then the end gets one too)
         self.state = (0, 0, "")
 
     def __enter__(self) -> _Bar:
@@ -94,8 +96,11 @@ class _Bar:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import time
+
         self.progress.stop()
-        if self.lines and exc[0] is None and self.state[1]:
+        long = time.perf_counter() - self.t0 >= PROGRESS_EVERY_S
+        if self.lines and exc[0] is None and self.state[1] and (self.printed or long):
             self._line(*self.state)
 
     def rate(self, done: int) -> float:
@@ -110,6 +115,7 @@ class _Bar:
         rate = self.rate(done)
         eta = f", ETA {_hms((total - done) / rate)}" if rate > 0 and done < total else ""
         pct = 100.0 * done / total if total else 100.0
+        self.printed = True
         sys.stderr.write(f"{self.description}: {pct:.1f}% ({done}/{total} {self.unit}), "
                          f"{rate:.1f} {self.unit}/s{eta}" + (f", {extra}" if extra else "") + "\n")
         sys.stderr.flush()

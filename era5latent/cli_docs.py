@@ -20,7 +20,8 @@ def render() -> str:
            "Global options, before the command: `--version` prints the version; `--quiet` (`-q`) "
            "silences progress. Progress goes to stderr: a bar on a terminal, elsewhere (scripts, "
            "batch jobs) a line such as `encode: 42.0% (420/1000 samples), 12.3 samples/s, "
-           "ETA 0:00:47` every 30 seconds and at the end.", ""]
+           "ETA 0:00:47` every 30 seconds, and at the end of a run that took that long (a "
+           "quicker run prints only its result, or its one error line).", ""]
     for name in root.list_commands(ctx):  # type: ignore[attr-defined]
         cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
         sub = cmd.context_class(cmd, info_name=name, parent=ctx)

@@ -77,9 +77,18 @@ def test_chunked_evaluate_equals_one_chunk_and_reads_one_chunk_at_a_time(
 
 
 def test_evaluate_cli_progress_lines_and_quiet(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from era5latent import cli
+
     truth, recon = pair
-    res = run_cli("evaluate", truth, recon, "--subset", "t2m", "--baselines", "none",
-                  "--time-chunk", "6")
+    quick = run_cli("evaluate", truth, recon, "--subset", "t2m", "--baselines", "none")
+    assert quick.exit_code == 0 and "evaluate: " not in quick.stderr  # under 30 s: no record
+    every = cli.PROGRESS_EVERY_S
+    cli.PROGRESS_EVERY_S = 0.0  # a record at every update
+    try:
+        res = run_cli("evaluate", truth, recon, "--subset", "t2m", "--baselines", "none",
+                      "--time-chunk", "6")
+    finally:
+        cli.PROGRESS_EVERY_S = every
     assert res.exit_code == 0, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("evaluate: ")]
     assert lines and lines[-1].startswith("evaluate: 100.0% (24/24 steps)"), res.stderr
