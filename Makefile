@@ -47,7 +47,11 @@ fuzz: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m era5latent.demo --out $(DEMO_DIR)
 
+# the bench script's own end-to-end test first (about a minute; kept out of make test), then
+# the benchmark
 bench: $(STAMP)
+	ERA5LATENT_BENCH_TESTS=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q \
+	  -p no:cacheprovider tests/test_performance.py -k make_bench_script
 	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
 
 typecheck: $(STAMP)

@@ -5,6 +5,7 @@ writes exactly what zarr-python does, without leaving any global setting changed
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,8 @@ def test_fast_zarr_blocks_in_two_threads_leave_the_global_setting_alone(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ERA5LATENT_BENCH_TESTS"),
+                    reason="about a minute: runs under 'make bench' (ERA5LATENT_BENCH_TESTS=1)")
 def test_make_bench_script_prints_its_tables_and_the_two_efficiency_lines(tmp_path: Path) -> None:
     """`make bench` runs benchmarks/bench_pipeline.py; end to end on a small grid (--quick)."""
     import re
