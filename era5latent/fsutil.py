@@ -260,6 +260,29 @@ def _parent(path: str) -> str:
     return parent
 
 
+def commit_dir(src: str, dst: str, replace: bool) -> None:
+    """Rename the finished directory ``src`` to ``dst``. With ``replace``, an existing ``dst``
+    (the caller checked it is ours) is moved aside first, deleted after, and put back if the
+    rename fails. A ``dst`` that another process made meanwhile (no ``replace``) wins: the
+    rename fails on a non-empty directory, never replacing one."""
+    old = None
+    if replace and os.path.lexists(dst):
+        old = tempfile.mkdtemp(dir=_parent(dst), prefix=f".{os.path.basename(dst)}.old-")
+        os.rename(dst, os.path.join(old, "old"))
+    try:
+        os.rename(src, dst)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise StoreExistsError(f"{dst} already exists (made by another process meanwhile); "
+                               "pass --overwrite to replace it") from None
+    finally:
+        if old is not None:
+            if not os.path.lexists(dst):
+                os.rename(os.path.join(old, "old"), dst)
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(path: str, overwrite: bool, kind: str | None = None) -> Iterator[str]:
     """Yield a temporary directory beside ``path``; on success, move it to ``path``.
@@ -280,20 +303,7 @@ def atomic_dir(path: str, overwrite: bool, kind: str | None = None) -> Iterator[
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
     try:
         yield tmp
-        if overwrite and os.path.exists(path):
-            trash = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old-")
-            os.rename(path, os.path.join(trash, "old"))
-            os.rename(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, path)  # fails on a non-empty directory: never replaces one
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                # another process made it while we built ours (concurrent creators): theirs wins
-                raise StoreExistsError(f"{path} already exists (made by another process "
-                                       "meanwhile); pass --overwrite to replace it") from None
+        commit_dir(tmp, path, replace=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -36,7 +36,6 @@ from era5latent.embed.writer import (
     _move_arrays,
     _names,
     _new_temp_dir,
-    _replace_dir,
     _umask,
     _write_npz,
     _zarr_format,
@@ -281,7 +280,7 @@ def build_embed_map(
         if npz_tmp is not None:
             _check_target(Path(o.npz), fsutil.EMBED_NPZ, "--npz", o.overwrite)  # type: ignore[arg-type]
         if attach_to is None:
-            _replace_dir(store_path, target)
+            fsutil.commit_dir(str(store_path), str(target), replace=True)
         else:
             _move_arrays(store_path, target, list(names.values()), replaced)
         if npz_tmp is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import numpy as np
 
 from era5latent.embed.grid import N_LAT, N_LON, Grid, _one_line
 from era5latent.embed.options import EmbedMapOptions, ProgressFn
-from era5latent.errors import EmbedMapError, OptionError, StoreExistsError
+from era5latent.errors import EmbedMapError, OptionError
 from era5latent.fsutil import NPZ_MARKER
 
 if TYPE_CHECKING:
@@ -182,27 +181,6 @@ def _is_consolidated(path: Path) -> bool:
         except (OSError, ValueError):
             return False
     return False
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` (checked to be ours) is moved aside first,
-    then deleted."""
-    old = None
-    if dst.exists() or dst.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.old-"))
-        os.rename(dst, old / "old")
-    try:
-        os.rename(src, dst)  # fails on a non-empty directory: never replaces one
-    except OSError as err:
-        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        raise StoreExistsError(f"output {dst} already exists (made by another process "
-                               "meanwhile); pass --overwrite to replace it") from None
-    finally:
-        if old is not None:
-            if not os.path.lexists(dst):  # put the old one back
-                os.rename(old / "old", dst)
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_arrays(src_group: Path, store: Path, names: list[str], replaced: list[str]) -> None:
