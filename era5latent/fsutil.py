@@ -102,6 +102,53 @@ def exists(path: str) -> bool:
     return bool(fs.exists(p))
 
 
+def not_plain_files(root: str, limit: int = 3) -> list[str]:
+    """What in the local directory tree ``root`` is neither a plain file nor a directory
+    (symbolic links, fifos, devices, sockets), as ``'REL (what)'`` lines; at most ``limit``.
+
+    One ``os.scandir`` walk: the entry types come from the directory listing itself, so no
+    file is opened and no link is followed (a fifo would block a reader forever)."""
+    import stat
+
+    found: list[str] = []
+    todo = [root]
+    while todo and len(found) < limit:
+        here = todo.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError:
+            continue  # unreadable: whoever reads it says so
+        for e in sorted(entries, key=lambda e: e.name):
+            if e.is_symlink():
+                rel = os.path.relpath(e.path, root)
+                try:
+                    found.append(f"{rel} (a symbolic link to {os.readlink(e.path)})")
+                except OSError:
+                    found.append(f"{rel} (a symbolic link)")
+            elif e.is_dir(follow_symlinks=False):
+                todo.append(e.path)
+            elif not e.is_file(follow_symlinks=False):
+                mode = e.stat(follow_symlinks=False).st_mode
+                kind = ("a fifo" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                        else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode)
+                        else "a special file")
+                found.append(f"{os.path.relpath(e.path, root)} ({kind})")
+            if len(found) >= limit:
+                break
+    return found
+
+
+def check_plain_tree(path: str, what: str = "latent store") -> None:
+    """Refuse a local store holding anything but plain files and directories (a link could lead
+    a reader or a writer out of it; a fifo would hang it). The root itself may be a link."""
+    if is_url(path) or not os.path.isdir(path):
+        return
+    found = not_plain_files(path)
+    if found:
+        raise StoreError(f"{path} holds {found[0]}; expected a {what} of plain files only: "
+                         "replace it by a copy of the file (cp -L), or re-encode the store")
+
+
 def full_path(path: str) -> str:
     """An absolute local path, or the URL unchanged (what provenance attributes record)."""
     return path if is_url(path) else os.path.abspath(path)

@@ -30,6 +30,7 @@ from era5latent.errors import OptionError, StoreError
 from era5latent.fsutil import (
     LATENT,
     atomic_dir,
+    check_plain_tree,
     is_url,
     os_error_of,
     remove_tree,
@@ -672,6 +673,7 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     """Open a latent store; refuse anything else, or a format version this package cannot read."""
     if not (is_store(path) if is_url(path) else os.path.exists(path)):
         raise StoreError(f"no such latent store: {path}; check the path")
+    check_plain_tree(path)  # no links out of the store, no fifo to hang on (a scandir walk)
     try:
         where = zarr_store(path, read_only=mode == "r")
         root = zarr.open_group(where, mode=mode, zarr_format=3)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """``era5latent verify``: every byte of a latent store checked, every array named.
 
-Checks, in order (one :class:`Check` each): the format and the attributes' schema (what opening
+Checks, in order (one :class:`Check` each): that the store is a tree of plain files (no
+symbolic link, fifo, device or socket; checked first, without opening any file), the format and the attributes' schema (what opening
 the store refuses), the metadata digests recorded at finalize (every ``zarr.json``, subgroups'
 included), the build state, then every array of the store, at the root and in its subgroups
 (``_era5latent/build_done``, ``residual/streams_G``, ...), chunk by chunk: each chunk's crc32c
@@ -12,6 +13,7 @@ and chunk.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import zarr
 
 from era5latent.errors import StoreError
+from era5latent.fsutil import is_url, not_plain_files
 from era5latent.residual.layout import residual_name
 from era5latent.store import (
     DONE,
@@ -57,6 +60,11 @@ def _root_problem(path: str) -> str | None:
 def verify(path: str, model_sha256: str | None = None) -> list[Check]:
     """Every integrity check ``era5latent verify`` prints, in order."""
     checks: list[Check] = []
+    if not is_url(path) and os.path.isdir(path):  # before anything reads a file of it
+        found = not_plain_files(path, limit=10)
+        if found:  # a link may lead out of the store, a fifo would hang the read: stop here
+            return [Check("files", False, "; ".join(found) + ": a store holds plain files "
+                          "only; replace each by a copy of the file (cp -L), or re-encode")]
     try:
         store = open_latent_store(path)
     except StoreError as err:

@@ -325,3 +325,55 @@ def test_removing_digests_does_not_hide_an_edit(store: Path, tiny_model: Path, t
     assert "metadata" in line and ("latitude/zarr.json" in line or "never sealed" in line)
     res = run_cli("decode", store, "--model", tiny_model, "--out", tmp_path / "r.zarr")
     assert_clean_error(res, "metadata")
+
+
+def _a_chunk_file(store: Path, array: str) -> Path:
+    return sorted(p for p in (store / array / "c").rglob("*") if p.is_file())[0]
+
+
+def test_a_chunk_linked_out_of_the_store_is_refused_by_verify_and_every_reader(
+        store: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from era5latent import open_latent
+    from era5latent.errors import StoreError
+
+    chunk = _a_chunk_file(store, "codes_z")
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(chunk.read_bytes())  # the same bytes: only the link is wrong
+    chunk.unlink()
+    chunk.symlink_to(outside)
+    rel = str(chunk.relative_to(store))
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3, bad.stdout
+    fails = [ln for ln in bad.stdout.splitlines() if ln.startswith("FAIL")]
+    assert len(fails) == 1 and rel in fails[0] and "symbolic link" in fails[0], bad.stdout
+    assert_clean_error(run_cli("decode", store, "--model", tiny_model, "--out",
+                               tmp_path / "r.zarr", "--device", "cpu"), rel, "symbolic link")
+    assert not (tmp_path / "r.zarr").exists()
+    assert_clean_error(run_cli("info", store), rel)
+    with pytest.raises(StoreError, match="symbolic link"):
+        open_latent(store)
+    truth = tmp_path / "t.zarr"  # evaluate --latent refuses it before reading anything else
+    assert_clean_error(run_cli("evaluate", truth, tmp_path / "rec.zarr", "--latent", store),
+                       "symbolic link")
+    assert outside.read_bytes() == chunk.read_bytes()  # nothing written through the link
+
+
+def test_a_linked_directory_inside_the_store_is_refused(store: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "codes_away"
+    shutil.move(store / "codes_z" / "c", moved)
+    (store / "codes_z" / "c").symlink_to(moved, target_is_directory=True)
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3 and "codes_z/c (a symbolic link" in bad.stdout, bad.stdout
+    assert_clean_error(run_cli("info", store), "codes_z/c")
+
+
+def test_a_fifo_in_the_store_fails_verify_without_hanging(store: Path, tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    chunk = _a_chunk_file(store, "codes_surface")
+    chunk.unlink()
+    os.mkfifo(chunk)  # zarr opening it would block forever
+    bad = run_cli("verify", store)
+    assert bad.exit_code == 3, bad.stdout
+    assert str(chunk.relative_to(store)) + " (a fifo)" in bad.stdout
+    assert_clean_error(run_cli("decode", store, "--model", tiny_model, "--out",
+                               tmp_path / "r.zarr", "--device", "cpu"), "a fifo")
