@@ -140,12 +140,11 @@ class _Doc:
         if not isinstance(node, yaml.MappingNode):
             line = node.start_mark.line + 1 if node is not None else 1
             raise self.fail(line, what, "expected a mapping of keys (key: value lines)")
-        loader = yaml.SafeLoader("")
         out: list[tuple[str, int, Any]] = []
         seen: set[str] = set()
         for k, v in node.value:
             line = k.start_mark.line + 1
-            key = loader.construct_object(k, deep=True)
+            key = _value(k, self, "key")
             if not isinstance(key, str):
                 raise self.fail(line, str(key), "keys must be names")
             if key in seen:
@@ -155,21 +154,87 @@ class _Doc:
         return out
 
 
-def _value(node: Any) -> Any:
+def _plain_tags(doc: _Doc, root: Any) -> None:
+    """Refuse any node whose tag is not plain data, naming its line (every node once: aliases
+    share nodes, so a crafted document cannot make this walk explode)."""
     import yaml
 
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.tag not in PLAIN_TAGS:
+            raise RecipeError(f"{doc.where} line {node.start_mark.line + 1}: the YAML tag "
+                              f"{_short_tag(node.tag)!r} is not allowed in a recipe; expected "
+                              "plain values (strings, numbers, lists, mappings): remove the tag")
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            todo.extend(x for kv in node.value for x in kv)
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _value(node: Any, doc: _Doc | None = None, key: str = "") -> Any:
+    import yaml
+
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except Exception as err:  # noqa: BLE001 (only plain tags get here: _plain_tags)
+        # a plain tag with a value it cannot hold (``!!int abc``; ``!!timestamp x`` fails
+        # inside PyYAML with an AttributeError)
+        where = doc.where if doc is not None else "recipe"
+        why = getattr(err, "problem", None) or str(err).splitlines()[0] or type(err).__name__
+        raise RecipeError(f"{where} line {node.start_mark.line + 1}: {key or 'value'}: cannot "
+                          f"read this value ({why}); expected a plain value: fix or remove its "
+                          "tag") from None
+
+
+#: the largest recipe read (a recipe is a screenful of keys; this refuses /dev/zero and the like)
+MAX_RECIPE_BYTES = 1 << 20
+
+#: the YAML tags a recipe may hold (plain data); any other (``!!python/...``, ``!!binary``,
+#: ``!!set``, ``!custom``) is refused with its line before anything is constructed
+PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in
+                       ("str", "int", "float", "bool", "null", "seq", "map", "timestamp"))
 
 
 def load_recipe(path: str) -> Recipe:
     """Read and validate the recipe at ``path`` (one :class:`RecipeError` line on any problem)."""
-
+    name = os.path.basename(path) or path
+    if os.path.isdir(path):
+        raise RecipeError(f"{path} is a directory; expected a recipe file (YAML, docs/recipes.md)"
+                          ": pass the recipe's path")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:  # at most one byte past the limit, whatever it is
+            data = f.read(MAX_RECIPE_BYTES + 1)
     except OSError as err:
         raise RecipeError(f"cannot read recipe {path}: {err.strerror}; check the path") from None
-    return parse_recipe(text, path)
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{name} is larger than {MAX_RECIPE_BYTES // 2**20} MiB; expected a "
+                          "recipe (a few dozen lines of YAML): check that this is the recipe")
+    return parse_recipe(decode_recipe(data, name), path)
+
+
+def decode_recipe(data: bytes, name: str = "recipe.yaml") -> str:
+    """The text of recipe bytes: UTF-8, a UTF-8 byte-order mark dropped; anything else is one
+    :class:`RecipeError` naming the byte offset (and its line)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError(f"{name}: starts with a UTF-16 byte-order mark (byte 0 is "
+                          f"0x{data[0]:02x}); expected UTF-8 text: save the recipe as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        at = err.start + bom
+        line = data[:at].count(b"\n") + 1
+        raise RecipeError(f"{name} line {line}: byte {at} (0x{data[at]:02x}) is not UTF-8 "
+                          "text; expected a UTF-8 YAML recipe: save it as UTF-8") from None
 
 
 def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
@@ -182,11 +247,17 @@ def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
+        if isinstance(err, yaml.reader.ReaderError):  # a control character: its line
+            line = text[:err.position].count("\n") + 1
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{doc.where} line {line}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise RecipeError(f"{doc.where}: nested too deeply to be a recipe; expected key: value "
+                          "lines (docs/recipes.md)") from None
     if root is None:
         raise RecipeError(f"{doc.where}: empty recipe; expected at least source, subset, model "
                           "and out (docs/recipes.md)")
+    _plain_tags(doc, root)
     base = os.path.dirname(os.path.abspath(path))
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
@@ -195,7 +266,7 @@ def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
             raise doc.fail(line, key, f"not a recipe key; {_nearest(key, list(TOP))}")
         kind, _ = TOP[key]
         lines[key] = line
-        v = _value(node) if kind != "train" or isinstance(node, yaml.ScalarNode) else {}
+        v = _value(node, doc, key) if kind != "train" or isinstance(node, yaml.ScalarNode) else {}
         if kind == "train" and v is not None:
             values[key] = _train_section(doc, node, line)
             continue
@@ -277,7 +348,7 @@ def _train_section(doc: _Doc, node: Any, line: int) -> dict[str, Any]:
             raise doc.fail(kline, f"train.{key}",
                            f"not a training setting; {_nearest(key, list(keys))}")
         kind = keys[key]
-        v = _value(vnode)
+        v = _value(vnode, doc, f"train.{key}")
         if v is None:
             if not kind.endswith("?"):
                 raise doc.fail(kline, f"train.{key}", "needs a value")
@@ -297,6 +368,17 @@ class BuildResult:
     encode: Any  # pipeline.EncodeResult
 
 
+def check_part(recipe: Recipe, part: int | None) -> None:
+    """``--part I``: refuse it unless the recipe has ``parts`` N >= I (also under ``--check``)."""
+    if part is None:
+        return
+    if recipe.parts is None:
+        raise RecipeError(f"--part {part}: {recipe.path} has no 'parts' key; add 'parts: N' "
+                          "to the recipe, or build without --part")
+    if not 1 <= part <= recipe.parts:
+        raise RecipeError(f"--part {part}: expected 1..{recipe.parts} (the recipe's parts)")
+
+
 def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
           train_only: bool = False, train_progress: Any = None,
           encode_progress: Any = None) -> BuildResult:
@@ -310,12 +392,7 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
 
     channels = parse_subset(recipe.subset)
     storage = anonymous_options(recipe.source) if recipe.anonymous else None
-    if part is not None:
-        if recipe.parts is None:
-            raise RecipeError(f"--part {part}: {recipe.path} has no 'parts' key; add 'parts: N' "
-                              "to the recipe, or build without --part")
-        if not 1 <= part <= recipe.parts:
-            raise RecipeError(f"--part {part}: expected 1..{recipe.parts} (the recipe's parts)")
+    check_part(recipe, part)
     trained = False
     if not exists(recipe.model):
         if recipe.train is None:

@@ -316,6 +316,9 @@ def make_case(index: int, root: Path, store: Path, model: Path, truth: Path) -> 
     r = random.Random(f"{SEED}-{index}")
     case = root / f"case{index:05d}"
     case.mkdir()
+    rb = random.Random(f"{SEED}-{index}-build")  # its own draw: the other cases stay as they were
+    if rb.random() < BUILD_SHARE:
+        return recipe_case(index, case, model, rb)
     verb = r.choices(["encode", "decode", "info", "verify", "finalize", "build-embed-map",
                       "sample", "evaluate", "train"], weights=[30, 20, 12, 12, 6, 8, 6, 6, 8])[0]
     if r.random() < 0.12 and verb in ("encode", "decode", "verify", "evaluate"):
@@ -431,6 +434,65 @@ def train_case(index: int, case: Path, model: Path, r: Rng) -> Case:
         args.append("--resume")
         mutable.add(out.name)
     return Case(index, "train", args, case, out, mutable=mutable)
+
+
+#: share of cases that run ``build`` on a recipe (mostly ``--check``: a build encodes)
+BUILD_SHARE = 0.07
+#: YAML tags a recipe must refuse by line (``touch pwned`` would show up as a new file)
+RECIPE_TAGS = ['!!python/object/apply:os.system ["touch pwned"]', "!!python/name:os.system",
+               "!!python/object/new:dict [[[a, 1]]]", '!!python/module:os', "!!binary aGk=",
+               "!!set {a}", "!!omap [a: 1]", "!custom x", "!<tag:example.com,2000:x> y",
+               "!!int many", "!!float x", "!!timestamp never", "!!bool maybe", "!!str ok"]
+
+
+def recipe_case(index: int, case: Path, model: Path, r: Rng) -> Case:
+    """``build`` on a recipe that is (mostly) damaged: YAML tags, other encodings, byte-order
+    marks, stray bytes, cuts, empty files, directories, huge files, deep nesting, aliases."""
+    src = _good_source(case)
+    out = case / "l.zarr"
+    lines = [f"source: {src}", "subset: " + r.choice(["z500,t2m", "z500", "[z_500, 2t]"]),
+             f"model: {model}", "out: l.zarr", "device: cpu", "time_chunk: 4"]
+    how = r.choice(["good", "tag", "tag", "tag", "encoding", "encoding", "bytes", "cut", "empty",
+                    "directory", "huge", "deep", "aliases", "documents"])
+    if how == "tag":
+        i = r.randrange(len(lines) + 1)
+        key = lines[i].split(":")[0] if i < len(lines) else r.choice(["train", "time", "x"])
+        lines[i:i + 1] = [f"{key}: {r.choice(RECIPE_TAGS)}"]
+    if how == "aliases":  # a billion laughs: each level ten times the one before
+        lines += ["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [
+            f"{chr(98 + k)}: &{chr(98 + k)} [" + ", ".join([f"*{chr(97 + k)}"] * 10) + "]"
+            for k in range(8)]
+    text = "\n".join(lines) + "\n"
+    if how == "documents":
+        text += "---\n" + text
+    if how == "deep":
+        n = r.choice([100, 10_000, 200_000])
+        text += "train: " + "[" * n + "]" * n + "\n"
+    data = text.encode()
+    if how == "encoding":
+        pick = r.randrange(5)
+        data = (text.encode("utf-16") if pick == 0 else b"\xef\xbb\xbf" + data if pick == 1
+                else text.replace("cpu", "c\u00e9u").encode("latin-1") if pick == 2
+                else b"\xff\xfe\x00bad" if pick == 3 else b"\xef\xbb\xbf" * 2 + data)
+    if how == "bytes":
+        b = bytearray(data)
+        for _ in range(r.randint(1, 3)):
+            b.insert(r.randrange(len(b) + 1), r.choice([0, 0x80, 0xC3, 0xFF, 0x1B, 0x09]))
+        data = bytes(b)
+    if how == "cut":
+        data = data[:r.randrange(len(data))]
+    if how == "empty":
+        data = r.choice([b"", b"\n\n", b"# nothing\n", b"   ", b"~\n", b"---\n"])
+    recipe = case / "r.yaml"
+    if how == "directory":
+        recipe.mkdir()
+    elif how == "huge":
+        with recipe.open("wb") as f:
+            f.write(data + b"#" * r.choice([1 << 20, 3 << 20]))
+    else:
+        recipe.write_bytes(data)
+    args = ["build", str(recipe), *(["--check"] if r.random() < 0.85 else [])]
+    return Case(index, "build", args, case, out)
 
 
 def _good_source(case: Path) -> Path:

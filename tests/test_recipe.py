@@ -142,3 +142,53 @@ out: bounded.zarr
     assert info["residual"]["present"] and info["residual"]["codec"] == "zfp"
     assert info["residual"]["channels"]["t2m"]["max_error"] == 0.5
     assert info["recipe"]["max_error"] == "t2m=0.5,*=1%"
+
+
+@pytest.mark.parametrize("data,needles", [
+    # tags that would construct Python objects, or anything but plain data: refused by line
+    (b'source: !!python/object/apply:os.system ["touch pwned"]\n',
+     ["line 1", "'!!python/object/apply:os.system'", "not allowed"]),
+    (BASE.encode() + b"train: !!python/object/new:dict [[[steps, 2]]]\n",
+     ["line 5", "!!python/object/new:dict"]),
+    (BASE.encode() + b"time: !!python/name:os.system\n", ["line 5", "!!python/name:os.system"]),
+    (BASE.encode() + b"device: !custom cpu\n", ["line 5", "'!custom'"]),
+    (BASE.encode() + b"x: !!binary aGk=\n", ["line 5", "!!binary"]),
+    (BASE.encode() + b"train: !!set {steps}\n", ["line 5", "!!set"]),
+    (BASE.encode() + b"batch_size: !!int many\n", ["line 5", "batch_size", "cannot read"]),
+    # encodings: the byte offset (and its line)
+    (b"\xff\xfe\x00bad", ["byte 0", "0xff", "UTF-16", "UTF-8"]),
+    ("source: s.zarr\nsubset: z500\n".encode("utf-16"), ["byte 0", "UTF-16"]),
+    (b"source: s.zarr\nsubset: z5\xe900\n", ["line 2", "byte 25", "0xe9", "UTF-8"]),
+    (b"\xef\xbb\xbfsource: \xc3\n", ["line 1", "byte 11", "0xc3"]),
+    (BASE.encode() + b"time: \x00\n", ["line 5", "not valid YAML"]),
+    # empty, nested past reason, several documents
+    (b"", ["empty recipe"]),
+    (b"# only a comment\n\n", ["empty recipe"]),
+    (b"[" * 50_000 + b"]" * 50_000, ["nested too deeply"]),
+    (BASE.encode() + b"---\nsource: t.zarr\n", ["line 5", "not valid YAML"]),
+])
+def test_recipe_bytes_that_are_no_plain_utf8_yaml_are_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, needles: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_bytes(data)
+    assert_clean_error(run_cli("build", recipe), "bad.yaml", *needles)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "o.zarr").exists()
+
+
+def test_a_utf8_bom_is_simply_read(tmp_path: Path) -> None:
+    recipe = tmp_path / "bom.yaml"
+    recipe.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    res = run_cli("build", recipe, "--check")
+    assert res.exit_code == 0, res.stderr
+    assert "source: " + str(tmp_path / "s.zarr") in res.stdout
+
+
+def test_a_directory_or_a_huge_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    (tmp_path / "dir.yaml").mkdir()
+    assert_clean_error(run_cli("build", tmp_path / "dir.yaml"), "dir.yaml is a directory")
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as f:  # sparse: 64 GiB claimed, nothing to read
+        f.truncate(64 << 30)
+    assert_clean_error(run_cli("build", huge), "huge.yaml", "larger than 1 MiB")
+    assert_clean_error(run_cli("build", "/dev/zero"), "larger than 1 MiB")  # no size to stat
