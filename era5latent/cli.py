@@ -38,13 +38,19 @@ def _fail(err: Era5LatentError) -> None:
 
 
 def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """``app.command`` that maps library errors to one stderr line and their exit code."""
+    """``app.command`` that refuses options given without what they need (``cli_rules``) and
+    maps library errors to one stderr line and their exit code."""
+
+    name = str(args[0]) if args else ""
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(fn)
         def guarded(*a: object, **kw: object) -> None:
             tune_malloc()  # this process is ours: keep the model's freed buffers for reuse
             try:
+                from era5latent.cli_rules import check  # an option whose partner is missing
+
+                check(name, kw)
                 fn(*a, **kw)
             except Era5LatentError as err:
                 _fail(err)

@@ -23,17 +23,19 @@ def build_cmd(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing output instead of resuming it.")] = False,
     check: Annotated[bool, typer.Option(
-        "--check", help="Validate the recipe, print its canonical form and stop.")] = False,
+        "--check", help="Validate the recipe (and --part), print its canonical form and stop.")
+    ] = False,
 ) -> None:
     """Run a whole build (train if needed, then encode) from one YAML recipe; re-run to resume.
 
     The recipe's canonical form is stored in the output's attributes ('era5latent info' shows
     it), so the same command reproduces the store.
     """
-    from era5latent.recipe import build, load_recipe, to_yaml
+    from era5latent.recipe import build, check_part, load_recipe, to_yaml
 
     r = load_recipe(str(recipe))
     if check:
+        check_part(r, part)  # --check --part I: is there such a part
         print(to_yaml(r.canonical()), end="")
         return
     with _Bar("train", "steps") as tbar, _Bar("encode", "samples") as ebar:

@@ -7,6 +7,7 @@ from enum import Enum
 import typer.main
 
 from era5latent.cli import app
+from era5latent.cli_rules import RULES, flag
 
 
 def render() -> str:
@@ -21,7 +22,10 @@ def render() -> str:
            "silences progress. Progress goes to stderr: a bar on a terminal, elsewhere (scripts, "
            "batch jobs) a line such as `encode: 42.0% (420/1000 samples), 12.3 samples/s, "
            "ETA 0:00:47` every 30 seconds, and at the end of a run that took that long (a "
-           "quicker run prints only its result, or its one error line).", ""]
+           "quicker run prints only its result, or its one error line).", "",
+           "An option that takes effect only together with another (listed under each command) "
+           "is refused when given without it: exit 2 and one line saying what "
+           "it needs, what was found and the fix; no option is accepted and then ignored.", ""]
     for name in root.list_commands(ctx):  # type: ignore[attr-defined]
         cmd = root.get_command(ctx, name)  # type: ignore[attr-defined]
         sub = cmd.context_class(cmd, info_name=name, parent=ctx)
@@ -41,6 +45,11 @@ def render() -> str:
             out += ["| option | | meaning | default |", "|---|---|---|---|"]
             out += [f"| {a} | {b} | {c.replace('|', '/')} | {d} |" for a, b, c, d in rows]
             out.append("")
+        needs = [f"- `{flag(cmd, n.option)}` {n.expected}; refused when {n.found}."
+                 for n in RULES.get(name, ())]
+        if needs:
+            out += ["Options that need another (given without it, refused with exit 2):", "",
+                    *needs, ""]
     return "\n".join(out).rstrip() + "\n"
 
 

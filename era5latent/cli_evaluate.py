@@ -75,7 +75,8 @@ def evaluate_cmd(
 
             if latent is None:  # score a checkpoint (any of a run's) on TRUTH directly
                 latent = _encode_for_scoring(truth, load_checkpoint(str(model)), channels, time,
-                                             device, str(Path(tmp) / "latent.zarr"))
+                                             device, str(Path(tmp) / "latent.zarr"),
+                                             time_axis=time_axis, step=step)
                 store = open_latent_store(latent)
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
@@ -105,14 +106,16 @@ def evaluate_cmd(
 
 
 def _encode_for_scoring(truth: str, loaded: object, channels: object, time: str | None,
-                        device: str, out: str) -> str:
-    """TRUTH's channels that the model was trained on (or ``--subset``), encoded into ``out``."""
+                        device: str, out: str, *, time_axis: str = "valid",
+                        step: str | None = None) -> str:
+    """TRUTH's channels that the model was trained on (or ``--subset``), encoded into ``out``
+    (TRUTH opened as it is scored: the same ``--time-axis`` and ``--step``)."""
     from era5latent.model.checkpoint import LoadedModel
     from era5latent.pipeline import encode
     from era5latent.sources import open_source
 
     assert isinstance(loaded, LoadedModel)
-    source = open_source(truth)
+    source = open_source(truth, time_axis=time_axis, step=step)
     have = set(source.available())
     chs = channels or tuple(c for g in loaded.meta.groups.values() for c in g if c in have)
     if not chs:
