@@ -80,7 +80,8 @@ def summary(out: Path, seconds: float) -> None:
 
 def summary_lines(records: list[dict[str, Any]]) -> list[str]:
     """One line per channel: the WLA's RMSE beside each baseline's at its bytes per value, best
-    first marked; a baseline that could not reach the WLA's size is marked too."""
+    first marked; a baseline that could not reach the WLA's size, or returned only zeros, is
+    marked too."""
     by: dict[str, dict[str, dict[str, Any]]] = {}
     for r in records:
         by.setdefault(r["channel"], {})[r["method"]] = r
@@ -95,6 +96,8 @@ def summary_lines(records: list[dict[str, Any]]) -> list[str]:
             cell = f"{name} {r['rmse']:.4g}" if r.get("rmse") is not None else f"{name} -"
             if r.get("rmse") is not None and r["rmse"] == best:
                 cell += " (best)"
+            if "all_zero" in (r.get("size_flags") or []):  # zfp at its floor returns zeros
+                cell += " (all zero)"
             if r.get("size_matched") is False:
                 cell += f" (size not matched: {r['bytes_per_value']:.3g} B/value)"
             cells.append(cell)

@@ -43,7 +43,7 @@ def test_the_summary_names_sz3_at_equal_bytes_and_marks_what_it_shows() -> None:
         return {"channel": "z500", "method": method, "rmse": rmse, "compression_ratio": 250.0,
                 "bytes_per_value": 0.016, "size_matched": None if method == "wla" else matched}
 
-    lines = summary_lines([rec("wla", 399.0), rec("bitround", 900.0, False), rec("zfp", 500.0),
-                           rec("sz3", 109.0)])
+    lines = summary_lines([rec("wla", 399.0), rec("bitround", 900.0, False),
+                           {**rec("zfp", 7287.0), "size_flags": ["all_zero"]}, rec("sz3", 109.0)])
     assert lines == ["  z500   (250x vs float32): WLA 399, bitround 900 (size not matched: "
-                     "0.016 B/value), zfp 500, SZ3 109 (best)"]
+                     "0.016 B/value), zfp 7287 (all zero), SZ3 109 (best)"]
