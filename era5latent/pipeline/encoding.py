@@ -27,6 +27,7 @@ from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
                                         check_model_channels, decode_fields, encode_fields,
+                                        fields_where,
                                         read_fields, resolve_device, resolve_precision,
                                         strict_fp32)
 from era5latent.masks import FILL, mask_sha, split_masked, static_masks
@@ -234,7 +235,12 @@ class EncodeJob:
             x, self.first = self.first[1], None
             return x
         a, b = self.spec.chunk_bounds(i)
-        return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
+        x = read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
+        # a NaN outside the masked channels is said here, where the times are known
+        split_masked(x, self.channels, self.store.mask_channels,
+                     fields_where(self.source, self.t0 + a, self.t0 + b),
+                     iso(self.source.times[self.t0]))
+        return x
 
     def encode_chunk(self, x: np.ndarray) -> EncodedChunk:
         masks = split_masked(x, self.channels, self.store.mask_channels, self.source.path,
@@ -370,7 +376,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
         if len(owned):
             a, b = spec.chunk_bounds(owned[0])
             first = (owned[0], read_fields(source, channels, t0 + a, t0 + b))
-            split_masked(first[1], channels, tuple(static), source.path, iso(source.times[t0]))
+            split_masked(first[1], channels, tuple(static),
+                         fields_where(source, t0 + a, t0 + b), iso(source.times[t0]))
         try:
             create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
                                 overwrite=overwrite)
