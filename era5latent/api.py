@@ -40,6 +40,7 @@ from era5latent.pipeline import (
     decode_fields,
     decode_precision,
     encode_fields,
+    first_step_masks,
     read_fields,
     read_residuals,
     ready_to_encode,
@@ -47,7 +48,8 @@ from era5latent.pipeline import (
     resolve_precision,
     select_store_channels,
 )
-from era5latent.sources import Source, SourceLayout, normalise, open_source
+from era5latent.masks import read_masks, split_masked
+from era5latent.sources import Source, SourceLayout, iso, normalise, open_source
 from era5latent.store import (
     ATTR,
     GroupSpec,
@@ -56,7 +58,7 @@ from era5latent.store import (
     jsonable,
     open_latent_store,
 )
-from era5latent.storelayout import TOKEN_DIMS, token_coords
+from era5latent.storelayout import DONE, TOKEN_DIMS, token_coords
 from era5latent.storeverify import Check
 from era5latent.training import TrainOptions, TrainResult
 from era5latent.variables import Channel, parse_subset
@@ -91,6 +93,8 @@ ModelLike = LoadedModel | str | os.PathLike[str]
 Progress = Callable[[int, int], None]
 
 _IN_MEMORY = "<xarray.Dataset>"
+#: a latent Dataset's variable of a masked channel's mask: ``mask_sst``
+MASK_VAR = "mask_"
 _TIME_ATTRS = {"standard_name": "time"}  # what a stored time coordinate opens with
 
 
@@ -152,8 +156,10 @@ def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray,
 def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
                     sample_coords: Mapping[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
                     array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
-                    store: LatentStore | None = None) -> xr.Dataset:
-    """Assemble a latent Dataset from packed codes per group (numpy or dask)."""
+                    store: LatentStore | None = None,
+                    masks: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Assemble a latent Dataset from packed codes per group (numpy or dask) and the masks of
+    masked channels by code (``mask_CH``, bool ``(time, *sample, latitude, longitude)``)."""
     dims = ("time", *sample_coords, "token_lat", "token_lon", "byte")
     groups = {g: GroupSpec.from_dict(g, d) for g, d in meta["groups"].items()}
     data_vars = {}
@@ -163,6 +169,11 @@ def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np
             "group": g, "channels": list(spec.channels), "code_bits": spec.code_bits,
             "bit_order": "big", "description": "packed sign bits of the WLA binary latent codes"}
         data_vars[codes_name(g)] = xr.Variable(dims, arr, attrs)
+    for code, m in (masks or {}).items():
+        data_vars[MASK_VAR + code] = xr.Variable(
+            ("time", *sample_coords, "latitude", "longitude"), m,
+            {"channel": code, "description": f"True where {code} was missing (NaN) in the "
+                                             "source; decode puts NaN back there"})
     coords: dict[str, Any] = {"time": ("time", np.asarray(times).astype("datetime64[ns]"),
                                        _TIME_ATTRS),
                               **{d: (d, np.asarray(v)) for d, v in sample_coords.items()},
@@ -170,6 +181,33 @@ def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np
                               "longitude": ("longitude", lon, _coord_attrs("longitude")),
                               **_token_coords(meta, lat, lon, store)}
     return xr.Dataset(data_vars, coords=coords, attrs={ATTR: dict(meta)})
+
+
+def _read_mask_chunk(path: str, i: int) -> dict[str, np.ndarray]:
+    return read_masks(open_latent_store(path), i)
+
+
+def _lazy_masks(store: LatentStore) -> dict[str, Any]:
+    """The mask layer as lazy arrays by masked channel (one dask chunk per time chunk, each
+    checked against ``mask/sha256`` when computed)."""
+    import dask.array as dsa
+    from dask.delayed import delayed
+
+    if not store.has_mask:
+        return {}
+    sample = tuple(store.array(d).shape[0] for d in store.sample_dims)
+    grid = (store.array("latitude").shape[0], store.array("longitude").shape[0])
+    n_chunks = store.array(DONE).shape[0]
+    out: dict[str, list[Any]] = {c: [] for c in store.mask_channels}
+    for i in range(n_chunks):
+        a, b = store.chunk_bounds(i)
+        task = delayed(_read_mask_chunk, pure=True)(store.path, i)
+        for c in out:
+            out[c].append(dsa.from_delayed(  # type: ignore[no-untyped-call]
+                task[c], shape=(b - a, *sample, *grid), dtype=bool))
+    return {c: dsa.concatenate(p, axis=0) if p else  # type: ignore[no-untyped-call]
+            dsa.zeros((0, *sample, *grid), dtype=bool)
+            for c, p in out.items()}
 
 
 def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> xr.Dataset:
@@ -194,7 +232,8 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
         attrs[g] = dict(arr.attrs)
     ds = _latent_dataset(codes, store.meta, store.times,
                          {d: store.coord(d) for d in store.sample_dims},
-                         store.coord("latitude"), store.coord("longitude"), attrs, store)
+                         store.coord("latitude"), store.coord("longitude"), attrs, store,
+                         _lazy_masks(store))
     ds.encoding["source"] = p if "://" in p else os.path.abspath(p)
     return ds
 
@@ -241,23 +280,29 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
                                             time_chunk=time_chunk, device=device,
                                             precision=precision)
     n = len(source.times)
-    spec = _store_spec(source, loaded, channels, 0, n, time_chunk)
+    static = first_step_masks(source, channels, 0, n)  # masked channels (missing values)
+    spec = _store_spec(source, loaded, channels, 0, n, time_chunk, static=static)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
         spec = dataclasses.replace(spec, source={**spec.source, "path": source.path})
     meta = jsonable(spec.attrs()) | {"complete": True}
     per_step = int(np.prod(source.sample_shape, dtype=np.int64))
     parts: dict[str, list[np.ndarray]] = {g.name: [] for g in spec.groups}
+    mask_parts: dict[str, list[np.ndarray]] = {c: [] for c in static}
     if progress:
         progress(0, n * per_step)
     for a, b in _windows(n, time_chunk):
         x = read_fields(source, channels, a, b)
+        for code, m in split_masked(x, channels, tuple(static), source.path,
+                                    iso(source.times[0])).items():
+            mask_parts[code].append(m)
         for g, c in encode_fields(loaded, channels, x, batch_size, dev, prec).items():
             parts[g].append(c)
         if progress:
             progress(b * per_step, n * per_step)
     codes = {g: np.concatenate(p, axis=0) for g, p in parts.items()}
+    masks = {c: np.concatenate(p, axis=0) for c, p in mask_parts.items()}
     return _latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
-                           source.longitude)
+                           source.longitude, masks=masks)
 
 
 # -- decode --------------------------------------------------------------------------------------
@@ -291,6 +336,24 @@ def _store_window(store: LatentStore, store_times: np.ndarray, times: np.ndarray
                           "ranges of the store only; select times with a slice (latent.sel("
                           "time=slice(a, b))), or pass residual=False for the WLA alone")
     return (int(idx[0]), int(idx[-1]) + 1) if len(idx) else (0, 0)
+
+
+def _mask_vars(latent: xr.Dataset, meta: Mapping[str, Any],
+               groups: Mapping[str, tuple[Channel, ...]], label: str) -> dict[str, Any]:
+    """The masks (numpy or dask) of the masked channels being decoded; a masked channel whose
+    ``mask_CH`` the Dataset lacks is refused (its NaN could not be put back)."""
+    masked = set((meta.get("mask") or {}).get("channels", []))
+    out: dict[str, Any] = {}
+    for chs in groups.values():
+        for c in chs:
+            if c.code not in masked:
+                continue
+            if MASK_VAR + c.code not in latent.data_vars:
+                raise StoreError(f"{label} masks {c.code} (missing values) but the Dataset holds "
+                                 f"no {MASK_VAR + c.code}; keep it in the selection (decode puts "
+                                 "NaN back from it), or leave the channel out with subset=")
+            out[c.code] = latent[MASK_VAR + c.code].data
+    return out
 
 
 def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
@@ -343,6 +406,7 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
              "residual_applied": rstore is not None}
     windows = _windows(len(times), int(meta.get("time_chunk", 8)))
     codes = {g: latent[codes_name(g)].data for g in groups}
+    masks = _mask_vars(latent, meta, groups, label)
     store_times = rstore.times if rstore is not None else times
     spans = [_store_window(rstore, store_times, times[a:b]) if rstore is not None else (a, b)
              for a, b in windows]
@@ -352,8 +416,9 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
         for (a, b), (i0, i1) in zip(windows, spans):
             packed = {g: np.asarray(c[a:b]) for g, c in codes.items()}
             res = read_residuals(rstore, groups, i0, i1)[0] if rstore is not None else None
+            m = {c: np.asarray(v[a:b]) for c, v in masks.items()}
             writer.write(a, decode_fields(loaded, groups, specs, packed, batch_size, dev, prec,
-                                          residuals=res))
+                                          residuals=res, masks=m))
         return writer.dataset()
 
     # lazy: one task per time chunk, each filling a FieldWriter of its own
@@ -363,7 +428,8 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
         task = delayed(_lazy_window, pure=False)(
             times[a:b], sample_coords, lat, lon, groups, layout, attrs,
             {g: c[a:b] for g, c in codes.items()}, loaded, specs, batch_size, dev, prec,
-            (rstore.path, span) if rstore is not None else None)
+            (rstore.path, span) if rstore is not None else None,
+            {c: v[a:b] for c, v in masks.items()})
         for v in template.vars:
             name = template.out_name(v)
             shape = (b - a, *template._shape(v)[1:])
@@ -378,14 +444,15 @@ def _lazy_window(times: np.ndarray, sample_coords: dict[str, np.ndarray], lat: n
                  lon: np.ndarray, groups: dict[str, tuple[Channel, ...]], layout: SourceLayout,
                  attrs: dict[str, Any], packed: Mapping[str, np.ndarray], loaded: LoadedModel,
                  specs: Mapping[str, GroupSpec], batch_size: int, device: Any,
-                 precision: str, residual: tuple[str, tuple[int, int]] | None = None
-                 ) -> dict[str, np.ndarray]:
+                 precision: str, residual: tuple[str, tuple[int, int]] | None = None,
+                 masks: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
     res = None
     if residual is not None:  # (store path, store time span): this window's residuals
         res = read_residuals(open_latent_store(residual[0]), groups, *residual[1])[0]
     writer = _MemoryFields(times, sample_coords, lat, lon, groups, layout, attrs)
+    m = {c: np.asarray(v) for c, v in (masks or {}).items()}
     writer.write(0, decode_fields(loaded, groups, specs, packed, batch_size, device, precision,
-                                  residuals=res))
+                                  residuals=res, masks=m))
     return {writer.out_name(v): writer._mem[v] for v in writer.vars}
 
 

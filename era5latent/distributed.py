@@ -48,8 +48,8 @@ from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
 from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetch,
                                  _store_spec, decode_fields, decode_precision, plan_decode,
-                                 prepare_encode, read_codes, read_residuals, resolve_device,
-                                 resolve_precision)
+                                 prepare_encode, read_codes, read_group_masks, read_residuals,
+                                 resolve_device, resolve_precision)
 from era5latent.residual import ResidualSpec
 from era5latent.sources import Source, iso, open_source
 from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
@@ -551,11 +551,12 @@ class _DecodeState:
 
 
 Residuals = dict[str, dict[str, np.ndarray] | None] | None
+Masks = dict[str, np.ndarray | None]
 
 
 def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
-                ) -> tuple[int, dict[str, np.ndarray | None], Residuals]:
-    """Codes (and residuals) for output times [a, a + step), checksum-verified."""
+                ) -> tuple[int, dict[str, np.ndarray | None], Residuals, Masks]:
+    """Codes (residuals, masks) for output times [a, a + step), checksum-verified."""
     b = min(a + task.step, task.hi)
     codes, lost = read_codes(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
     corrupt.extend((a, msg) for msg in lost)
@@ -563,12 +564,15 @@ def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[
     if task.residual and st.store.has_residual:
         res, lost = read_residuals(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
         corrupt.extend((a, msg) for msg in lost)
-    return a, codes, res
+    masks, lost = read_group_masks(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
+    corrupt.extend((a, msg) for msg in lost)
+    return a, codes, res, masks
 
 
 def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
                   packed: dict[str, np.ndarray | None],
-                  res: Residuals = None) -> dict[Channel, np.ndarray]:
+                  res: Residuals = None, masks: Masks | None = None
+                  ) -> dict[Channel, np.ndarray]:
     """As ``pipeline.decode``'s loop body: fields per channel for output times [a, a + step)."""
     store = st.store
     fill: tuple[int, ...] | None = None
@@ -576,7 +580,7 @@ def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
         fill = (min(a + task.step, task.hi) - a, *[store.coord(d).size for d in store.sample_dims],
                 store.coord("latitude").size, store.coord("longitude").size)
     return decode_fields(st.loaded, st.groups, store.groups, packed, task.batch_size, st.device,
-                         st.precision, fill, res)
+                         st.precision, fill, res, masks)
 
 
 def decode_task(task: DecodeTask, starts: tuple[int, ...]
@@ -588,8 +592,9 @@ def decode_task(task: DecodeTask, starts: tuple[int, ...]
         corrupt: list[tuple[int, str]] = []
         back: list[tuple[int, dict[Channel, np.ndarray]]] = []
         steps = 0
-        for a, packed, res in _prefetch(_read_codes(task, st, a, corrupt) for a in starts):
-            block = _decode_block(task, st, a, packed, res)
+        for a, packed, res, masks in _prefetch(_read_codes(task, st, a, corrupt)
+                                               for a in starts):
+            block = _decode_block(task, st, a, packed, res, masks)
             if st.writer is not None:
                 st.writer.write(a - task.lo, block)
                 faults.point("decode.block-written")

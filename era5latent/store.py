@@ -69,8 +69,13 @@ FORMAT = "era5latent.latent"
 #: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
 #: records the sha256 of its metadata; version 3: bookkeeping in the subgroup ``_era5latent``,
 #: token coordinates, an optional error-bounded residual layer (subgroup ``residual``, attribute
-#: ``residual``); versions 1 and 2 (every array at the root) are still read (docs/format.md)
-FORMAT_VERSION = 3
+#: ``residual``); versions 1 and 2 (every array at the root) are still read (docs/format.md);
+#: version 4: version 3 with a mask layer (subgroup ``mask``, attribute ``mask``: fields with
+#: missing values, :mod:`era5latent.masks`), written only for stores that have one, so stores
+#: without one stay readable by era5latent releases that know version 3
+FORMAT_VERSION = 4
+#: the version a store without a mask layer is written in
+UNMASKED_VERSION = 3
 ATTR = "era5latent"
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
 
@@ -206,6 +211,10 @@ class StoreSpec:
     parts: int | None = None  # recorded when an ``encode --parts I/N`` run creates the store
     #: the residual layer (``ResidualSpec.to_dict()``), None: codes only
     residual: dict[str, Any] | None = None
+    #: the mask layer's attribute (``{channels, fill, static_sha256}``), None: no NaN at the
+    #: first time step; and the static masks it describes (written when the store is laid out)
+    mask: dict[str, Any] | None = None
+    static_masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_chunks(self) -> int:
@@ -218,7 +227,7 @@ class StoreSpec:
         t = self.times
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.mask else UNMASKED_VERSION,
             "package_version": __version__,
             "model": self.model,
             "groups": {g.name: g.to_dict() for g in self.groups},
@@ -229,14 +238,15 @@ class StoreSpec:
             "time_chunk": self.time_chunk,
             "complete": False,
         } | ({"parts": self.parts} if self.parts else {}) | (
-            {"residual": self.residual} if self.residual else {})
+            {"residual": self.residual} if self.residual else {}) | (
+            {"mask": self.mask} if self.mask else {})
 
     def identity(self) -> dict[str, Any]:
         """What must match for a re-run to resume this store rather than be refused."""
         a = self.attrs()
         return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
                                   "time_range")} | {
-            "model_sha256": self.model["sha256"], "residual": self.residual}
+            "model_sha256": self.model["sha256"], "residual": self.residual, "mask": self.mask}
 
 
 def jsonable(x: Any) -> Any:
@@ -373,7 +383,8 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
                 raise
             return array(root, name)
 
-    for sub in subgroups(FORMAT_VERSION, spec.residual is not None):
+    version = FORMAT_VERSION if spec.mask else UNMASKED_VERSION
+    for sub in subgroups(version, spec.residual is not None, spec.mask is not None):
         try:
             root.create_group(sub, attributes={"description": SUBGROUPS[sub]})
         except ContainsGroupError:  # in place: a concurrent creator made it
@@ -413,6 +424,11 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
         from era5latent.residual.layout import create_residual_arrays
 
         create_residual_arrays(create_array, spec, sample_shape)
+    if spec.mask:
+        from era5latent.masks import create_mask_arrays
+
+        create_mask_arrays(create_array, spec.mask, spec.static_masks, len(spec.times),
+                           spec.time_chunk, spec.n_chunks, sample_dims, sample_shape)
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
                       dimension_names=("time_chunk",), compressors=[CRC], fill_value=False,
                       attributes={"description": "True once the time chunk is fully written"})
@@ -430,6 +446,7 @@ class LatentStore:
     root: zarr.Group
     meta: dict[str, Any]
     _arrays: dict[str, zarr.Array[Any]] = field(default_factory=dict, repr=False, compare=False)
+    _static: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _root_doc: bytes | None = field(default=None, repr=False, compare=False)  # as opened
 
     def own_arrays(self) -> list[str]:
@@ -444,11 +461,15 @@ class LatentStore:
                 from era5latent.residual.layout import residual_arrays
 
                 names += residual_arrays(g)
+        if self.has_mask:
+            from era5latent.masks import mask_arrays
+
+            names += mask_arrays(self.mask_channels)
         return [self.where(n) for n in names]
 
     def own_groups(self) -> list[str]:
         """The subgroups this store has (``_era5latent``, ``residual``; none before version 3)."""
-        return subgroups(self.version, self.has_residual)
+        return subgroups(self.version, self.has_residual, self.has_mask)
 
     def where(self, name: str) -> str:
         """Where this store keeps the array named by its version-3 path ``name``."""
@@ -457,6 +478,25 @@ class LatentStore:
     @property
     def has_residual(self) -> bool:
         return bool(self.meta.get("residual"))
+
+    @property
+    def has_mask(self) -> bool:
+        return bool(self.meta.get("mask"))
+
+    @property
+    def mask_channels(self) -> tuple[str, ...]:
+        """The masked channels (fields with missing values, :mod:`era5latent.masks`)."""
+        m = self.meta.get("mask")
+        return tuple(m["channels"]) if m else ()
+
+    def static_mask(self, code: str) -> np.ndarray:
+        """The static mask of a masked channel, read and checked once."""
+        st = self._static.get(code)
+        if st is None:
+            from era5latent.masks import read_static
+
+            st = self._static[code] = read_static(self, code)
+        return st
 
     @property
     def residual(self) -> dict[str, Any] | None:
@@ -546,9 +586,11 @@ class LatentStore:
         return self.array(codes_name(group))
 
     def write_chunk(self, i: int, codes: dict[str, np.ndarray],
-                    residuals: dict[str, dict[str, bytes]] | None = None) -> None:
+                    residuals: dict[str, dict[str, bytes]] | None = None,
+                    masks: dict[str, np.ndarray] | None = None) -> None:
         """Write time chunk ``i`` for every group with its checksum (and, in a store with a
-        residual layer, every group's residual streams by channel code), then mark it done."""
+        residual layer, every group's residual streams by channel code; in a store with a mask
+        layer, the masks by channel code), then mark it done."""
         a, b = self.chunk_bounds(i)
         try:
             for g, packed in codes.items():
@@ -562,6 +604,11 @@ class LatentStore:
                 for g, spec in self.groups.items():
                     write_residual(self, g, spec.channels, i, (residuals or {}).get(g, {}))
                 faults.point("encode.residual-written")
+            if self.has_mask:
+                from era5latent.masks import write_masks
+
+                write_masks(self, i, masks or {})
+                faults.point("encode.mask-written")
             self.array(DONE)[i] = True
         except (OSError, RuntimeError) as err:
             os_err = os_error_of(err)  # RuntimeError: zarrs's way, should it be in use

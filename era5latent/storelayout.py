@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 BOOK = "_era5latent"
 #: the subgroup of the residual layer (``encode --max-error``), version 3
 RESIDUAL = "residual"
+#: the subgroup of the mask layer (fields with missing values), version 4
+MASK = "mask"
 #: the first format version with the subgroups
 NESTED_SINCE = 3
 DONE = f"{BOOK}/build_done"
@@ -36,6 +38,9 @@ SUBGROUPS = {
     RESIDUAL: "the error-bounded residual layer: streams_G (one row of concatenated "
               "SZ3/ZFP streams per time chunk), nbytes_G (their lengths), sha256_G "
               "(docs/format.md)",
+    MASK: "where the source was missing (NaN): static_CH (the first time step's mask), "
+          "steps_CH (time chunks whose mask differs), state and sha256 per time chunk "
+          "(docs/format.md)",
 }
 
 
@@ -56,11 +61,11 @@ def location(name: str, version: int) -> str:
     return tail if sep and head == BOOK else name
 
 
-def subgroups(version: int, has_residual: bool) -> list[str]:
+def subgroups(version: int, has_residual: bool, has_mask: bool = False) -> list[str]:
     """The subgroups a store of ``version`` has."""
     if version < NESTED_SINCE:
         return []
-    return [BOOK, *([RESIDUAL] if has_residual else [])]
+    return [BOOK, *([RESIDUAL] if has_residual else []), *([MASK] if has_mask else [])]
 
 
 # -- token coordinates -------------------------------------------------------------------------
@@ -171,6 +176,10 @@ def check_layout(store: LatentStore) -> None:
                     raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
                               f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
                               f"{shape[1]})")
+    if store.has_mask:
+        from era5latent.masks import check_mask_layout
+
+        check_mask_layout(store, bad, n_t, sample, coords["latitude"], coords["longitude"])
 
 
 def _group(store: LatentStore, name: str) -> None:

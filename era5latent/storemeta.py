@@ -283,7 +283,7 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
         raise _bad(path, "source.layout.level_pa", "true or false", layout.get("level_pa"))
     dims = _list(path, "sample_dims", meta.get("sample_dims", []))
     reserved = {"time", "latitude", "longitude", "level", "build_done", "token_lat",
-                "token_lon", "_era5latent", "residual"}
+                "token_lon", "_era5latent", "residual", "mask"}
     for d in dims:
         safe_name(path, "sample_dims", d)
         if d in reserved or d.startswith(("codes_", "sha256_", "residual_")) or \
@@ -300,6 +300,8 @@ def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
         _int(path, "parts", meta["parts"], 1)
     if meta.get("residual"):
         _residual(path, meta, groups)
+    if "mask" in meta:
+        _mask(path, meta, groups)
     if DIGEST_KEY in meta:
         digests = _obj(path, DIGEST_KEY, meta[DIGEST_KEY])
         for rel, h in digests.items():
@@ -337,3 +339,25 @@ def _residual(path: str, meta: dict[str, Any], groups: dict[str, Any]) -> None:
         m = _num(path, f"residual.channels.{ch}.margin", b.get("margin"))
         if not 0 <= m < e:
             raise _bad(path, f"residual.channels.{ch}.margin", "0 <= margin < max_error", m)
+
+
+def _mask(path: str, meta: dict[str, Any], groups: dict[str, Any]) -> None:
+    """The ``mask`` attribute (format version 4): masked channels, fill, static masks' sha256."""
+    if meta["format_version"] < 4:
+        raise _bad(path, "mask", "no mask layer in a format version "
+                   f"{meta['format_version']} store (masks came with version 4)", "...")
+    m = _obj(path, "mask", meta["mask"])
+    known = {c for g in groups.values() for c in g["channels"]}
+    chans = _list(path, "mask.channels", m.get("channels"))
+    if not chans or len(set(chans)) != len(chans) or \
+            not all(isinstance(c, str) and c in known for c in chans):
+        raise _bad(path, "mask.channels", "distinct channels of the store's groups", chans)
+    if m.get("fill") != "mean":
+        raise _bad(path, "mask.fill", "'mean' (a newer era5latent may know more: upgrade it)",
+                   m.get("fill"))
+    sums = _obj(path, "mask.static_sha256", m.get("static_sha256"))
+    if set(sums) != set(chans):
+        raise _bad(path, "mask.static_sha256", "one digest per masked channel", sorted(sums))
+    for ch, h in sums.items():
+        if not isinstance(h, str) or not _HEX64.match(h):
+            raise _bad(path, f"mask.static_sha256.{ch}", "64 lowercase hex digits", h)

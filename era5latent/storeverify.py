@@ -22,6 +22,7 @@ import zarr
 
 from era5latent.errors import StoreError
 from era5latent.fsutil import is_url, not_plain_files
+from era5latent.masks import STATIC, CorruptMaskError, mask_arrays, read_masks, read_static
 from era5latent.residual.layout import residual_name
 from era5latent.store import (
     DONE,
@@ -118,6 +119,7 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
     ours = {codes_name(g): g for g in store.groups}
     residuals = {store.where(residual_name(g)): g for g in store.groups} \
         if store.has_residual else {}
+    masks = set(mask_arrays(store.mask_channels)) if store.has_mask else set()
     try:  # other tools' arrays too, in any subgroup
         found = {k for k, v in store.root.members(max_depth=None) if isinstance(v, zarr.Array)}
     except Exception:  # a damaged document of a node not era5latent's: that node is not listed
@@ -157,6 +159,8 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
                     bad.append(f"chunk {i} ({err.why}"
                                + (f" in {err.array}" if isinstance(err, CorruptChunkError)
                                   and err.array != name else "") + ")")
+        elif name in masks:
+            bad = _mask_chunks(store, name, arr, n0, c0, done)
         else:
             for i in range(n0):
                 sel: Any = slice(i * c0, (i + 1) * c0) if arr.ndim else Ellipsis
@@ -168,7 +172,31 @@ def _arrays(store: LatentStore, done: np.ndarray | None) -> list[Check]:
                     arr.nchunks_initialized < arr.nchunks:
                 bad.append("chunk missing (zarr would read its fill value)")
         how = "crc32c" if _is_crc(arr) else "no crc32c (format version 1)"
-        if name in ours or name in residuals:
+        if name in ours or name in residuals or name in masks:
             how += " and sha256"
         out.append(Check(f"array {name}", not bad, "; ".join(bad) or f"{n0} chunk(s), {how} ok"))
     return out
+
+
+def _mask_chunks(store: LatentStore, name: str, arr: zarr.Array[Any], n0: int, c0: int,
+                 done: np.ndarray | None) -> list[str]:
+    """What is damaged in one mask array: the static mask against its sha256 in the root
+    attributes; each written time chunk's record (state, sha256 and own masks together)."""
+    bad: list[str] = []
+    if name.startswith(STATIC):
+        try:
+            read_static(store, name[len(STATIC):])
+        except CorruptMaskError as err:
+            bad.append(f"chunk 0 ({err.why})")
+        return bad
+    for i in range(n0):
+        try:
+            read_array(arr, slice(i * c0, (i + 1) * c0), store.path)  # its crc32c
+            if done is not None and done[i]:
+                read_masks(store, i)
+        except CorruptArrayError as err:
+            bad.append(f"chunk {i} ({err.why})")
+        except CorruptMaskError as err:
+            bad.append(f"chunk {i} ({err.why}" + (f" in {err.array}" if err.array != name
+                                                   else "") + ")")
+    return bad

@@ -21,6 +21,8 @@ Accumulation is in float64 whatever the input dtype.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, cast
 
 import numpy as np
@@ -172,6 +174,29 @@ def _wmean(f: np.ndarray, w: np.ndarray) -> np.ndarray:
     return cast(np.ndarray, np.mean(f * w[:, None], axis=(-2, -1)))
 
 
+def _wmean_t(f: np.ndarray, w: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """:func:`_wmean` with weight 0 where the truth ``t`` is NaN (a masked field's missing
+    points, docs/evaluation.md); a field with no valued point gives NaN."""
+    nan = np.isnan(t)
+    if not nan.any():
+        return _wmean(f, w)
+    ww = np.where(nan, 0.0, np.broadcast_to(w[:, None], t.shape))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cast(np.ndarray, np.sum(np.where(nan, 0.0, f) * ww, axis=(-2, -1))
+                    / np.sum(ww, axis=(-2, -1)))
+
+
+def fill_missing(f: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``f`` with the points where the truth ``t`` is NaN set to each field's weighted mean
+    of ``t`` over its valued points (what the zonal spectra and the baseline codecs see of a
+    masked field); ``f`` itself when nothing is missing."""
+    nan = np.isnan(t)
+    if not nan.any():
+        return f
+    m = np.nan_to_num(_wmean_t(t, w, t))[..., None, None]
+    return np.where(nan, np.broadcast_to(m, f.shape), f)
+
+
 # --------------------------------------------------------------------------------------------
 # error metrics
 
@@ -186,7 +211,7 @@ def rmse(truth: Any, recon: Any, lat: Any = None, *, sqrt_before_time_mean: bool
     first and the root taken last (``sqrt(MSE)``, WB2 code's ``RMSE``); that value is >= the default.
     """
     t, r, w = _pair(truth, recon, lat)
-    mse = _wmean((r - t) ** 2, w)
+    mse = _wmean_t((r - t) ** 2, w, t)
     if sqrt_before_time_mean:
         return float(np.mean(np.sqrt(mse)))
     return float(np.sqrt(np.mean(mse)))
@@ -195,13 +220,13 @@ def rmse(truth: Any, recon: Any, lat: Any = None, *, sqrt_before_time_mean: bool
 def bias(truth: Any, recon: Any, lat: Any = None) -> float:
     """Latitude-weighted mean error ``recon - truth``, averaged over time."""
     t, r, w = _pair(truth, recon, lat)
-    return float(np.mean(_wmean(r - t, w)))
+    return float(np.mean(_wmean_t(r - t, w, t)))
 
 
 def mae(truth: Any, recon: Any, lat: Any = None) -> float:
     """Latitude-weighted mean absolute error, averaged over time."""
     t, r, w = _pair(truth, recon, lat)
-    return float(np.mean(_wmean(np.abs(r - t), w)))
+    return float(np.mean(_wmean_t(np.abs(r - t), w, t)))
 
 
 def max_abs_error(truth: Any, recon: Any) -> float:
@@ -212,7 +237,7 @@ def max_abs_error(truth: Any, recon: Any) -> float:
         raise GridMismatchError(
             f"truth has shape {t.shape} but reconstruction {r.shape}: expected equal shapes; "
             "decode onto the truth's grid and times")
-    return float(np.max(np.abs(r - t)))
+    return float(np.max(np.where(np.isnan(t), 0.0, np.abs(r - t)))) if t.size else 0.0
 
 
 def acc(truth: Any, recon: Any, climatology: Any, lat: Any = None) -> float:
@@ -236,8 +261,8 @@ def acc(truth: Any, recon: Any, climatology: Any, lat: Any = None) -> float:
             f"climatology has shape {c.shape}, which does not broadcast to the fields' "
             f"{t.shape}: expected a (latitude, longitude) map on the same grid") from None
     af, at = r - c, t - c
-    num = _wmean(af * at, w)
-    den = np.sqrt(_wmean(af**2, w) * _wmean(at**2, w))
+    num = _wmean_t(af * at, w, t)
+    den = np.sqrt(_wmean_t(af**2, w, t) * _wmean_t(at**2, w, t))
     with np.errstate(invalid="ignore", divide="ignore"):
         per_step = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return float(np.mean(per_step))
@@ -320,22 +345,25 @@ def channel_metrics(truth: Any, recon: Any, lat: Any = None, climatology: Any = 
     lat_ = _lat_of(truth if _is_dataarray(truth) else recon, lat, "truth")
     t, r, w = _pair(truth, recon, lat_)
     if climatology is None:
-        clim = t.reshape(-1, *t.shape[-2:]).mean(axis=0)
+        with warnings.catch_warnings():  # a point missing at every step: NaN, weight 0 anyway
+            warnings.simplefilter("ignore", RuntimeWarning)
+            clim = np.nanmean(t.reshape(-1, *t.shape[-2:]), axis=0)
         ref = "truth time mean"
     else:
         clim = climatology
         ref = "climatology"
     err = r - t
-    mse = _wmean(err**2, w)
-    pt, pr = zonal_power_spectrum(t, lat_), zonal_power_spectrum(r, lat_)
+    mse = _wmean_t(err**2, w, t)
+    pt = zonal_power_spectrum(fill_missing(t, t, w), lat_)
+    pr = zonal_power_spectrum(fill_missing(r, t, w), lat_)
     sl = _small_scale_slice(pt.size, fraction)
     den = float(pt[sl].sum())
     out: dict[str, Any] = {
         "rmse": float(np.mean(np.sqrt(mse))),
         "rmse_sqrt_after_time_mean": float(np.sqrt(np.mean(mse))),
-        "bias": float(np.mean(_wmean(err, w))),
-        "mae": float(np.mean(_wmean(np.abs(err), w))),
-        "max_abs_error": float(np.max(np.abs(err))),
+        "bias": float(np.mean(_wmean_t(err, w, t))),
+        "mae": float(np.mean(_wmean_t(np.abs(err), w, t))),
+        "max_abs_error": float(np.max(np.where(np.isnan(t), 0.0, np.abs(err)))),
         "acc": acc(t, r, clim, lat_),
         "acc_reference": ref,
         "small_scale_power_ratio": float(pr[sl].sum() / den) if den > 0 else float("nan"),
@@ -384,10 +412,16 @@ class MetricAccumulator:
         self.pt: np.ndarray | None = None
         self.pr: np.ndarray | None = None
 
-    def _smean(self, f: np.ndarray) -> np.ndarray:
-        """Region-weighted spatial mean per step of an (n, lat, lon) array."""
+    def _smean(self, f: np.ndarray, valued: np.ndarray | None = None) -> np.ndarray:
+        """Region-weighted spatial mean per step of an (n, lat, lon) array; with ``valued``
+        (n, lat, lon), weight 0 where it is False (a masked field's missing points)."""
         w = np.broadcast_to(self.w2, f.shape[-2:])
-        return cast(np.ndarray, np.einsum("nij,ij->n", f, w) / float(w.sum()))
+        if valued is None:
+            return cast(np.ndarray, np.einsum("nij,ij->n", f, w) / float(w.sum()))
+        ww = w * valued
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cast(np.ndarray, np.einsum("nij,nij->n", np.where(valued, f, 0.0), ww)
+                        / ww.sum(axis=(1, 2)))
 
     def _spectrum(self, f: np.ndarray) -> np.ndarray:
         g = f[:, self.rows]
@@ -409,20 +443,28 @@ class MetricAccumulator:
         if t.shape != r.shape or t.ndim != 3:
             raise GridMismatchError(f"truth chunk {t.shape} vs reconstruction {r.shape}: "
                                     "expected equal (time, latitude, longitude) shapes")
+        nan = np.isnan(t)  # a masked field's missing points: out of every metric
+        v = ~nan if nan.any() else None
+        if v is not None:
+            mean_t = np.nan_to_num(self._smean(t, v))[:, None, None]
+            t = np.where(v, t, mean_t)  # what the spectra see there; weight 0 everywhere else
+            r = np.where(v, r, mean_t)
         err = r - t
-        mse = self._smean(err * err)
+        mse = self._smean(err * err, v)
         self.sums["rmse"] += float(np.sqrt(mse).sum())
         self.sums["mse"] += float(mse.sum())
-        self.sums["bias"] += float(self._smean(err).sum())
-        self.sums["mae"] += float(self._smean(np.abs(err)).sum())
+        self.sums["bias"] += float(self._smean(err, v).sum())
+        self.sums["mae"] += float(self._smean(np.abs(err), v).sum())
         region_err = np.abs(err) if self.mask.shape[1] == 1 and self.mask.all() else \
             np.where(np.broadcast_to(self.mask, t.shape[-2:]), np.abs(err), 0.0)
         self.max_abs = max(self.max_abs, float(np.max(region_err)))
         del err
         c = np.broadcast_to(np.asarray(climatology, dtype=np.float64), t.shape)
+        if v is not None:
+            c = np.where(v, c, t)
         af, at = r - c, t - c
-        num = self._smean(af * at)
-        den = np.sqrt(self._smean(af * af) * self._smean(at * at))
+        num = self._smean(af * at, v)
+        den = np.sqrt(self._smean(af * af, v) * self._smean(at * at, v))
         del af, at
         with np.errstate(invalid="ignore", divide="ignore"):
             per_step = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)

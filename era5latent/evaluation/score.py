@@ -171,13 +171,14 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
             if a == 0:
                 first = {"truth": t, method: r}
             if bpv is not None:
+                tf = metrics.fill_missing(t, t, metrics.latitude_weights(lat))  # codecs: finite
                 for m in methods:
                     if a == 0:
-                        setting[m] = sizematch.match_size(m, t, bpv)
+                        setting[m] = sizematch.match_size(m, tf, bpv)
                         rb, nb = np.asarray(setting[m].recon), setting[m].nbytes
                         first[m] = rb
                     else:
-                        rb, nb = codecs.compress_roundtrip(setting[m].codec, t)
+                        rb, nb = codecs.compress_roundtrip(setting[m].codec, tf)
                     nbytes[m] += nb
                     nonzero[m] = nonzero[m] or bool(np.any(rb))
                     accs[m].add(t, rb, c)
@@ -199,11 +200,14 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
                                 "region": reg.name, **accs[m].result(),
                                 **_sizes(agg.bytes_per_value, src_bpv), **agg.size_fields(),
                                 "codec": sm.codec.to_dict(), "size_reached": sm.reached})
-            t0 = first["truth"]
+            t0 = metrics.fill_missing(first["truth"], first["truth"],
+                                      metrics.latitude_weights(lat))
             c0 = (clim.fields(ch, np.repeat(times[:t0.shape[0] // n_samples], n_samples))
                   if clim is not None else mean_map)
+            truth0 = first["truth"]  # scored with its NaN: masked points out of the metrics
             score: Callable[[np.ndarray, np.ndarray], dict[str, Any]] = (
-                lambda x, y: _chunk_metrics(x, y, lat, mask, c0, acc_ref))
+                lambda x, y: _chunk_metrics(truth0 if x.shape == truth0.shape else x, y, lat,
+                                            mask, c0, acc_ref))
             targets = sweep if sweep is not None else [bpv * f for f in SWEEP_FACTORS]
             sweep_records.append({**rec, "sweep": True})
             for m in methods:
@@ -274,12 +278,15 @@ def _climatology_of(clim: Source | ClimatologyLike | str | None, lat: np.ndarray
 def _time_mean(src: Source, ch: Channel, ts: slice, chunk: int) -> np.ndarray:
     """The truth's own time mean of ``ch`` over ``ts`` (the ACC reference without a climatology)."""
     acc: np.ndarray | None = None
-    count = 0
+    count: np.ndarray | None = None
     for a in range(ts.start, ts.stop, chunk):
         x = _field(src, ch, a, min(a + chunk, ts.stop)).astype(np.float64)
-        acc = x.sum(axis=0) if acc is None else acc + x.sum(axis=0)
-        count += x.shape[0]
-    return cast(np.ndarray, acc) / count
+        n = (~np.isnan(x)).sum(axis=0)  # a masked field: the mean over the valued steps
+        acc = np.nansum(x, axis=0) if acc is None else acc + np.nansum(x, axis=0)
+        count = n if count is None else count + n
+    with np.errstate(invalid="ignore", divide="ignore"):  # never valued: NaN (weight 0)
+        out: np.ndarray = cast(np.ndarray, acc) / cast(np.ndarray, count)
+    return out
 
 
 def _sizes(bpv: float | None, src_bpv: float | None) -> dict[str, Any]:

@@ -16,14 +16,14 @@ from era5latent.pipeline.common import (PRECISIONS, Progress, _normaliser, _pref
                                         resolve_precision)
 from era5latent.pipeline.decoding import (DecodePlan, DecodeResult, check_store_metadata,
                                           check_store_model, decode, decode_precision,
-                                          plan_decode, read_codes, read_residuals,
+                                          plan_decode, read_codes, read_group_masks, read_residuals,
                                           select_store_channels)
 from era5latent.pipeline.encoding import (AUTO_CHUNK_FIELD_BYTES, AUTO_TIME_CHUNK,
                                           MAX_CHUNK_FIELD_BYTES, EncodedChunk, EncodeJob,
                                           EncodeResult, residual_spec, residual_streams,
                                           _forget_if_empty, _open_for_resume, _run, _store_spec,
                                           auto_time_chunk, check_time_chunk, encode,
-                                          prepare_encode, ready_to_encode)
+                                          first_step_masks, prepare_encode, ready_to_encode)
 
 __all__ = [
                                         "AUTO_CHUNK_FIELD_BYTES",
@@ -59,10 +59,12 @@ __all__ = [
                                         "encode",
                                         "encode_block",
                                         "encode_fields",
+                                        "first_step_masks",
                                         "plan_decode",
                                         "prepare_encode",
                                         "read_codes",
                                         "read_fields",
+                                        "read_group_masks",
                                         "read_residuals",
                                         "ready_to_encode",
                                         "residual_spec",

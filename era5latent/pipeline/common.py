@@ -18,7 +18,8 @@ import torch
 from era5latent.errors import GridMismatchError, OptionError, SubsetError
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.model.wla import pack_bits, unpack_bits
-from era5latent.sources import Source, check_finite, grid_info, iso
+from era5latent.masks import check_no_inf
+from era5latent.sources import Source, grid_info, iso
 from era5latent.store import GroupSpec
 from era5latent.variables import Channel, group_channels, variable_by_name
 
@@ -175,9 +176,15 @@ def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarr
                  batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
     """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``.
 
-    Bits are packed on the device, so 1/32 of the float codes' bytes come back."""
+    NaN (a masked point, :mod:`era5latent.masks`) enters the model as 0 in normalised units,
+    the channel's training mean. Bits are packed on the device, so 1/32 of the float codes'
+    bytes come back."""
     mean, std = _normaliser(loaded, channels)
     z = ((x - mean) / std).astype(np.float32)
+    missing = np.isnan(z)
+    if missing.any():  # masked points (fields with missing values): the training mean, 0
+        z[missing] = 0.0
+    del missing
     out: dict[str, np.ndarray] = {}
     for g, chs in group_channels(channels).items():
         idx = [channels.index(c) for c in chs]
@@ -205,10 +212,17 @@ def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], pack
 
 
 def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -> np.ndarray:
-    """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked finite."""
+    """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked for
+    infinities (NaN, a missing value, is the mask layer's: :func:`era5latent.masks.split_masked`
+    says which channels may hold it)."""
     x = source.read(channels, a, b)
-    check_finite(x, f"{source.path} between {iso(source.times[a])} and {iso(source.times[b - 1])}")
+    check_no_inf(x, fields_where(source, a, b))
     return x
+
+
+def fields_where(source: Source, a: int, b: int) -> str:
+    """How errors name source time steps ``[a, b)``."""
+    return f"{source.path} between {iso(source.times[a])} and {iso(source.times[b - 1])}"
 
 
 def encode_fields(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarray,
@@ -227,15 +241,18 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
                   specs: Mapping[str, GroupSpec], packed: Mapping[str, np.ndarray | None],
                   batch_size: int, device: torch.device, precision: str,
                   fill_shape: tuple[int, ...] | None = None,
-                  residuals: Mapping[str, Mapping[str, np.ndarray] | None] | None = None
+                  residuals: Mapping[str, Mapping[str, np.ndarray] | None] | None = None,
+                  masks: Mapping[str, np.ndarray | None] | None = None
                   ) -> dict[Channel, np.ndarray]:
     """Packed codes per group ``(nt, *sample, h, w, B)`` -> fields per channel ``(nt, *sample, H, W)``.
 
     A group whose codes are None (a damaged chunk, allowed) gives NaN fields of ``fill_shape``.
     ``residuals`` (a residual layer's, by group then channel code, shaped as the fields) are
     added after the WLA's reconstruction (``residual.apply_residual``); a group whose residuals
-    are None (damaged, allowed) gives NaN fields too. The one decode step every path runs (CLI,
-    Python API, Dask workers).
+    are None (damaged, allowed) gives NaN fields too. ``masks`` (a mask layer's, by channel
+    code, shaped as the fields) put NaN back where the source was missing; a mask that is None
+    (damaged, allowed) makes its channel NaN. The one decode step every path runs (CLI, Python
+    API, Dask workers).
     """
     from era5latent.residual.core import apply_residual
 
@@ -265,6 +282,13 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
                 np.maximum(block[ch], 0.0, out=block[ch])
             if ch.code in res:
                 block[ch] = apply_residual(block[ch], res[ch.code], nonneg)
+    for ch in block:
+        if masks is not None and ch.code in masks:
+            m = masks[ch.code]
+            if m is None:
+                block[ch] = np.full_like(block[ch], np.nan)
+            else:
+                block[ch] = np.where(m, np.float32(np.nan), block[ch])
     return block
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from era5latent import faults
 from era5latent.errors import OptionError, StoreError, SubsetError
 from era5latent.fsutil import check_output_name, full_path
+from era5latent.masks import read_mask_range
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fields,
                                         resolve_device, resolve_precision, strict_fp32)
@@ -116,6 +117,17 @@ def read_residuals(store: LatentStore, groups: Mapping[str, tuple[Channel, ...]]
         else:
             out[g] = {ch: np.concatenate(p) for ch, p in parts.items()}
     return out, corrupt
+
+
+def read_group_masks(store: LatentStore, groups: Mapping[str, tuple[Channel, ...]], a: int,
+                     b: int, *, allow_corrupt: bool = False
+                     ) -> tuple[dict[str, np.ndarray | None], list[str]]:
+    """The mask layer of store times ``[a, b)`` for the masked channels among ``groups``
+    (:func:`era5latent.masks.read_mask_range`); empty for a store without one."""
+    if not store.has_mask:
+        return {}, []
+    return read_mask_range(store, [c.code for chs in groups.values() for c in chs], a, b,
+                           allow_corrupt=allow_corrupt)
 
 
 def decode_precision(store_path: str, precision: str, device: Any, residual: bool) -> str:
@@ -267,7 +279,8 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     sample_shape = tuple(len(v) for v in sample_coords.values())
 
     def read(a: int) -> tuple[int, dict[str, np.ndarray | None],
-                              dict[str, dict[str, np.ndarray] | None] | None]:
+                              dict[str, dict[str, np.ndarray] | None] | None,
+                              dict[str, np.ndarray | None]]:
         codes, lost = read_codes(store, groups, a, min(a + step, hi), allow_corrupt=allow_corrupt)
         corrupt.extend(lost)
         res = None
@@ -275,7 +288,10 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
             res, lost = read_residuals(store, groups, a, min(a + step, hi),
                                        allow_corrupt=allow_corrupt)
             corrupt.extend(lost)
-        return a, codes, res
+        masks, lost = read_group_masks(store, groups, a, min(a + step, hi),
+                                       allow_corrupt=allow_corrupt)
+        corrupt.extend(lost)
+        return a, codes, res, masks
 
     def fill(a: int) -> tuple[int, ...]:
         return (min(a + step, hi) - a, *sample_shape, len(lat), len(lon))
@@ -287,9 +303,9 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     done_samples = 0
     background = _Writer()  # reading, computing and writing overlap
     try:
-        for a, packed, res in _prefetch(read(a) for a in range(lo, hi, step)):
+        for a, packed, res, masks in _prefetch(read(a) for a in range(lo, hi, step)):
             block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a),
-                                  res)
+                                  res, masks)
             background.submit(write, a - lo, block)
             done_samples += (min(a + step, hi) - a) * per_step
             if progress:

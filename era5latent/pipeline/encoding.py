@@ -27,10 +27,12 @@ from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
                                         check_model_channels, decode_fields, encode_fields,
+                                        fields_where,
                                         read_fields, resolve_device, resolve_precision,
                                         strict_fp32)
+from era5latent.masks import FILL, mask_sha, split_masked, static_masks
 from era5latent.residual import ResidualSpec, make_residuals, parse_max_error
-from era5latent.sources import Source, grid_info
+from era5latent.sources import Source, grid_info, iso
 from era5latent.store import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
                               create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
@@ -71,9 +73,27 @@ def residual_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, 
                             for c in channels}, codec)
 
 
+def mask_spec(static: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """The root attribute ``mask`` for the static masks of a store's masked channels (None
+    without any: no mask layer, format version 3)."""
+    if not static:
+        return None
+    return {"channels": list(static), "fill": FILL,
+            "static_sha256": {c: mask_sha(m) for c, m in static.items()}}
+
+
+def first_step_masks(source: Source, channels: tuple[Channel, ...], t0: int, t1: int
+                     ) -> dict[str, np.ndarray]:
+    """The static masks of a store of source times ``[t0, t1)``: its first time step's."""
+    if t1 <= t0:
+        return {}
+    return static_masks(read_fields(source, channels, t0, t0 + 1), channels)
+
+
 def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
                 t0: int, t1: int, time_chunk: int,
-                residual: ResidualSpec | None = None) -> StoreSpec:
+                residual: ResidualSpec | None = None,
+                static: Mapping[str, np.ndarray] | None = None) -> StoreSpec:
     cfg = loaded.meta.config
     groups = tuple(
         GroupSpec(g, tuple(c.code for c in chs), tuple(c.meta for c in chs),
@@ -92,6 +112,8 @@ def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ..
                 "layout": source.layout.to_dict(),
                 "grid": grid_info(source.latitude, source.longitude)},
         residual=jsonable(residual.to_dict()) if residual else None,
+        mask=mask_spec(static or {}),
+        static_masks=dict(static or {}),
     )
 
 
@@ -118,7 +140,7 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
             busy = f"; it is being written now ({err.holder}) with those settings"
         raise StoreError(
             f"{out} exists but was made differently ({', '.join(diff)} differ: another model, "
-            f"subset, time range, source or --max-error){busy}; choose another --out, or pass --overwrite "
+            f"subset, time range, source, --max-error or missing values){busy}; choose another --out, or pass --overwrite "
             "to replace it" + (" once that writer has finished" if busy else ""))
     return store
 
@@ -126,24 +148,33 @@ def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStor
 
 @dataclass
 class EncodedChunk:
-    """One time chunk's output: packed codes per group, and residual streams per group and
-    channel code (empty without a residual layer)."""
+    """One time chunk's output: packed codes per group, residual streams per group and
+    channel code (empty without a residual layer), and the masks of the masked channels by
+    channel code (empty without a mask layer)."""
 
     codes: dict[str, np.ndarray]
     residuals: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def residual_streams(loaded: LoadedModel, channels: tuple[Channel, ...], spec: StoreSpec,
                      residual: ResidualSpec, x: np.ndarray, codes: dict[str, np.ndarray],
-                     batch_size: int, device: torch.device, where: str = ""
+                     batch_size: int, device: torch.device, where: str = "",
+                     masks: Mapping[str, np.ndarray] | None = None
                      ) -> dict[str, dict[str, bytes]]:
     """The residual streams of one chunk: its codes decoded in fp32 (as decode does, clip
-    included), ``x - recon`` per bounded channel compressed and checked (``residual.core``)."""
+    included), ``x - recon`` per bounded channel compressed and checked (``residual.core``).
+    Masked points (``masks``) are out of the bound: their residual is 0 (decode puts NaN
+    there)."""
     groups = group_channels(channels)
     specs = {g.name: g for g in spec.groups}
     strict_fp32(device)  # the reference reconstruction is true fp32, on CUDA too
     recon = decode_fields(loaded, groups, specs, codes, batch_size, device, "fp32")
-    truth = {c.code: x[..., k, :, :] for k, c in enumerate(channels)}
+    truth: dict[str, np.ndarray] = {}
+    for k, c in enumerate(channels):
+        m = (masks or {}).get(c.code)
+        truth[c.code] = x[..., k, :, :] if m is None or not m.any() else \
+            np.where(m, recon[c], x[..., k, :, :])
     nonneg = {c.code: variable_by_name(c.name).nonnegative for c in channels}
     streams = make_residuals(truth, {c.code: v for c, v in recon.items()}, residual, nonneg,
                              where)
@@ -198,24 +229,33 @@ class EncodeJob:
         return (b - a) * self.samples_per_step
 
     def read_chunk(self, i: int) -> np.ndarray:
-        """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked finite."""
+        """Raw fields of chunk ``i``: ``(nt, *sample, C, H, W)``, checked for infinities (NaN
+        is checked against the store's masked channels by :meth:`encode_chunk`)."""
         if self.first is not None and self.first[0] == i:
             x, self.first = self.first[1], None
             return x
         a, b = self.spec.chunk_bounds(i)
-        return read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
+        x = read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
+        # a NaN outside the masked channels is said here, where the times are known
+        split_masked(x, self.channels, self.store.mask_channels,
+                     fields_where(self.source, self.t0 + a, self.t0 + b),
+                     iso(self.source.times[self.t0]))
+        return x
 
     def encode_chunk(self, x: np.ndarray) -> EncodedChunk:
+        masks = split_masked(x, self.channels, self.store.mask_channels, self.source.path,
+                             iso(self.source.times[self.t0]))
         codes = encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
                               self.precision)
         if self.residual is None:
-            return EncodedChunk(codes)
+            return EncodedChunk(codes, masks=masks)
         return EncodedChunk(codes, residual_streams(self.loaded, self.channels, self.spec,
                                                     self.residual, x, codes, self.batch_size,
-                                                    self.device, self.source.path))
+                                                    self.device, self.source.path, masks),
+                            masks)
 
     def write_chunk(self, i: int, chunk: EncodedChunk) -> None:
-        self.store.write_chunk(i, chunk.codes, chunk.residuals)
+        self.store.write_chunk(i, chunk.codes, chunk.residuals, chunk.masks)
 
     def run_chunk(self, i: int) -> int:
         """Encode and write chunk ``i``; returns the number of samples it held."""
@@ -314,7 +354,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
                                             precision=precision)
     residual = residual_spec(source, loaded, channels, max_error, residual_codec)
     t0, t1 = source.time_indices(time_range)
-    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk, residual)
+    static = first_step_masks(source, channels, t0, t1)  # the mask layer, if any
+    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
     resumed = False
     first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
@@ -335,6 +376,8 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
         if len(owned):
             a, b = spec.chunk_bounds(owned[0])
             first = (owned[0], read_fields(source, channels, t0 + a, t0 + b))
+            split_masked(first[1], channels, tuple(static),
+                         fields_where(source, t0 + a, t0 + b), iso(source.times[t0]))
         try:
             create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
                                 overwrite=overwrite)

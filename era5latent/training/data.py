@@ -38,7 +38,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from era5latent.errors import Era5LatentError
-from era5latent.sources import Source, check_finite, open_source
+from era5latent.masks import check_no_inf
+from era5latent.sources import Source, open_source
 from era5latent.variables import Channel
 
 
@@ -164,7 +165,7 @@ class BlockReader:
         a = lay.t0 + b * lay.block
         src = self.ref.get()
         x = src.read(self.channels, a, min(a + lay.block, lay.t0 + lay.n_times))
-        check_finite(x, f"{src.path} (training data)")
+        check_no_inf(x, f"{src.path} (training data)")  # NaN: masked (the loop fills it)
         x = x.reshape(-1, *x.shape[-3:])  # (t * members, C, H, W)
         x -= self.mean
         x *= self.inv_std

@@ -34,8 +34,9 @@ from era5latent.sources import Source, grid_info, iso
 from era5latent.training import distributed as ddp_setup
 from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, TrainStream,
                                       batches, source_time_chunk)
-from era5latent.training.losses import (adaptive_weight, bsq_entropy, hinge_d_loss,
-                                        hinge_g_loss, level_weights, reconstruction_loss)
+from era5latent.training.losses import (adaptive_weight, bsq_entropy, fill_masked,
+                                        hinge_d_loss, hinge_g_loss, level_weights,
+                                        reconstruction_loss)
 from era5latent.training.monitor import Monitor
 from era5latent.training.options import DEFAULT_LR, TrainOptions
 from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
@@ -298,10 +299,15 @@ class Trainer:
             return torch.randperm(n, generator=gen)[:k]
         return torch.randperm(n, generator=gen)
 
-    def group_step(self, g: str, x: Tensor, step: int, lr: float) -> dict[str, float]:
+    def group_step(self, g: str, x: Tensor, step: int, lr: float,
+                   valued: Tensor | None = None) -> dict[str, float]:
+        """One optimiser step of group ``g``; ``valued`` (as ``x``, False at masked points)
+        leaves masked points out of the reconstruction loss."""
         opts, cfg = self.opts, self.config
         perm = self._subset(g)
         xs = x[:, self.gidx[g][perm].to(x.device)]
+        vmicro = valued[:, self.gidx[g][perm].to(x.device)].chunk(opts.grad_accum) \
+            if valued is not None else None
         meta = self.metas[g][perm.to(self.device)]
         ch_w = self.ch_w[g][perm.to(self.device)]
         ae = self.model.autoencoders[g]
@@ -322,7 +328,8 @@ class Trainer:
             with _no_sync(fwd, i + 1 < len(micro)):
                 with self._autocast():
                     out = fwd(xm, meta, ste_gain)
-                rec = reconstruction_loss(out.recon, xm, self.lat_w, ch_w)
+                rec = reconstruction_loss(out.recon, xm, self.lat_w, ch_w,
+                                          vmicro[i] if vmicro is not None else None)
                 ent = bsq_entropy(out.u, opts.quantizer, temperature=temperature,
                                   w_sample=cfg.entropy_sample_weight,
                                   w_codebook=cfg.entropy_codebook_weight)
@@ -381,12 +388,18 @@ class Trainer:
         n = 0
         for s in range(0, len(self.val_ids), batch_size):
             ids = self.val_ids[s:s + batch_size]
-            x = torch.from_numpy(self.val_reader.samples(ids)).to(self.device)
+            x, valued = fill_masked(torch.from_numpy(self.val_reader.samples(ids)))
+            x = x.to(self.device)
             for g, chs in self.groups.items():
                 xs = x[:, self.gidx[g].to(self.device)]
                 with self._autocast():
                     rec = model.decode(g, model.encode(g, xs, self.metas[g]), self.metas[g])
-                err = ((rec.float() - xs) ** 2 * self.lat_w).mean(dim=(2, 3)).sum(0)  # (C,)
+                e = (rec.float() - xs) ** 2 * self.lat_w
+                if valued is None:
+                    err = e.mean(dim=(2, 3)).sum(0)  # (C,)
+                else:  # masked points left out: each sample's mean over its valued points
+                    m = valued[:, self.gidx[g]].to(self.device, e.dtype)
+                    err = ((e * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1.0)).sum(0)
                 for c, e in zip(chs, err.tolist()):
                     sq[c.code] += e
             n += len(ids)
@@ -412,11 +425,14 @@ class Trainer:
         try:
             for step in range(self.step0, opts.steps):
                 x, _ = next(it)
+                x, valued = fill_masked(x)  # on the host: masked points -> 0, no device sync
                 x = x.to(self.device, non_blocking=True)
+                if valued is not None:
+                    valued = valued.to(self.device, non_blocking=True)
                 lr = lr_at(step, opts.steps, self.lr, opts.warmup_fraction)
                 logs: dict[str, float] = {}
                 for g in self.groups:
-                    logs.update(self.group_step(g, x, step, lr))
+                    logs.update(self.group_step(g, x, step, lr, valued))
                 if self.ema is not None:
                     self.ema.update_parameters(self.model)
                 loss = sum(v for k, v in logs.items() if k.endswith("/loss"))

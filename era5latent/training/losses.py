@@ -40,10 +40,27 @@ def level_weights(channels: tuple[Channel, ...], std: dict[str, float], mode: st
     return w
 
 
-def reconstruction_loss(pred: Tensor, target: Tensor, lat_w: Tensor, ch_w: Tensor) -> Tensor:
-    """Latitude- and channel-weighted MSE; lat_w (1, 1, H, 1), ch_w (C,)."""
+def reconstruction_loss(pred: Tensor, target: Tensor, lat_w: Tensor, ch_w: Tensor,
+                        mask: Tensor | None = None) -> Tensor:
+    """Latitude- and channel-weighted MSE; lat_w (1, 1, H, 1), ch_w (C,).
+
+    ``mask`` (as ``target``, 1 where valued, 0 where the source is missing: a masked field)
+    leaves masked points out: each channel's mean is over its valued points."""
     err = (pred.float() - target) ** 2 * lat_w
+    if mask is not None:
+        m = mask.to(err.dtype)
+        per_ch = (err * m).sum(dim=(0, 2, 3)) / m.sum(dim=(0, 2, 3)).clamp(min=1.0)
+        return (per_ch * ch_w).mean()
     return (err.mean(dim=(0, 2, 3)) * ch_w).mean()
+
+
+def fill_masked(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Normalised fields with NaN (masked points) -> (fields with 0 there, the channel's
+    training mean; the valued-points mask), or ``(x, None)`` when nothing is masked."""
+    valued = ~torch.isnan(x)
+    if bool(valued.all()):
+        return x, None
+    return torch.where(valued, x, torch.zeros((), dtype=x.dtype, device=x.device)), valued
 
 
 def _mean_across_ranks(t: Tensor) -> Tensor:

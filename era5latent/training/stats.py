@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from era5latent.sources import Source, check_finite
+from era5latent.errors import DataValueError
+from era5latent.masks import check_no_inf
+from era5latent.sources import Source
 from era5latent.variables import Channel
 
 
@@ -28,7 +30,10 @@ class RunningMoments:
         self.m2 = np.zeros(channels)
 
     def add_slab(self, c: int, x: np.ndarray) -> None:
-        """Add the values ``x`` (any shape) of channel ``c``."""
+        """Add the values ``x`` (any shape) of channel ``c``; NaN (missing: a masked field,
+        :mod:`era5latent.masks`) is left out."""
+        if x.size and np.isnan(x).any():
+            x = x[~np.isnan(x)]
         if x.size == 0:
             return
         mean_b, m2_b = _slab_moments(x)
@@ -61,16 +66,22 @@ def compute_stats(source: Source, channels: tuple[Channel, ...], t0: int, t1: in
 def stats_over(source: Source, channels: tuple[Channel, ...], spans: list[tuple[int, int]],
                what: str) -> dict[str, dict[str, float]]:
     """Per-channel mean and standard deviation over the time spans ``[a, b)`` (each read
-    once, checked finite; ``what`` names them in the error), streamed; a constant channel gets
-    std 1."""
+    once, checked for infinities; ``what`` names them in the error), streamed; NaN (missing
+    values) is left out; a constant channel gets std 1. A channel with no value at all (NaN
+    everywhere) is a one-line error."""
     acc = RunningMoments(len(channels))
     for a, b in spans:
         x = source.read(channels, a, b)  # (t, *sample, C, H, W) float32
-        check_finite(x, f"{source.path} ({what})")
+        check_no_inf(x, f"{source.path} ({what})")
         x = x.reshape(-1, *x.shape[-3:])  # (t * samples, C, H, W)
         for c in range(len(channels)):
             for k in range(x.shape[0]):
                 acc.add_slab(c, x[k, c])
+    empty = [c.code for c, n in zip(channels, acc.n) if n == 0 and spans]
+    if empty:
+        raise DataValueError(f"{source.path} ({what}): {', '.join(empty)} is missing (NaN) "
+                             "everywhere; expected some values to take statistics of: choose "
+                             "another time range or leave the channel out")
     mean, std = acc.mean, acc.std()
     std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
     return {c.code: {"mean": float(m), "std": float(d)} for c, m, d in zip(channels, mean, std)}
