@@ -150,7 +150,10 @@ def test_python_api_round_trip(masked_store: Path, masked_zarr: Path, masked_mod
         np.testing.assert_array_equal(lazy[v].values, ref[v].values)
     window = era5latent.decode(era5latent.open_latent(masked_store).isel(time=slice(1, 6)),
                                masked_model, device="cpu").load()
-    np.testing.assert_array_equal(window[SST].values, ref[SST].values[1:6])
+    # NaN in the same places; values to float32 rounding (the window batches its steps
+    # differently, and a model's output may differ by an ulp with the batch it ran in)
+    np.testing.assert_array_equal(np.isnan(window[SST].values), np.isnan(ref[SST].values[1:6]))
+    np.testing.assert_allclose(window[SST].values, ref[SST].values[1:6], rtol=1e-6)
     from era5latent.errors import StoreError
 
     with pytest.raises(StoreError, match="mask_sst"):

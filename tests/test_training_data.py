@@ -152,12 +152,17 @@ def test_streaming_statistics_equal_float64_numpy(tmp_path: Path) -> None:
     write_sample(str(path), grid=(33, 64), times=40, variables=("z", "t", "t2m"),
                  levels=(500, 850), seed=3)
     src = open_source(path)
-    stats = compute_stats(src, CHANNELS, 3, 37, block=8)  # five chunks, a partial last one
+    stats, fields = compute_stats(src, CHANNELS, 3, 37, block=8)  # five chunks, partial last
     x = src.read(CHANNELS, 3, 37).astype(np.float64)  # the reference: all of it in float64
     for k, c in enumerate(CHANNELS):
         v = x[:, k]
         assert stats[c.code]["mean"] == pytest.approx(v.mean(), rel=1e-9)
         assert stats[c.code]["std"] == pytest.approx(v.std(), rel=1e-9)
+        if c.code in fields:  # normalised by its mean field: the field and its anomalies' std
+            np.testing.assert_allclose(fields[c.code], v.mean(axis=0), rtol=1e-6)
+            anomaly = v - v.mean(axis=0)
+            assert stats[c.code]["anomaly_std"] == pytest.approx(anomaly.std(), rel=1e-6)
+    assert fields  # z and t are mostly their mean field on a global grid
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -31,7 +32,9 @@ from era5latent.model.wla import WLA, WLAConfig
 from era5latent.variables import Channel, parse_channel
 
 FORMAT = "era5latent.wla"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-pixel mean fields (written only by checkpoints that have them)
+#: tensor-name prefix of a channel's mean field (field normalisation), beside the weights
+MEAN_FIELD = "normalisation.mean_field."
 HEADER_KEY = "era5latent"
 #: a group name: no path separators, no ".." (names reach store paths)
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -43,14 +46,19 @@ class CheckpointMeta:
 
     config: WLAConfig
     groups: dict[str, tuple[Channel, ...]]  # trained channels per group
-    normalisation: dict[str, dict[str, float]]  # channel code -> {"mean", "std"}
+    # channel code -> {"mean", "std"} and, for a channel normalised by its mean field,
+    # "anomaly_std" (the anomalies' std, its scale in the model's units)
+    normalisation: dict[str, dict[str, float]]
     grid: dict[str, Any]  # shape, latitude/longitude first/last
     training: dict[str, Any] = field(default_factory=dict)
+    # channel code -> time-mean field (H, W) float32, for the channels with "anomaly_std";
+    # stored as tensors MEAN_FIELD + code (read by load_checkpoint, not by read_meta)
+    mean_fields: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.mean_fields else 1,
             "package_version": __version__,
             "config": self.config.to_dict(),
             "groups": {g: [c.code for c in chs] for g, chs in self.groups.items()},
@@ -86,10 +94,35 @@ class CheckpointMeta:
                    normalisation=_normalisation(d["normalisation"], codes, path),
                    grid=_grid(d["grid"], path), training=training)
 
-    def channel_stats(self, channels: tuple[Channel, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor([self.normalisation[c.code]["mean"] for c in channels], dtype=torch.float64)
-        std = torch.tensor([self.normalisation[c.code]["std"] for c in channels], dtype=torch.float64)
-        return mean, std
+    def channel_stats(self, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """What the model's inputs are normalised by: ``(x - mean) / scale`` with ``mean``
+        ``(C, 1, 1)``, or ``(C, H, W)`` where a channel has a mean field, and ``scale``
+        ``(C, 1, 1)`` float64."""
+        scale = np.array([norm_scale(self.normalisation[c.code]) for c in channels])
+        if not any(c.code in self.mean_fields for c in channels):
+            mean = np.array([self.normalisation[c.code]["mean"] for c in channels])
+            return mean.reshape(-1, 1, 1), scale.reshape(-1, 1, 1)
+        h, w = (int(n) for n in self.grid["shape"])
+        mean = np.empty((len(channels), h, w))
+        for k, c in enumerate(channels):
+            mf = self.mean_fields.get(c.code)
+            mean[k] = self.normalisation[c.code]["mean"] if mf is None else mf
+        return mean, scale.reshape(-1, 1, 1)
+
+
+def norm_scale(stats: dict[str, float]) -> float:
+    """A channel's scale in the model's units: its anomalies' std where it is normalised by its
+    mean field, else its std."""
+    return float(stats.get("anomaly_std", stats["std"]))
+
+
+def split_mean_fields(tensors: dict[str, torch.Tensor]
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """A checkpoint file's tensors -> (weights, mean fields by channel code)."""
+    weights = {k: v for k, v in tensors.items() if not k.startswith(MEAN_FIELD)}
+    fields = {k[len(MEAN_FIELD):]: v.float().numpy() for k, v in tensors.items()
+              if k.startswith(MEAN_FIELD)}
+    return weights, fields
 
 
 def _bad(path: str, key: str, found: Any, want: str) -> CheckpointError:
@@ -121,12 +154,12 @@ def _normalisation(value: Any, codes: list[str], path: str) -> dict[str, dict[st
         stats = value.get(code)
         if not isinstance(stats, dict):
             raise _bad(path, f"normalisation[{code!r}]", stats, "an object {mean, std}")
-        for k in ("mean", "std"):
+        for k in ("mean", "std", *(("anomaly_std",) if "anomaly_std" in stats else ())):
             v = stats.get(k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or (k == "std" and v <= 0):
                 raise _bad(path, f"normalisation[{code!r}][{k!r}]", v,
-                           "a finite number" + (" > 0" if k == "std" else ""))
+                           "a finite number" + (" > 0" if k != "mean" else ""))
     return value
 
 
@@ -179,7 +212,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 def save_checkpoint(model: WLA, meta: CheckpointMeta, path: str) -> str:
     """Write ``model`` and ``meta`` to ``path``; returns the file's sha256."""
-    save_tensors(dict(model.state_dict()), {HEADER_KEY: meta.to_json()}, path)
+    tensors = dict(model.state_dict())
+    tensors.update({MEAN_FIELD + code: torch.from_numpy(np.ascontiguousarray(mf, np.float32))
+                    for code, mf in meta.mean_fields.items()})
+    save_tensors(tensors, {HEADER_KEY: meta.to_json()}, path)
     return file_sha256(path)
 
 
@@ -231,6 +267,9 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedMode
                               f"({str(err).splitlines()[0][:120]}); the file is damaged or was "
                               "not written by era5latent") from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    grid = tuple(int(n) for n in meta.grid["shape"])
+    expected.update({MEAN_FIELD + code: grid for code, st in meta.normalisation.items()
+                     if "anomaly_std" in st})
     shapes = _file_shapes(path)
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -250,6 +289,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> LoadedMode
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read weights ({err}); the file is truncated or "
                               "damaged") from None
+    tensors, meta.mean_fields = split_mean_fields(tensors)
     params = dict(model.state_dict())
     for k, t in tensors.items():
         want = params[k].dtype

@@ -150,9 +150,7 @@ class _Writer:
 
 
 def _normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
-    mean, std = loaded.meta.channel_stats(channels)
-    shape = (len(channels), 1, 1)
-    return mean.numpy().reshape(shape), std.numpy().reshape(shape)
+    return loaded.meta.channel_stats(channels)  # (C, 1, 1) or (C, H, W), and (C, 1, 1)
 
 
 def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from era5latent.errors import CheckpointError
-from era5latent.model.checkpoint import CheckpointMeta, HEADER_KEY, read_meta, save_tensors
+from era5latent.model.checkpoint import (HEADER_KEY, MEAN_FIELD, CheckpointMeta, read_meta,
+                                         save_tensors, split_mean_fields)
 from era5latent.model.wla import WLA
 from era5latent.variables import Channel
 
@@ -48,8 +50,11 @@ def combine(paths: Sequence[str], out: str) -> CheckpointMeta:
     with torch.device("meta"):
         expected = WLA(config).state_dict()
     tensors: dict[str, torch.Tensor] = {}
+    mean_fields: dict[str, np.ndarray] = {}
     for path in paths:
-        tensors.update(load_file(path))
+        weights, fields = split_mean_fields(load_file(path))
+        tensors.update(weights)
+        mean_fields.update(fields)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     bad = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
@@ -57,8 +62,10 @@ def combine(paths: Sequence[str], out: str) -> CheckpointMeta:
         raise CheckpointError(f"the checkpoints do not make one model: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}, wrong shapes {bad[:3]}")
     meta = CheckpointMeta(config=config, groups=groups, normalisation=stats, grid=first.grid,
+                          mean_fields=mean_fields,
                           training={"combined_from": {g: paths[i] for i, m in enumerate(metas)
                                                       for g in m.groups},
                                     "parts": [m.training for m in metas]})
+    tensors.update({MEAN_FIELD + code: torch.from_numpy(mf) for code, mf in mean_fields.items()})
     save_tensors(tensors, {HEADER_KEY: meta.to_json()}, out)
     return meta

@@ -152,7 +152,9 @@ class BlockReader:
     def __init__(self, ref: SourceRef, channels: tuple[Channel, ...], layout: Layout,
                  mean: np.ndarray, std: np.ndarray, cache_bytes: int) -> None:
         self.ref, self.channels, self.layout = ref, channels, layout
-        self.mean = mean.astype(np.float32).reshape(-1, 1, 1)
+        # (C, 1, 1), or (C, H, W) for channels normalised by their mean field
+        self.mean = mean.astype(np.float32).reshape(len(channels), *mean.shape[-2:]) \
+            if mean.ndim == 3 else mean.astype(np.float32).reshape(-1, 1, 1)
         self.inv_std = (1.0 / std).astype(np.float32).reshape(-1, 1, 1)
         self.cache_bytes = cache_bytes
         self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
