@@ -262,34 +262,41 @@ class BinarySphericalQuantizer(nn.Module):
 
 
 def bsq_entropy(u: Tensor, *, form: str = "era5latent", temperature: float, w_sample: float,
-                w_codebook: float, batch_mean: Callable[[Tensor], Tensor] | None = None
-                ) -> dict[str, Tensor]:
+                w_codebook: float, codebook: str = "batch",
+                batch_mean: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """BSQ's entropy terms from pre-sign unit vectors u (..., K).
 
     ``form="era5latent"``: p = sigmoid(2 tau u sqrt(K)) with tau = ``temperature``; binary
     entropies in bits averaged over the K bits (each term in [0, 1]).
     ``form="upstream"`` (the WLA authors' code): p = sigmoid(4 u invT / sqrt(K)) with
     invT = ``temperature``; entropies in nats summed over the K bits; the penalty divided by invT.
-    ``batch_mean`` maps the batch-mean probabilities (K,) before the codebook entropy (training
-    averages them across data-parallel ranks there).
+    ``codebook="batch"`` (BSQ's): the codebook entropy of the bit probabilities averaged over
+    every token of the batch, so a bit that differs between token positions but never over
+    time counts as used. ``codebook="position"`` (era5latent's): averaged over the samples
+    (leading dim of ``u``, shape (B, ..., K)) per token position, then the entropies averaged
+    over positions: the entropy a store's stored bit has over time, which is what its bytes
+    pay for. ``batch_mean`` maps the batch-mean probabilities (K,) or (positions, K) before
+    the codebook entropy (training averages them across data-parallel ranks there).
     """
     K = u.shape[-1]
-    u = u.float().flatten(0, -2)  # (N, K)
     if form not in ("era5latent", "upstream"):
         raise OptionError(f"BSQ entropy form {form!r}: expected era5latent or upstream")
+    if codebook not in ("batch", "position"):
+        raise OptionError(f"BSQ codebook entropy {codebook!r}: expected batch or position")
     ours = form == "era5latent"
+    u = u.float()
     p = torch.sigmoid(2.0 * temperature * u * math.sqrt(K) if ours
                       else 4.0 * temperature * u / math.sqrt(K))
     log = torch.log2 if ours else torch.log
     scale = 1.0 if ours else 1.0 / temperature
-    pbar = p.mean(0)
+    pbar = p.flatten(0, -2).mean(0) if codebook == "batch" else p.flatten(1, -2).mean(0)
     if batch_mean is not None:
         pbar = batch_mean(pbar)
     h_sample, h_codebook = _binary_entropy(p, log), _binary_entropy(pbar, log)
     sample = (h_sample.mean(-1) if ours else h_sample.sum(-1)).mean()
-    codebook = h_codebook.mean(-1) if ours else h_codebook.sum(-1)
-    return {"entropy_sample": sample, "entropy_codebook": codebook,
-            "bsq": (w_sample * sample - w_codebook * codebook) * scale}
+    codebook_h = (h_codebook.mean(-1) if ours else h_codebook.sum(-1)).mean()
+    return {"entropy_sample": sample, "entropy_codebook": codebook_h,
+            "bsq": (w_sample * sample - w_codebook * codebook_h) * scale}
 
 
 def _binary_entropy(p: Tensor, log: Callable[[Tensor], Tensor], eps: float = 1e-6) -> Tensor:

@@ -77,11 +77,12 @@ def _mean_across_ranks(t: Tensor) -> Tensor:
 
 
 def bsq_entropy(u: Tensor, form: str, *, temperature: float, w_sample: float,
-                w_codebook: float) -> dict[str, Tensor]:
+                w_codebook: float, codebook: str = "batch") -> dict[str, Tensor]:
     """:func:`era5latent.model.wla.bsq_entropy` over the global batch (codebook entropy of the
     bit probabilities averaged across data-parallel ranks)."""
     return model_bsq_entropy(u, form=form, temperature=temperature, w_sample=w_sample,
-                             w_codebook=w_codebook, batch_mean=_mean_across_ranks)
+                             w_codebook=w_codebook, codebook=codebook,
+                             batch_mean=_mean_across_ranks)
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
