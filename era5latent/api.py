@@ -495,10 +495,12 @@ def decode_to_file(latent: str | os.PathLike[str], model: ModelLike, out: str | 
 
 
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``era5latent info --json``: groups, channels, times, bytes, ratios and build progress."""
+    """``era5latent info --json``: groups, channels, times, bytes, ratios, the codes' use of
+    their bits (entropy per stored bit) and build progress."""
+    from era5latent.evaluation.bitusage import with_usage
     from era5latent.store import summary
 
-    return summary(os.fspath(path))
+    return with_usage(summary(os.fspath(path)), os.fspath(path))
 
 
 def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list[Check]:
@@ -531,7 +533,7 @@ def finalize(path: str | os.PathLike[str], *, parts: int | None = None,
 
 
 def train_model(data: DataLike, subset: Channels, out: str | os.PathLike[str], *, preset: str = "tiny",
-          steps: int = 300, batch_size: int = 8, lr: float | None = None, device: str = "auto",
+          steps: int | None = None, batch_size: int = 8, lr: float | None = None, device: str = "auto",
           time_range: str | None = None, val_fraction: float = 0.1, checkpoint_every: int = 100,
           patch_stride: int | None = None, seed: int = 0, resume: bool = False,
           progress: Callable[[int, int, float], None] | None = None,

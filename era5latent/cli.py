@@ -144,6 +144,17 @@ class _Bar:
                              rate=" ".join(x for x in (text, extra) if x))
 
 
+def code_usage_line(group: str, entropy: float, constant: float, bpv: float, raw: float,
+                    samples: int, what: str) -> str:
+    """One group's use of its code bits, as ``train`` and ``info`` print it."""
+    if samples < 2:
+        use = f"entropy per stored bit not measurable on {samples} sample(s)"
+    else:
+        use = (f"{entropy:.3f} bits of entropy per stored bit ({constant:.0%} constant) over "
+               f"{samples} {what}")
+    return f"codes {group}: {use}; {bpv:.4g} B/value after zstd ({raw:.4g} raw)"
+
+
 def _hms(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -437,11 +448,11 @@ def info_cmd(
     """Show a latent store: groups, channels, times, bytes, compression, build progress."""
     import json
 
+    from era5latent.evaluation.bitusage import with_usage
+    from era5latent.recipe import recipe_of, to_yaml
     from era5latent.store import summary
 
-    from era5latent.recipe import recipe_of, to_yaml
-
-    info = summary(store, parts)
+    info = with_usage(summary(store, parts), store)
     recipe = recipe_of(store)
     if recipe is not None:
         info["recipe"] = recipe
@@ -479,6 +490,12 @@ def info_cmd(
     for line in lines:
         con.print(line)
     con.print(table)
+    for g in info["groups"]:
+        con.print(code_usage_line(g["group"], g["entropy_per_bit"], g["constant_bits"],
+                                  g["bytes_per_value"], g["raw_bytes_per_value"],
+                                  g["entropy_samples"], "samples")
+                  + (f"; {g['chunks_unreadable']} damaged chunk(s) left out (run verify)"
+                     if g["chunks_unreadable"] else ""))
     res = info["residual"]
     if res["present"]:  # the two layers (docs/residuals.md)
         layers = Table("layer", "on disk", "ratio")

@@ -92,6 +92,14 @@ RULES: dict[str, tuple[Needs, ...]] = {
               "--val-fraction above 0", "--val-fraction 0 holds no validation set",
               "give --val-fraction a share above 0, or leave out --val-every",
               lambda v: float(v.get("val_fraction") or 0) > 0),
+        Needs("patience", "counts validations without improvement, so it takes effect only "
+              "without --steps and with --val-fraction above 0", "--steps was given, or "
+              "--val-fraction is 0", "leave out --patience, or --steps (and give "
+              "--val-fraction a share above 0)",
+              lambda v: v.get("steps") is None and float(v.get("val_fraction") or 0) > 0),
+        Needs("patch_stride", "sets the token grid, which --target-bpv and --target-ratio "
+              "choose themselves", "a target rate was given", "leave out --patch-stride, or "
+              "the target rate", lambda v: not _given(v, "target_bpv", "target_ratio")),
         Needs("log_every", "sets the steps between the records written to --log-dir, so it "
               "takes effect only with --log-dir", "--log-dir was not given",
               "add --log-dir DIR, or leave out --log-every", lambda v: _given(v, "log_dir")),

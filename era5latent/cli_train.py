@@ -7,7 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from era5latent.cli import Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo, command
+from era5latent.cli import (Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo,
+                            code_usage_line, command)
 from era5latent.errors import OptionError
 
 
@@ -17,7 +18,23 @@ def train_cmd(
     subset: Subset,
     out: Annotated[Path, typer.Option(help="Output checkpoint (.safetensors).")],
     preset: Annotated[str, typer.Option(help="Model size: tiny, small or paper.")] = "tiny",
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 300,
+    steps: Annotated[Optional[int], typer.Option(
+        min=1, help="Optimiser steps (warm-up, then cosine decay). Default: train until the "
+                    "validation error stops improving (--patience), at most --max-time.",
+        show_default=False)] = None,
+    max_time: Annotated[Optional[str], typer.Option(
+        help="Stop by this time (90s, 10m, 2h, 1h30m) with a checkpoint and exit 0. Default: "
+             "10m without --steps, none with it.", show_default=False)] = None,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Without --steps: validations without a 0.5% improvement before the "
+                    "learning rate decays and the run stops.")] = 8,
+    target_bpv: Annotated[Optional[float], typer.Option(
+        help="Bytes per value the latent codes should take (e.g. 0.05): chooses the patch "
+             "stride and code bits; printed and recorded in the checkpoint.",
+        show_default=False)] = None,
+    target_ratio: Annotated[Optional[float], typer.Option(
+        help="Compression ratio against float32 the codes should reach (e.g. 80; "
+             "--target-bpv 4/R).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(
         min=1, help="Global batch: samples per optimiser step over all ranks.")] = 8,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (preset default).")] = None,
@@ -41,6 +58,13 @@ def train_cmd(
     nproc: Annotated[int, typer.Option(
         min=1, help="Data-parallel processes on this machine (torch.distributed; one per GPU). "
                     "Under torchrun leave it at 1.")] = 1,
+    normalise: Annotated[str, typer.Option(
+        help="Input normalisation per channel: field (anomalies from the training mean field, "
+             "over their std), channel (one mean and std) or auto (field where the mean field "
+             "explains at least 75% of the variance).")] = "auto",
+    codebook_entropy: Annotated[str, typer.Option(
+        help="BSQ codebook-entropy reward: position (each stored bit over the batch, so bits "
+             "vary over time) or batch (BSQ's: over all tokens).")] = "position",
     level_weights: Annotated[str, typer.Option(
         help="Per-level loss weights for u, v, t: variance (upstream) or none.")] = "variance",
     adversarial_weight: Annotated[float, typer.Option(
@@ -75,6 +99,7 @@ def train_cmd(
     """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
     from era5latent.sources import open_source
     from era5latent.training import TrainOptions
+    from era5latent.training.budget import parse_duration
     from era5latent.training.distributed import spawn, world_from_env
     from era5latent.variables import parse_subset
 
@@ -84,11 +109,21 @@ def train_cmd(
     storage = anonymous_options(data) if anonymous else None
     how: dict[str, Any] = {"time_axis": time_axis, "step": step}  # how every rank opens it
     overrides = {"patch_stride": patch_stride} if patch_stride else {}
+    if target_bpv is not None and target_ratio is not None:
+        raise OptionError(f"--target-bpv {target_bpv:g} and --target-ratio {target_ratio:g} both "
+                          "ask for a rate; expected one of them (bytes per value = 4 / ratio)")
+    if target_ratio is not None and not (target_ratio > 0 and target_ratio < float("inf")):
+        raise OptionError(f"--target-ratio {target_ratio}: expected a ratio above 1, e.g. 80")
+    target = target_bpv if target_ratio is None else 4.0 / target_ratio
     opts = TrainOptions(
-        preset=preset, steps=steps, batch_size=batch_size, lr=lr, device=device, time_range=time,
+        preset=preset, steps=steps, patience=patience,
+        max_time=parse_duration(max_time) if max_time is not None else None,
+        target_bpv=target, target_flag="--target-bpv" if target_ratio is None else
+        f"--target-ratio {target_ratio:g}, i.e. --target-bpv",
+        codebook_entropy=codebook_entropy, batch_size=batch_size, lr=lr, device=device, time_range=time,
         val_fraction=val_fraction, val_every=val_every, resume=resume, seed=seed,
         checkpoint_every=checkpoint_every, overrides=overrides, group=group, workers=workers,
-        level_weights=level_weights, adversarial_weight=adversarial_weight, disc_start=disc_start,
+        normalise=normalise, level_weights=level_weights, adversarial_weight=adversarial_weight, disc_start=disc_start,
         ema=ema, quantizer=quantizer, precision=precision,
         checkpoint_activations=checkpoint_activations, grad_accum=grad_accum,
         log_dir=str(log_dir) if log_dir else None, log_every=log_every)
@@ -151,19 +186,42 @@ def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
     from era5latent.training.distributed import world_from_env
 
     assert isinstance(opts, TrainOptions)
+    from era5latent.training.rate import rate_for
+
     main_rank = world_from_env().is_main
     batch = opts.batch_size
+    source = open_source(data, storage, **(how or {}))
+    rate = rate_for(source.grid, channels, opts)  # type: ignore[arg-type]
+    if rate is not None and main_rank:
+        _echo(f"rate: {rate.describe()}")
     with _Bar("train", "steps", enabled=main_rank) as bar:
-        res = train(open_source(data, storage, **(how or {})),
+        res = train(source,
                     channels, out, opts,  # type: ignore[arg-type]
                     storage_options=storage, progress=lambda s, n, loss: bar.update(
                         s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
     if not main_rank:
         return
+    _echo(train_summary(res, out))
+
+
+def train_summary(res: Any, out: object) -> str:
+    """The lines ``train`` prints when it is done: what was written, why it stopped, and how
+    well the codes use their bits (per group, on the validation data)."""
+    why = {"steps": "--steps reached",
+           "patience": "the validation error stopped improving (--patience), after the "
+                       "learning-rate decay",
+           "max-time": "--max-time reached (resume with --resume to go on)",
+           "finished": "it had already stopped by patience; nothing to do"}[res.stop_reason]
     val = f", validation MSE {res.val_mse:.4f} (z-units; predicting the mean scores ~1)" \
         if res.val_mse is not None else ""
-    _echo(f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s "
-          f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}")
+    lines = [f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s "
+             f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}",
+             f"stopped: {why}"]
+    for g, u in res.code_usage.items():
+        lines.append(code_usage_line(g, u["entropy_per_bit"], u["constant_bits"],
+                                     u["bytes_per_value"], u["raw_bytes_per_value"],
+                                     u["samples"], "validation samples"))
+    return "\n".join(lines)
 
 
 @command("combine")

@@ -103,7 +103,8 @@ TOP: dict[str, tuple[str, bool]] = {
     "max_error": ("max_error", False), "residual_codec": ("str", False),
 }
 #: train-section keys the recipe does not take (the build sets them, or they are per-run)
-_TRAIN_EXCLUDED = {"resume", "overrides", "time_range", "device", "group", "log_dir"}
+_TRAIN_EXCLUDED = {"resume", "overrides", "time_range", "device", "group", "log_dir",
+                   "target_flag"}
 
 
 def train_keys() -> dict[str, str]:

@@ -17,7 +17,8 @@ The model (``era5latent.model``) never touches files; everything here that reads
 so through ``sources``, ``model.checkpoint`` and ``state``.
 """
 
-from era5latent.training.loop import TrainProgress, TrainResult, lr_at, train
+from era5latent.training.budget import lr_at
+from era5latent.training.loop import TrainProgress, TrainResult, train
 from era5latent.training.options import DEFAULT_LR, TrainOptions
 
 __all__ = ["DEFAULT_LR", "TrainOptions", "TrainProgress", "TrainResult", "lr_at", "train"]

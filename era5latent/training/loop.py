@@ -17,7 +17,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from era5latent import __version__, faults
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
 from era5latent.evaluation.metrics import latitude_weights
-from era5latent.model.checkpoint import CheckpointMeta, file_sha256, read_meta, save_checkpoint
+from era5latent.model.checkpoint import (CheckpointMeta, file_sha256, norm_scale, read_meta,
+                                         save_checkpoint, split_mean_fields)
 from era5latent.model.discriminator import PatchDiscriminator, discriminator_for
 from era5latent.model.wla import WLA, WLAConfig, preset_config
 from era5latent.sources import Source, grid_info, iso
@@ -37,12 +38,20 @@ from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, 
 from era5latent.training.losses import (adaptive_weight, bsq_entropy, fill_masked,
                                         hinge_d_loss, hinge_g_loss, level_weights,
                                         reconstruction_loss)
+from era5latent.training.budget import DEFAULT_MAX_TIME_S, Budget, lr_at
 from era5latent.training.monitor import Monitor
 from era5latent.training.options import DEFAULT_LR, TrainOptions
+from era5latent.training.rate import rate_for, zstd_bytes
 from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
                                        save_state)
 from era5latent.training.stats import compute_stats
 from era5latent.variables import Channel, group_channels, variable_by_name
+
+#: a run without --steps is bounded by time; this caps its steps as well (options.MAX_STEPS)
+MAX_RUN_STEPS = 10 ** 9
+
+#: time steps per zstd stream when train estimates the store's size from the validation codes
+USAGE_TIME_CHUNK = 8
 
 #: progress(step, total_steps, loss)
 TrainProgress = Callable[[int, int, float], None]
@@ -58,15 +67,11 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]]
     samples_per_second: float = float("nan")
-
-
-def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
-    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 5% of base."""
-    warm = max(1, int(total * warmup_fraction))
-    if step < warm:
-        return base * (step + 1) / warm
-    p = (step - warm) / max(1, total - warm)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+    #: why the run stopped: "steps" (--steps reached), "patience" (validation stopped improving),
+    #: "max-time", or "finished" (a resumed run that had already stopped by patience)
+    stop_reason: str = "steps"
+    #: per group, the codes' use of their bits on the validation data (``code_usage``)
+    code_usage: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def split_index(n_times: int, val_fraction: float) -> int:
@@ -144,40 +149,48 @@ class Trainer:
         t0, t1 = source.time_indices(opts.time_range)
         self.t0, self.t1 = t0, t1
         self.split = t0 + split_index(t1 - t0, opts.val_fraction)
-        self.config = preset_config(opts.preset, source.grid, tuple(groups), **opts.overrides)
+        overrides = dict(opts.overrides)
+        self.rate = rate_for(source.grid, channels, opts)
+        if self.rate is not None:
+            overrides.update(patch_stride=self.rate.patch_stride, code_bits=self.rate.code_bits)
+            overrides.pop("windows", None)
+        self.config = preset_config(opts.preset, source.grid, tuple(groups), **overrides)
         self.lr = opts.lr if opts.lr is not None else DEFAULT_LR[opts.preset]
 
         state: dict[str, Any] | None = None
         tensors: dict[str, Tensor] = {}
         if opts.resume and os.path.exists(out):  # nothing written yet: a fresh start
-            stats, state, tensors = self._resume_meta()
+            (stats, mean_fields), state, tensors = self._resume_meta()
         else:
-            stats = self._stats()
+            stats, mean_fields = self._stats()
         self.stats = stats
         self.meta = CheckpointMeta(config=self.config, groups=groups, normalisation=stats,
-                                   grid=grid_info(source.latitude, source.longitude))
+                                   grid=grid_info(source.latitude, source.longitude),
+                                   mean_fields=mean_fields)
         self._build(state, tensors)
         self._data(storage_options)
 
     # -- set-up ----------------------------------------------------------------------------
 
-    def _stats(self) -> dict[str, dict[str, float]]:
+    def _stats(self) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
         """Rank 0 streams the statistics of the training period; every rank gets them."""
         err: Era5LatentError | None = None
         stats = None
         if self.world.is_main:
             try:
                 stats = compute_stats(self.source, self.channels, self.t0, self.split,
-                                      block=source_time_chunk(self.source))
+                                      block=source_time_chunk(self.source),
+                                      normalise=self.opts.normalise)
             except Era5LatentError as e:
                 err = e
         err = ddp_setup.all_ranks_ok(self.world, err)
         if err is not None:
             raise err
-        return dict(ddp_setup.broadcast_object(self.world, stats))
+        stats, fields = ddp_setup.broadcast_object(self.world, stats)
+        return dict(stats), dict(fields)
 
-    def _resume_meta(self) -> tuple[dict[str, dict[str, float]], dict[str, Any],
-                                    dict[str, Tensor]]:
+    def _resume_meta(self) -> tuple[tuple[dict[str, dict[str, float]], dict[str, np.ndarray]],
+                                    dict[str, Any], dict[str, Tensor]]:
         loaded = read_meta(self.out)
         same_groups = {g: list(c) for g, c in loaded.groups.items()} == {
             g: list(c) for g, c in self.groups.items()}
@@ -195,8 +208,9 @@ class Trainer:
                 "train without --resume")
         from safetensors.torch import load_file
 
-        tensors.update({f"ckpt.{k}": v for k, v in load_file(self.out).items()})
-        return loaded.normalisation, state, tensors
+        weights, mean_fields = split_mean_fields(load_file(self.out))
+        tensors.update({f"ckpt.{k}": v for k, v in weights.items()})
+        return (loaded.normalisation, mean_fields), state, tensors
 
     def _build(self, state: dict[str, Any] | None, tensors: dict[str, Tensor]) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -225,6 +239,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if state is not None:
             self._restore(state, tensors)
+        self.budget = self._budget(state)
         wrap: Callable[[nn.Module], nn.Module] = (
             (lambda m: DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None))
             if self.world.distributed else (lambda m: m))
@@ -237,8 +252,7 @@ class Trainer:
         h, w = src.grid
         sample_bytes = len(self.channels) * h * w * 4
         block = source_time_chunk(src)
-        mean = np.array([self.stats[c.code]["mean"] for c in self.channels])
-        std = np.array([self.stats[c.code]["std"] for c in self.channels])
+        mean, std = self.meta.channel_stats(self.channels)  # (C, 1, 1) | (C, H, W), (C, 1, 1)
         ref = SourceRef(src, storage_options)
         layout = Layout(self.t0, self.split - self.t0, members, block)
         if layout.n_samples < 1:
@@ -272,7 +286,7 @@ class Trainer:
                                       device=self.device) for g, chs in self.groups.items()}
         self.gidx = {g: torch.tensor([self.channels.index(c) for c in chs])
                      for g, chs in self.groups.items()}
-        std_by_code = {c.code: self.stats[c.code]["std"] for c in self.channels}
+        std_by_code = {c.code: norm_scale(self.stats[c.code]) for c in self.channels}
         self.ch_w = {g: level_weights(chs, std_by_code, opts.level_weights).to(self.device)
                      for g, chs in self.groups.items()}
 
@@ -280,7 +294,7 @@ class Trainer:
         R = self.schedule.run_batches
         first_run, skip = divmod(self.step0, R)
         stream = TrainStream(self.schedule, self.reader, self.world.rank, self.world.size,
-                             first_run, math.ceil(self.opts.steps / R))
+                             first_run, math.ceil((self.opts.steps or MAX_RUN_STEPS) / R))
         return batches(stream, self.opts.workers, self.device.type == "cuda", skip)
 
     # -- one step --------------------------------------------------------------------------
@@ -332,7 +346,8 @@ class Trainer:
                                           vmicro[i] if vmicro is not None else None)
                 ent = bsq_entropy(out.u, opts.quantizer, temperature=temperature,
                                   w_sample=cfg.entropy_sample_weight,
-                                  w_codebook=cfg.entropy_codebook_weight)
+                                  w_codebook=cfg.entropy_codebook_weight,
+                                  codebook=opts.codebook_entropy)
                 loss = rec + ent["bsq"]
                 if adv:
                     assert disc is not None
@@ -405,13 +420,35 @@ class Trainer:
             n += len(ids)
         model.train()
         mse = {k: v / max(n, 1) for k, v in sq.items()}
-        rmse = {f"val_rmse/{k}": math.sqrt(v) * self.stats[k]["std"] for k, v in mse.items()}
+        rmse = {f"val_rmse/{k}": math.sqrt(v) * norm_scale(self.stats[k]) for k, v in mse.items()}
         return float(np.mean(list(mse.values()))), rmse
 
     # -- the run -----------------------------------------------------------------------------
 
+    def _budget(self, state: dict[str, Any] | None) -> Budget:
+        opts = self.opts
+        max_time = opts.max_time if opts.max_time is not None else (
+            DEFAULT_MAX_TIME_S if opts.steps is None else None)
+        budget = Budget(steps=opts.steps, max_time=max_time, warmup_steps=opts.warmup_steps,
+                        warmup_fraction=opts.warmup_fraction, patience=opts.patience,
+                        min_delta=opts.min_delta, decay_fraction=opts.decay_fraction)
+        budget.resume((state or {}).get("budget"))
+        return budget
+
+    def _decide(self, budget: Budget, done: int, elapsed: float, sps: float) -> None:
+        """Rank 0 decides whether to decay or stop; every rank follows (one broadcast)."""
+        if self.world.is_main:
+            budget.decide(done, elapsed, sps)
+        if self.world.distributed:
+            budget.load(ddp_setup.broadcast_object(self.world, budget.state()))
+
     def run(self, progress: TrainProgress | None) -> TrainResult:
         opts, world = self.opts, self.world
+        budget = self.budget
+        if budget.stopped:  # a resumed run that had already stopped by patience
+            return TrainResult(self.out, file_sha256(self.out), self.step0, float("nan"),
+                               self.history[-1].get("val_mse") if self.history else None, 0.0,
+                               self.history, stop_reason="finished")
         monitor = Monitor(opts.log_dir if world.is_main else None, opts.resume)
         if opts.resume:
             monitor.truncate(self.step0)
@@ -422,14 +459,20 @@ class Trainer:
         window_t, window_n = time.perf_counter(), 0
         sps = float("nan")
         self.model.train()
+        step = saved_at = self.step0
+        budget.step_done(step)  # a fixed run resumed at its end: nothing to do
+        # rank 0's decisions (time, patience) reach the other ranks by a broadcast: every step
+        # in one process, every few steps across processes
+        decide_every = 1 if not world.distributed else max(1, min(opts.log_every,
+                                                                  opts.val_every))
         try:
-            for step in range(self.step0, opts.steps):
+            while not budget.stopped and step < MAX_RUN_STEPS:
                 x, _ = next(it)
                 x, valued = fill_masked(x)  # on the host: masked points -> 0, no device sync
                 x = x.to(self.device, non_blocking=True)
                 if valued is not None:
                     valued = valued.to(self.device, non_blocking=True)
-                lr = lr_at(step, opts.steps, self.lr, opts.warmup_fraction)
+                lr = budget.lr(step, self.lr)
                 logs: dict[str, float] = {}
                 for g in self.groups:
                     logs.update(self.group_step(g, x, step, lr, valued))
@@ -438,37 +481,100 @@ class Trainer:
                 loss = sum(v for k, v in logs.items() if k.endswith("/loss"))
                 loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
                 window_n += opts.batch_size
-                last = step + 1 == opts.steps
-                if (step + 1) % opts.log_every == 0 or last:
+                step += 1
+                elapsed = time.perf_counter() - t_start
+                periodic = step % opts.val_every == 0
+                validate = world.is_main and self.val_reader is not None and periodic
+                if validate:
+                    val_mse, rmse = self.validate()
+                    budget.validated(val_mse)
+                    logs.update({"val_mse": val_mse, **rmse})
+                budget.step_done(step)
+                if step % decide_every == 0 or periodic:
+                    self._decide(budget, step, elapsed, elapsed / max(step - self.step0, 1))
+                last = budget.stopped
+                if last and not validate and world.is_main and self.val_reader is not None:
+                    validate = True  # the run's last weights are always validated
+                    val_mse, rmse = self.validate()
+                    logs.update({"val_mse": val_mse, **rmse})
+                if validate:
+                    logs.update(self._usage_logs())
+                    self.history.append({"step": step, "train_loss": loss_ema,
+                                         "val_mse": val_mse})
+                if step % opts.log_every == 0 or last or validate:
                     now = time.perf_counter()
                     sps = window_n / max(now - window_t, 1e-9)
                     window_t, window_n = now, 0
                     logs.update({"lr": lr, "samples_per_second": sps, "loss": loss})
-                    if world.is_main and self.val_reader is not None and (
-                            (step + 1) % opts.val_every == 0 or last):
-                        val_mse, rmse = self.validate()
-                        logs.update({"val_mse": val_mse, **rmse})
-                        self.history.append({"step": step + 1, "train_loss": loss_ema,
-                                             "val_mse": val_mse})
-                    monitor.log(step + 1, logs)
+                    monitor.log(step, logs)
                 if progress is not None and world.is_main:
-                    progress(step + 1, opts.steps, loss_ema)
-                if (step + 1) % opts.checkpoint_every == 0 or last:
+                    progress(step, budget.expected_total(
+                        step, elapsed, elapsed / max(step - self.step0, 1)), loss_ema)
+                if step % opts.checkpoint_every == 0 or last:
                     if world.is_main:
-                        self._save(step + 1, loss_ema, val_mse)
+                        self._save(step, loss_ema, val_mse, budget)
+                    saved_at = step
                     ddp_setup.barrier(world)
         finally:
             it.close()  # stops the loader's workers now, not at garbage collection
             monitor.close()
+        if saved_at != step:  # the step cap: never leave unsaved steps behind
+            if world.is_main:
+                self._save(step, loss_ema, val_mse, budget)
+            ddp_setup.barrier(world)
         seconds = time.perf_counter() - t_start
-        done = opts.steps - self.step0
-        return TrainResult(self.out, file_sha256(self.out), opts.steps, loss_ema, val_mse,
+        done = step - self.step0
+        usage = self.code_usage() if world.is_main and self.val_reader is not None else {}
+        return TrainResult(self.out, file_sha256(self.out), step, loss_ema, val_mse,
                            seconds, self.history,
-                           done * opts.batch_size / seconds if seconds > 0 else float("nan"))
+                           done * opts.batch_size / seconds if seconds > 0 else float("nan"),
+                           stop_reason=budget.stop_reason or "steps", code_usage=usage)
+
+    # -- bit usage -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def code_usage(self) -> dict[str, dict[str, float]]:
+        """Per group, on the validation samples: the mean entropy per stored bit (each bit
+        position's frequency of ones over the samples, ``evaluation.bitusage``), the fraction of
+        bits that never change, and the raw bytes per value of the packed codes."""
+        from era5latent.evaluation.bitusage import BitCounts
+
+        assert self.val_reader is not None
+        model = cast(WLA, self.ema.module if self.ema is not None else self.model)
+        model.eval()
+        counts = {g: BitCounts() for g in self.groups}
+        packed: dict[str, list[np.ndarray]] = {g: [] for g in self.groups}
+        batch_size = max(1, self.opts.batch_size // (self.world.size * self.opts.grad_accum))
+        for s in range(0, len(self.val_ids), batch_size):
+            x, _ = fill_masked(torch.from_numpy(self.val_reader.samples(
+                self.val_ids[s:s + batch_size])))
+            x = x.to(self.device)
+            for g in self.groups:
+                with self._autocast():
+                    bits = model.encode(g, x[:, self.gidx[g].to(self.device)], self.metas[g])
+                b = bits.cpu().numpy()
+                counts[g].add_bits(b)
+                packed[g].append(np.packbits(b, axis=-1))
+        model.train()
+        h, w = self.config.grid
+        out: dict[str, dict[str, float]] = {}
+        for g, chs in self.groups.items():
+            codes = np.concatenate(packed[g])  # (N, h, w, K/8), in time order
+            values = codes.shape[0] * len(chs) * h * w
+            out[g] = {"entropy_per_bit": counts[g].entropy(),
+                      "constant_bits": counts[g].constant_fraction(),
+                      "raw_bytes_per_value": codes.size / values,
+                      "bytes_per_value": zstd_bytes(codes, USAGE_TIME_CHUNK) / values,
+                      "samples": counts[g].n}
+        return out
+
+    def _usage_logs(self) -> dict[str, float]:
+        return {f"{g}/{k}": v for g, u in self.code_usage().items()
+                for k, v in u.items() if k in ("entropy_per_bit", "constant_bits")}
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def _save(self, step: int, loss: float, val_mse: float | None) -> None:
+    def _save(self, step: int, loss: float, val_mse: float | None, budget: Budget) -> None:
         opts, src = self.opts, self.source
         self.meta.training = {
             "data": os.path.abspath(src.path) if "://" not in src.path else src.path,
@@ -477,6 +583,10 @@ class Trainer:
             "steps": step, "batch_size": opts.batch_size, "lr": self.lr, "seed": opts.seed,
             "train_loss": loss, "val_mse": val_mse, "device": str(self.device),
             "world_size": self.world.size, "package_version": __version__,
+            "normalise": opts.normalise, "codebook_entropy": opts.codebook_entropy,
+            "stop_reason": budget.stop_reason, "budget": budget.state(),
+            "rate": self.rate.to_dict() if self.rate is not None else None,
+            "mean_field_channels": sorted(self.meta.mean_fields),
             "objective": {"level_weights": opts.level_weights, "quantizer": opts.quantizer,
                           "adversarial_weight": opts.adversarial_weight,
                           "disc_start": opts.disc_start, "ema": opts.ema},
@@ -498,7 +608,7 @@ class Trainer:
                                                                  tensors)
         save_state(self.out, {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                    {"step": step, "history": self.history, "groups": groups_meta,
-                    "fingerprint": opts.fingerprint()})
+                    "fingerprint": opts.fingerprint(), "budget": budget.state()})
         if opts.log_dir is not None:  # every checkpoint stays scoreable ('evaluate --model')
             _keep(self.out, os.path.join(opts.log_dir, "checkpoints", f"step{step:07d}.safetensors"))
         faults.point("train.checkpoint-written")
