@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "stride-4": ({}, {"patch_stride": 4}),
     "bits-32": ({}, {"code_bits": 32}),
     "width-128": ({}, {"width": 128}),
+    "upstream-ste": ({"quantizer": "upstream"}, {}),
+    "wd-0": ({"weight_decay": 0.0}, {}),
+    "wd-0.05": ({"weight_decay": 0.05}, {}),
     "depth-4": ({}, {"enc_depth": 4, "dec_depth": 4}),
 }
 
@@ -110,13 +113,18 @@ def run(case_name: str, variant: str, seed: int, args: argparse.Namespace, tmp: 
     case = CASES[case_name]
     train_src, test_src, channels, test, _ = data
     fields, overrides = VARIANTS[variant]
-    steps = args.steps
+    steps = args.steps or None  # 0: the trainer's default budget (patience, --max-time)
+    if args.target_bpv:
+        fields = {**fields, "target_bpv": args.target_bpv}
     tag = f"{case_name}-{variant}-s{seed}"
     out, logs = os.path.join(tmp, f"{tag}.safetensors"), os.path.join(tmp, f"{tag}-logs")
+    # a fixed run validates at every evaluation; the default budget keeps the trainer's own
+    # validation cadence, which its patience counts in
+    cadence = {"val_every": args.eval_every} if steps else {}
     opts = TrainOptions(preset=args.preset, steps=steps, time_range=case.train_range,
-                        val_fraction=case.val_fraction, val_every=args.eval_every,
-                        checkpoint_every=args.eval_every, seed=seed, device="cpu",
-                        log_dir=logs, overrides=overrides, **fields)
+                        val_fraction=case.val_fraction, checkpoint_every=args.eval_every,
+                        seed=seed, device="cpu", log_dir=logs, overrides=overrides,
+                        **cadence, **fields)
     cpu: dict[int, float] = {}
     c0 = time.process_time()
 
@@ -124,12 +132,16 @@ def run(case_name: str, variant: str, seed: int, args: argparse.Namespace, tmp: 
         cpu[step] = time.process_time() - c0
 
     t = time.perf_counter()
-    train(train_src, channels, out, opts, progress=progress)
+    result = train(train_src, channels, out, opts, progress=progress)
     wall = time.perf_counter() - t
     lat = test_src.latitude
     curve = []
-    for step in range(args.eval_every, steps + 1, args.eval_every):
-        snap = os.path.join(logs, "checkpoints", f"step{step:07d}.safetensors")
+    snaps = sorted(Path(logs, "checkpoints").glob("step*.safetensors"))
+    for snap_path in snaps:
+        step = int(snap_path.stem[4:])
+        if step % args.eval_every and snap_path != snaps[-1]:
+            continue
+        snap = str(snap_path)
         rec = reconstruct(load_checkpoint(snap), channels, test)
         curve.append({"step": step, "cpu_seconds": cpu.get(step, float("nan")),
                       **{c.code: weighted_rmse(test[:, k], rec[:, k], lat)
@@ -152,8 +164,10 @@ def run(case_name: str, variant: str, seed: int, args: argparse.Namespace, tmp: 
                          "entropy_per_bit": group["entropy_per_bit"],
                          "sz3_rmse": weighted_rmse(truth, np.asarray(sz3.recon), lat),
                          "sz3_bytes_per_value": sz3.bytes_per_value}
-    return {"case": case_name, "variant": variant, "seed": seed, "steps": steps,
-            "wall_seconds": wall, "cpu_seconds": cpu.get(steps), "curve": curve, "final": final}
+    return {"case": case_name, "variant": variant, "seed": seed, "steps": result.steps,
+            "stop_reason": result.stop_reason, "code_usage": result.code_usage,
+            "wall_seconds": wall, "cpu_seconds": cpu.get(result.steps), "curve": curve,
+            "final": final}
 
 
 def spread(values: list[float]) -> str:
@@ -172,19 +186,20 @@ def report(records: list[dict[str, Any]], refs: dict[str, dict[str, float]]) -> 
         print("|---|---:|---:|" + "---:|" * len(codes))
         for v in dict.fromkeys(r["variant"] for r in rows):
             runs = [r for r in rows if r["variant"] == v]
-            for i, pt in enumerate(runs[0]["curve"]):
+            for i, pt in enumerate(runs[0]["curve"][:min(len(r["curve"]) for r in runs)]):
                 pts = [r["curve"][i] for r in runs]
                 print(f"| {v} | {pt['step']} | {statistics.fmean(p['cpu_seconds'] for p in pts):.0f}"
                       " | " + " | ".join(spread([p[c] for p in pts]) for c in codes) + " |")
         print(f"\n## {case}: last checkpoint through a latent store (SZ3 at the same bytes)")
-        print("| variant | channel | RMSE | RMSE / mean field | SZ3 RMSE | WLA / SZ3 | "
+        print("| variant | channel | steps | RMSE | RMSE / mean field | SZ3 RMSE | WLA / SZ3 | "
               "bytes/value | entropy per stored bit |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for v in dict.fromkeys(r["variant"] for r in rows):
             runs = [r for r in rows if r["variant"] == v]
             for c in codes:
                 f = [r["final"][c] for r in runs]
-                print(f"| {v} | {c} | {spread([x['rmse'] for x in f])} | "
+                print(f"| {v} | {c} | {spread([float(r['steps']) for r in runs])} | "
+                      f"{spread([x['rmse'] for x in f])} | "
                       f"{spread([x['rmse'] / refs[case][c] for x in f])} | "
                       f"{spread([x['sz3_rmse'] for x in f])} | "
                       f"{spread([x['rmse'] / x['sz3_rmse'] for x in f])} | "
@@ -199,7 +214,9 @@ def main() -> int:
     ap.add_argument("--variants", default="default", help=f"from {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=600,
+                    help="0: the trainer's default budget (until patience, at most 10 minutes)")
+    ap.add_argument("--target-bpv", type=float, default=None, help="train --target-bpv")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write every record here (appended per run)")
@@ -225,7 +242,8 @@ def main() -> int:
                 for seed in (int(s) for s in args.seeds.split(",")):
                     r = run(case_name, variant, seed, args, tmp, data)
                     records.append(r)
-                    print(f"{case_name} {variant} seed {seed}: {r['wall_seconds']:.0f} s, "
+                    print(f"{case_name} {variant} seed {seed}: {r['steps']} steps "
+                          f"({r['stop_reason']}) in {r['wall_seconds']:.0f} s, "
                           + ", ".join(f"{c} {f['rmse']:.4g} (sz3 {f['sz3_rmse']:.4g} at "
                                       f"{f['bytes_per_value']:.4f} B/v, {f['entropy_per_bit']:.2f}"
                                       " bits/bit)" for c, f in r["final"].items()), flush=True)
