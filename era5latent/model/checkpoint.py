@@ -54,6 +54,8 @@ class CheckpointMeta:
     # channel code -> time-mean field (H, W) float32, for the channels with "anomaly_std";
     # stored as tensors MEAN_FIELD + code (read by load_checkpoint, not by read_meta)
     mean_fields: dict[str, np.ndarray] = field(default_factory=dict)
+    _stats_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -97,7 +99,14 @@ class CheckpointMeta:
     def channel_stats(self, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
         """What the model's inputs are normalised by: ``(x - mean) / scale`` with ``mean``
         ``(C, 1, 1)``, or ``(C, H, W)`` where a channel has a mean field, and ``scale``
-        ``(C, 1, 1)`` float64."""
+        ``(C, 1, 1)`` float64. Kept per channel tuple: the pipeline asks once per time chunk,
+        and a (C, H, W) field at 721 x 1440 is 8 MB per channel."""
+        key = tuple(c.code for c in channels)
+        if key not in self._stats_cache:
+            self._stats_cache[key] = self._channel_stats(channels)
+        return self._stats_cache[key]
+
+    def _channel_stats(self, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
         scale = np.array([norm_scale(self.normalisation[c.code]) for c in channels])
         if not any(c.code in self.mean_fields for c in channels):
             mean = np.array([self.normalisation[c.code]["mean"] for c in channels])
