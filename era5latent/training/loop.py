@@ -136,6 +136,7 @@ class Trainer:
         from era5latent.pipeline import resolve_precision
 
         self.source, self.out, self.opts, self.world, self.device = source, out, opts, world, device
+        self.t_created = time.perf_counter()  # --max-time counts the set-up (statistics) too
         source.check_channels(channels)
         groups = group_channels(channels)
         if opts.group is not None:
@@ -482,7 +483,9 @@ class Trainer:
                 loss_ema = loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss
                 window_n += opts.batch_size
                 step += 1
-                elapsed = time.perf_counter() - t_start
+                now = time.perf_counter()
+                elapsed = now - self.t_created
+                per_step = (now - t_start) / (step - self.step0)
                 periodic = step % opts.val_every == 0
                 validate = world.is_main and self.val_reader is not None and periodic
                 if validate:
@@ -491,7 +494,7 @@ class Trainer:
                     logs.update({"val_mse": val_mse, **rmse})
                 budget.step_done(step)
                 if step % decide_every == 0 or periodic:
-                    self._decide(budget, step, elapsed, elapsed / max(step - self.step0, 1))
+                    self._decide(budget, step, elapsed, per_step)
                 last = budget.stopped
                 if last and not validate and world.is_main and self.val_reader is not None:
                     validate = True  # the run's last weights are always validated
@@ -508,8 +511,7 @@ class Trainer:
                     logs.update({"lr": lr, "samples_per_second": sps, "loss": loss})
                     monitor.log(step, logs)
                 if progress is not None and world.is_main:
-                    progress(step, budget.expected_total(
-                        step, elapsed, elapsed / max(step - self.step0, 1)), loss_ema)
+                    progress(step, budget.expected_total(step, elapsed, per_step), loss_ema)
                 if step % opts.checkpoint_every == 0 or last:
                     if world.is_main:
                         self._save(step, loss_ema, val_mse, budget)
