@@ -172,7 +172,7 @@ def run(case_name: str, variant: str, seed: int, args: argparse.Namespace, tmp: 
 
 def spread(values: list[float]) -> str:
     m = statistics.fmean(values)
-    return f"{m:.4g} ({min(values):.3g}..{max(values):.3g})" if len(values) > 1 else f"{m:.4g}"
+    return f"{m:.4g} ({min(values):.4g}..{max(values):.4g})" if len(values) > 1 else f"{m:.4g}"
 
 
 def report(records: list[dict[str, Any]], refs: dict[str, dict[str, float]]) -> None:
@@ -186,9 +186,10 @@ def report(records: list[dict[str, Any]], refs: dict[str, dict[str, float]]) -> 
         print("|---|---:|---:|" + "---:|" * len(codes))
         for v in dict.fromkeys(r["variant"] for r in rows):
             runs = [r for r in rows if r["variant"] == v]
-            for i, pt in enumerate(runs[0]["curve"][:min(len(r["curve"]) for r in runs)]):
-                pts = [r["curve"][i] for r in runs]
-                print(f"| {v} | {pt['step']} | {statistics.fmean(p['cpu_seconds'] for p in pts):.0f}"
+            shared = set.intersection(*({p["step"] for p in r["curve"]} for r in runs))
+            for step in sorted(shared):  # the steps every seed was scored at
+                pts = [next(p for p in r["curve"] if p["step"] == step) for r in runs]
+                print(f"| {v} | {step} | {statistics.fmean(p['cpu_seconds'] for p in pts):.0f}"
                       " | " + " | ".join(spread([p[c] for p in pts]) for c in codes) + " |")
         print(f"\n## {case}: last checkpoint through a latent store (SZ3 at the same bytes)")
         print("| variant | channel | steps | RMSE | RMSE / mean field | SZ3 RMSE | WLA / SZ3 | "
@@ -220,7 +221,17 @@ def main() -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write every record here (appended per run)")
+    ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of earlier runs' --json files (trains nothing)")
     args = ap.parse_args()
+    if args.report:
+        records, refs = [], {}
+        for path in args.report:
+            data = json.loads(Path(path).read_text())
+            records += data["records"]
+            refs.update(data["mean_field"])
+        report(records, refs)
+        return 0
     if args.steps % args.eval_every:
         ap.error("--steps must be a multiple of --eval-every")
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]

@@ -27,7 +27,7 @@ def train_cmd(
              "10m without --steps, none with it.", show_default=False)] = None,
     patience: Annotated[int, typer.Option(
         min=1, help="Without --steps: validations without a 0.5% improvement before the "
-                    "learning rate decays and the run stops.")] = 8,
+                    "learning rate decays and the run stops.")] = 20,
     target_bpv: Annotated[Optional[float], typer.Option(
         help="Bytes per value the latent codes should take (e.g. 0.05): chooses the patch "
              "stride and code bits; printed and recorded in the checkpoint.",

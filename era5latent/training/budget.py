@@ -66,7 +66,7 @@ class Budget:
     max_time: float | None  # seconds of this run (a resumed run gets its own budget)
     warmup_steps: int = 100
     warmup_fraction: float = 0.05
-    patience: int = 8
+    patience: int = 20
     min_delta: float = 0.005
     decay_fraction: float = 0.2
     # state

@@ -31,7 +31,7 @@ class TrainOptions:
     warmup_fraction: float = 0.05  # of --steps, for a fixed run
     warmup_steps: int = 100  # without --steps
     max_time: float | None = None  # seconds; None: 10 minutes without --steps, else unbounded
-    patience: int = 8  # validations without a min_delta (relative) improvement -> decay, stop
+    patience: int = 20  # validations without a min_delta (relative) improvement -> decay, stop
     min_delta: float = 0.005
     decay_fraction: float = 0.2  # of the run so far (or of --max-time) spent decaying the lr
     weight_decay: float = 1e-4
