@@ -62,7 +62,7 @@ def _slab_moments(x: np.ndarray) -> tuple[float, float]:
 #: a channel is normalised as anomalies from its per-pixel training mean field when that field
 #: leaves at most this fraction of the channel's standard deviation (i.e. explains at least
 #: 75% of its variance): z and t on a global grid, not t2m over a small region
-#: (docs/evaluation.md, "What slowed learning")
+#: (docs/evaluation.md, "Convergence: what slowed learning and what fixed it")
 FIELD_STD_RATIO = 0.5
 
 
