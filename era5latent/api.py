@@ -31,7 +31,7 @@ import xarray as xr
 
 from era5latent.errors import CheckpointError, OptionError, StoreError
 from era5latent.evaluation.score import EvalReport
-from era5latent.fields import FieldWriter, _coord_attrs
+from era5latent.io.fields import FieldWriter, _coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
 from era5latent.pipeline import (
     DecodeResult,
@@ -48,9 +48,9 @@ from era5latent.pipeline import (
     resolve_precision,
     select_store_channels,
 )
-from era5latent.masks import read_masks, split_masked
-from era5latent.sources import Source, SourceLayout, iso, normalise, open_source
-from era5latent.store import (
+from era5latent.store.masks import read_masks, split_masked
+from era5latent.io.sources import Source, SourceLayout, iso, normalise, open_source
+from era5latent.store.core import (
     ATTR,
     GroupSpec,
     LatentStore,
@@ -58,13 +58,13 @@ from era5latent.store import (
     jsonable,
     open_latent_store,
 )
-from era5latent.storelayout import DONE, TOKEN_DIMS, token_coords
-from era5latent.storeverify import Check
+from era5latent.store.layout import DONE, TOKEN_DIMS, token_coords
+from era5latent.store.verify import Check
 from era5latent.training import TrainOptions, TrainResult
-from era5latent.variables import Channel, parse_subset
+from era5latent.io.variables import Channel, parse_subset
 
 if TYPE_CHECKING:  # dask.distributed is imported only when a cluster is used
-    from era5latent.distributed import FinalizeResult
+    from era5latent.pipeline.distributed import FinalizeResult
 
 __all__ = [
     "Channels",
@@ -383,7 +383,7 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     meta = _latent_meta(latent)
     label = str(latent.encoding.get("source") or "the latent Dataset")
     check_same_model(loaded, meta["model"]["sha256"], label)
-    from era5latent.unseen import adopt_store_levels
+    from era5latent.pipeline.unseen import adopt_store_levels
 
     adopt_store_levels(meta, loaded)  # levels encoded with --allow-unseen-levels
     present = {g: d for g, d in meta["groups"].items() if codes_name(g) in latent.data_vars}
@@ -498,7 +498,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``era5latent info --json``: groups, channels, times, bytes, ratios, the codes' use of
     their bits (entropy per stored bit) and build progress."""
     from era5latent.evaluation.bitusage import with_usage
-    from era5latent.store import summary
+    from era5latent.store.core import summary
 
     return with_usage(summary(os.fspath(path)), os.fspath(path))
 
@@ -510,7 +510,7 @@ def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list
     loaded model), that the store was made with that model. Damage is reported, never raised.
     """
     from era5latent.model.checkpoint import file_sha256
-    from era5latent.storeverify import verify as verify_store
+    from era5latent.store.verify import verify as verify_store
 
     sha = None
     if isinstance(model, LoadedModel):
@@ -527,7 +527,7 @@ def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list
 def finalize(path: str | os.PathLike[str], *, parts: int | None = None,
              break_lock: bool = False) -> FinalizeResult:
     """``era5latent finalize``: mark a store written by ``encode --parts`` runs complete."""
-    from era5latent.distributed import finalize as finalize_store
+    from era5latent.pipeline.distributed import finalize as finalize_store
 
     return finalize_store(os.fspath(path), parts, break_lock)
 

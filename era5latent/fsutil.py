@@ -217,7 +217,7 @@ def output_kind(path: str) -> str | None:
             return LATENT
         if isinstance(meta, dict) and "decoded_from" in meta:
             return DECODED
-        if attrs.get("generator") == "era5latent.sample":
+        if attrs.get("generator") == "era5latent.io.sample":
             return SAMPLE
         if "era5latent_embedmap_version" in attrs:
             return EMBED_MAP

@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 
 from era5latent.api import _latent_dataset
 from era5latent.errors import OptionError
-from era5latent.sources import time_index_range
-from era5latent.store import GroupSpec, array, codes_name, open_latent_store
+from era5latent.io.sources import time_index_range
+from era5latent.store.core import GroupSpec, array, codes_name, open_latent_store
 
 __all__ = ["LatentDataset"]
 

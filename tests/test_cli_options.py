@@ -140,7 +140,7 @@ def test_every_option_of_every_command_is_classified() -> None:
 
 
 def test_the_rules_of_the_cli_are_the_dependent_options_here() -> None:
-    from era5latent.cli_rules import RULES
+    from era5latent.cli.rules import RULES
 
     enforced = {(c, n.option) for c, rules in RULES.items() for n in rules}
     assert enforced == set(DEPENDENT) - set(NEEDLE)

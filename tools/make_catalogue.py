@@ -57,7 +57,7 @@ def param_facts(param_ids: list[int]) -> dict[int, tuple[str, str, str, str, str
 def render() -> str:
     import eccodes
 
-    from era5latent.variables import VARIABLES
+    from era5latent.io.variables import VARIABLES
 
     ids = [v.param_id for v in VARIABLES] + [p for v in VARIABLES for p in v.equivalent_params]
     facts = param_facts(ids)
@@ -84,7 +84,7 @@ def render() -> str:
 
 def markdown_table() -> str:
     """The catalogue as the Markdown table docs/variables.md carries (kept in sync by a test)."""
-    from era5latent.variables import VARIABLES
+    from era5latent.io.variables import VARIABLES
 
     rows = ["| channel | kind | paramId | GRIB shortName | cfgrib/CDS NetCDF | WeatherBench 2 / CDS "
             "| ECMWF name | units | CF standard name | PVUM code | flags |",

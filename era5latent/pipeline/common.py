@@ -18,10 +18,10 @@ import torch
 from era5latent.errors import GridMismatchError, OptionError, SubsetError
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.model.wla import pack_bits, unpack_bits
-from era5latent.masks import check_no_inf
-from era5latent.sources import Source, grid_info, iso
-from era5latent.store import GroupSpec
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.store.masks import check_no_inf
+from era5latent.io.sources import Source, grid_info, iso
+from era5latent.store.core import GroupSpec
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 T = TypeVar("T")
 #: progress(done_samples, total_samples) -- called after each chunk
@@ -174,7 +174,7 @@ def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarr
                  batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
     """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``.
 
-    NaN (a masked point, :mod:`era5latent.masks`) enters the model as 0 in normalised units,
+    NaN (a masked point, :mod:`era5latent.store.masks`) enters the model as 0 in normalised units,
     the channel's training mean. Bits are packed on the device, so 1/32 of the float codes'
     bytes come back."""
     mean, std = _normaliser(loaded, channels)
@@ -211,7 +211,7 @@ def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], pack
 
 def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -> np.ndarray:
     """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked for
-    infinities (NaN, a missing value, is the mask layer's: :func:`era5latent.masks.split_masked`
+    infinities (NaN, a missing value, is the mask layer's: :func:`era5latent.store.masks.split_masked`
     says which channels may hold it)."""
     x = source.read(channels, a, b)
     check_no_inf(x, fields_where(source, a, b))
@@ -252,7 +252,7 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
     (damaged, allowed) makes its channel NaN. The one decode step every path runs (CLI, Python
     API, Dask workers).
     """
-    from era5latent.residual.core import apply_residual
+    from era5latent.pipeline.residual.core import apply_residual
 
     block: dict[Channel, np.ndarray] = {}
     for g, chs in groups.items():

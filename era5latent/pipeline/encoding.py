@@ -6,7 +6,7 @@ own start, packed, written as one chunk-aligned region and marked done. Because 
 function of the chunk alone, a resumed run computes exactly the bytes an uninterrupted run would.
 A reader thread prefetches the next chunk while the model works on the current one. With a
 residual layer (``--max-error``), each chunk's codes are decoded in fp32 and the residual written
-with them, before the done flag (:mod:`era5latent.residual`).
+with them, before the done flag (:mod:`era5latent.pipeline.residual`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid
                                         fields_where,
                                         read_fields, resolve_device, resolve_precision,
                                         strict_fp32)
-from era5latent.masks import FILL, mask_sha, split_masked, static_masks
-from era5latent.residual import ResidualSpec, make_residuals, parse_max_error
-from era5latent.sources import Source, grid_info, iso
-from era5latent.store import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
+from era5latent.store.masks import FILL, mask_sha, split_masked, static_masks
+from era5latent.pipeline.residual import ResidualSpec, make_residuals, parse_max_error
+from era5latent.io.sources import Source, grid_info, iso
+from era5latent.store.core import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
                               create_latent_store, is_store, jsonable, open_latent_store,
                               part_range, writer_lock)
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 
 # -- encode ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from era5latent.model.checkpoint import (CheckpointMeta, file_sha256, norm_scale
                                          save_checkpoint, split_mean_fields)
 from era5latent.model.discriminator import PatchDiscriminator, discriminator_for
 from era5latent.model.wla import WLA, WLAConfig, preset_config
-from era5latent.sources import Source, grid_info, iso
+from era5latent.io.sources import Source, grid_info, iso
 from era5latent.training import distributed as ddp_setup
 from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, TrainStream,
                                       batches, source_time_chunk)
@@ -45,7 +45,7 @@ from era5latent.training.rate import rate_for, zstd_bytes
 from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
                                        save_state)
 from era5latent.training.stats import compute_stats
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 #: a run without --steps is bounded by time; this caps its steps as well (options.MAX_STEPS)
 MAX_RUN_STEPS = 10 ** 9

@@ -33,11 +33,11 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from era5latent.errors import DataValueError, StoreError
-from era5latent.storelayout import MASK
+from era5latent.store.layout import MASK
 
 if TYPE_CHECKING:
-    from era5latent.store import LatentStore
-    from era5latent.variables import Channel
+    from era5latent.store.core import LatentStore
+    from era5latent.io.variables import Channel
 
 STATE, SUMS = f"{MASK}/state", f"{MASK}/sha256"
 STATIC, STEPS = f"{MASK}/static_", f"{MASK}/steps_"
@@ -150,7 +150,7 @@ def create_mask_arrays(create_array: Callable[..., Any], mask: Mapping[str, Any]
                        sample_shape: tuple[int, ...]) -> None:
     """Lay out the mask layer (``create_array`` as in ``store._create``) and write the static
     masks."""
-    from era5latent.store import CRC
+    from era5latent.store.core import CRC
 
     codes = tuple(mask["channels"])
     for c in codes:
@@ -217,7 +217,7 @@ class CorruptMaskError(StoreError):
 def read_static(store: LatentStore, code: str) -> np.ndarray:
     """The static mask of ``code``, checked against ``mask.static_sha256``; a
     :class:`CorruptMaskError` (chunk -1) naming the array when damaged."""
-    from era5latent.store import CorruptArrayError, read_array
+    from era5latent.store.core import CorruptArrayError, read_array
 
     name = static_name(code)
     try:
@@ -236,7 +236,7 @@ def read_masks(store: LatentStore, i: int) -> dict[str, np.ndarray]:
     """The masks of time chunk ``i``, ``{code: (nt, *sample, H, W)}``, verified against
     ``mask/sha256``: a :class:`CorruptMaskError` naming the damaged array otherwise (a damaged
     static mask included, so ``--allow-corrupt`` can fill the chunk instead)."""
-    from era5latent.store import CorruptArrayError, read_array
+    from era5latent.store.core import CorruptArrayError, read_array
 
     codes = store.mask_channels
     a, b = store.chunk_bounds(i)
@@ -271,7 +271,7 @@ def read_mask_range(store: LatentStore, codes: list[str] | tuple[str, ...], a: i
     """The masks of store times ``[a, b)`` of the masked channels among ``codes`` (None for a
     damaged chunk under ``allow_corrupt``: decode fills those channels with NaN), and what was
     lost. Empty for a store without a mask layer."""
-    from era5latent.sources import iso
+    from era5latent.io.sources import iso
 
     wanted = [c for c in codes if c in store.mask_channels]
     out: dict[str, np.ndarray | None] = {}

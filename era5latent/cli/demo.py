@@ -5,7 +5,7 @@ SZ3 (the strongest classical codec here, error-bounded) at the same bytes per va
 the summary shows all three beside the WLA, whichever wins. Every step is the CLI command a user would type, run
 in-process, so the demo shows exactly what the README promises.
 
-    python -m era5latent.demo --out demo-out [--quick]
+    python -m era5latent.cli.demo --out demo-out [--quick]
 """
 
 from __future__ import annotations

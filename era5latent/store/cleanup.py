@@ -3,7 +3,7 @@
 A killed run can leave, beside its output ``NAME``, a temporary build directory or file
 (``.NAME.tmp-*``, made by :func:`era5latent.fsutil.atomic_dir` / ``atomic_file``), a replaced
 output's trash (``.NAME.old-*``) and its lock file (``.NAME.era5latent.lock[.part-I-of-N]``,
-:mod:`era5latent.locks`); inside a latent store, zarr's half-written chunk files (``*.partial``).
+:mod:`era5latent.store.locks`); inside a latent store, zarr's half-written chunk files (``*.partial``).
 
 What counts as left behind (everything else is kept, and said so):
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from era5latent.errors import StoreError
 from era5latent.fsutil import is_url, leftovers
-from era5latent.locks import _is_stale, _lock_files, _lock_holder, _lock_part, lock_path
+from era5latent.store.locks import _is_stale, _lock_files, _lock_holder, _lock_part, lock_path
 
 #: seconds a temporary must have been left unchanged before it counts as a killed run's
 DEFAULT_MIN_AGE = 300.0

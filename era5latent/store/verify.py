@@ -22,9 +22,9 @@ import zarr
 
 from era5latent.errors import StoreError
 from era5latent.fsutil import is_url, not_plain_files
-from era5latent.masks import STATIC, CorruptMaskError, mask_arrays, read_masks, read_static
-from era5latent.residual.layout import residual_name
-from era5latent.store import (
+from era5latent.store.masks import STATIC, CorruptMaskError, mask_arrays, read_masks, read_static
+from era5latent.store.residual import residual_name
+from era5latent.store.core import (
     DONE,
     CorruptArrayError,
     CorruptChunkError,
@@ -33,8 +33,8 @@ from era5latent.store import (
     open_latent_store,
     read_array,
 )
-from era5latent.storelayout import TOKEN_DIMS
-from era5latent.storemeta import DIGEST_KEY, ROOT_DOC, read_doc
+from era5latent.store.layout import TOKEN_DIMS
+from era5latent.store.meta import DIGEST_KEY, ROOT_DOC, read_doc
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from era5latent.residual.layout import LENGTHS, residual_arrays
-from era5latent.store import LatentStore, codes_name
+from era5latent.store.residual import LENGTHS, residual_arrays
+from era5latent.store.core import LatentStore, codes_name
 
 
 def residual_summary(store: LatentStore, done: np.ndarray | None = None) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from era5latent.errors import DataValueError
-from era5latent.residual.codecs import compress, decompress
-from era5latent.residual.spec import ResidualSpec
+from era5latent.pipeline.residual.codecs import compress, decompress
+from era5latent.pipeline.residual.spec import ResidualSpec
 
 #: how many times a channel's codec bound is tightened (x 3/4) before encode gives up on a chunk
 TIGHTEN_TRIES = 8

@@ -5,7 +5,7 @@ Per group ``G`` (docs/format.md, version 3), in the store's subgroup ``residual`
 ``residual/streams_G`` (uint8 rows, one per time chunk, the channels' streams concatenated in
 channel order, then zeros), ``residual/nbytes_G`` (int64 stream lengths per channel) and
 ``residual/sha256_G`` (sha256 of a row's lengths and streams). The
-store's IO for the layer lives here; the numbers are made in :mod:`era5latent.residual.core`.
+store's IO for the layer lives here; the numbers are made in :mod:`era5latent.pipeline.residual.core`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from era5latent.errors import StoreError
-from era5latent.store import CRC, CorruptArrayError, CorruptChunkError, read_array
-from era5latent.storelayout import RESIDUAL
+from era5latent.store.core import CRC, CorruptArrayError, CorruptChunkError, read_array
+from era5latent.store.layout import RESIDUAL
 
 if TYPE_CHECKING:
-    from era5latent.store import LatentStore, StoreSpec
+    from era5latent.store.core import LatentStore, StoreSpec
 
 STREAMS, LENGTHS, SUMS = f"{RESIDUAL}/streams_", f"{RESIDUAL}/nbytes_", f"{RESIDUAL}/sha256_"
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.cli import Device, Step, TimeAxis, TimeRange, _Bar, _echo, command
+from era5latent.cli.common import Device, Step, TimeAxis, TimeRange, _Bar, _echo, command
 from era5latent.errors import OptionError
 
 
@@ -52,9 +52,9 @@ def evaluate_cmd(
 
     from era5latent.errors import OptionError
     from era5latent.evaluation.score import evaluate
-    from era5latent.sources import open_source
-    from era5latent.store import open_latent_store
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import open_latent_store
+    from era5latent.io.variables import parse_subset
 
     channels = parse_subset(subset) if subset else None
     store = open_latent_store(latent) if latent else None
@@ -112,7 +112,7 @@ def _encode_for_scoring(truth: str, loaded: object, channels: object, time: str 
     (TRUTH opened as it is scored: the same ``--time-axis`` and ``--step``)."""
     from era5latent.model.checkpoint import LoadedModel
     from era5latent.pipeline import encode
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     assert isinstance(loaded, LoadedModel)
     source = open_source(truth, time_axis=time_axis, step=step)

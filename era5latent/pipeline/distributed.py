@@ -50,11 +50,11 @@ from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetc
                                  _store_spec, decode_fields, decode_precision, plan_decode,
                                  prepare_encode, read_codes, read_group_masks, read_residuals,
                                  resolve_device, resolve_precision)
-from era5latent.residual import ResidualSpec
-from era5latent.sources import Source, iso, open_source
-from era5latent.store import (LatentStore, chunk_ranges, open_latent_store,
+from era5latent.pipeline.residual import ResidualSpec
+from era5latent.io.sources import Source, iso, open_source
+from era5latent.store.core import (LatentStore, chunk_ranges, open_latent_store,
                               MAX_PARTS, parts_status, writer_lock)
-from era5latent.variables import Channel, parse_channel
+from era5latent.io.variables import Channel, parse_channel
 
 #: progress(done_samples, total_samples, tasks_done, tasks_total) -- after each finished task
 ClusterProgress = Callable[[int, int, int, int], None]
@@ -525,7 +525,7 @@ class DecodeTask:
     def state(self) -> _DecodeState:
         store = open_latent_store(self.store)
         loaded = _model(self.model, self.model_sha256)
-        from era5latent.unseen import adopt_store_levels
+        from era5latent.pipeline.unseen import adopt_store_levels
 
         adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
         dev = resolve_device(self.device)
@@ -534,7 +534,7 @@ class DecodeTask:
         groups = {g: tuple(parse_channel(c) for c in chs) for g, chs in self.groups}
         writer = None
         if self.writer is not None:
-            from era5latent.fields import FieldWriter
+            from era5latent.io.fields import FieldWriter
 
             writer = FieldWriter.reopen(self.writer)  # the client's output (a shared path)
         return _DecodeState(store, loaded, groups, dev, prec, writer)

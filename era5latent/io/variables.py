@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
-from era5latent._ecmwf_params import PARAMS
+from era5latent.io._ecmwf_params import PARAMS
 from era5latent.errors import SubsetError
 
 SURFACE_GROUP = "surface"

@@ -18,8 +18,8 @@ import numpy as np
 
 from era5latent.errors import SubsetError
 from era5latent.model.checkpoint import LoadedModel
-from era5latent.sources import Source
-from era5latent.variables import Channel, group_channels, parse_channel
+from era5latent.io.sources import Source
+from era5latent.io.variables import Channel, group_channels, parse_channel
 
 #: time steps (evenly spaced over the encoded range) an unseen level's statistics are taken from:
 #: a fixed, deterministic sample, so resumed runs and parts normalise alike

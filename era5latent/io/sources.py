@@ -30,8 +30,8 @@ import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
 from era5latent.fsutil import fast_zarr, is_url
-from era5latent.units import unit_problem
-from era5latent.variables import Channel, lookup_variable, variable_by_name
+from era5latent.io.units import unit_problem
+from era5latent.io.variables import Channel, lookup_variable, variable_by_name
 
 _TIME_DIMS = ("time", "valid_time")
 _LEVEL_DIMS = ("level", "pressure_level", "isobaricInhPa", "plev", "lev")
@@ -705,7 +705,7 @@ def check_values(path: str, ds: xr.Dataset, names: dict[str, str]) -> None:
 
 
 def _check_units(path: str, units: dict[str, str], names: dict[str, str]) -> None:
-    """Refuse a field whose units attribute names other units than ERA5's (era5latent.units)."""
+    """Refuse a field whose units attribute names other units than ERA5's (era5latent.io.units)."""
     for canon, found in units.items():
         want = variable_by_name(canon).units
         fix = unit_problem(found, want)

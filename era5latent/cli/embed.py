@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent import cli
-from era5latent.cli import _Bar, command
+from era5latent.cli import common as cli
+from era5latent.cli.common import _Bar, command
 
 
 

@@ -1,6 +1,6 @@
 """A masked field for tests and demos: sea-surface temperature that is NaN over land.
 
-:func:`write_masked_sample` writes the sample generator's fields (:mod:`era5latent.sample`) plus
+:func:`write_masked_sample` writes the sample generator's fields (:mod:`era5latent.io.sample`) plus
 ``sea_surface_temperature`` (``sst``): the sample's 2 m temperature over the sea, NaN over the
 sample's pseudo land (land fraction above one half), as ERA5's sst is NaN over land. With
 ``ice`` a sea-ice edge moves with time: sea points poleward of a latitude that changes from step
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from era5latent.sample import _land, write_sample
-from era5latent.variables import variable_by_name
+from era5latent.io.sample import _land, write_sample
+from era5latent.io.variables import variable_by_name
 
 SST = variable_by_name("sst").wb2_name
 

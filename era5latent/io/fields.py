@@ -31,11 +31,11 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from era5latent.errors import StoreError
-from era5latent.sources import SourceLayout
+from era5latent.io.sources import SourceLayout
 from era5latent.fsutil import (DECODED, atomic_dir, atomic_file, check_replaceable, fast_zarr,
                                os_error_of)
-from era5latent.store import CRC, TIME_UNITS, array, consolidate
-from era5latent.variables import Channel, variable_by_name
+from era5latent.store.core import CRC, TIME_UNITS, array, consolidate
+from era5latent.io.variables import Channel, variable_by_name
 
 
 #: decoded fields as WeatherBench 2 stores its own: Blosc LZ4 after a byte shuffle. On decoded

@@ -7,14 +7,14 @@ from enum import Enum
 import typer.main
 
 from era5latent.cli import app
-from era5latent.cli_rules import RULES, flag
+from era5latent.cli.rules import RULES, flag
 
 
 def render() -> str:
     root = typer.main.get_command(app)
     ctx = root.context_class(root, info_name="era5latent")  # typer vendors its own click
     out = ["# Command-line reference", "",
-           "Generated from the Typer app by `make docs` (`python -m era5latent.cli_docs`); "
+           "Generated from the Typer app by `make docs` (`python -m era5latent.cli.docs`); "
            "`tests/test_cli_docs.py` fails when it is out of date.", "",
            "Exit codes: 0 success; 2 bad input or usage (one line on stderr, no traceback); "
            "3 `verify` found a problem; 1 a bug.", "",

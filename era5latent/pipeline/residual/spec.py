@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from era5latent.errors import OptionError
-from era5latent.residual.codecs import CODECS
+from era5latent.pipeline.residual.codecs import CODECS
 
 #: the decode drift kept as a margin, as a fraction of the channel's training std: the residual is
 #: compressed at ``bound - margin``, so a decode whose WLA reconstruction differs from the encoder's
@@ -52,7 +52,7 @@ class ChannelBound:
 
 @dataclass(frozen=True)
 class ResidualSpec:
-    """What a store's residual layer promises, per channel (``era5latent.residual``)."""
+    """What a store's residual layer promises, per channel (``era5latent.pipeline.residual``)."""
 
     codec: str
     text: str

@@ -3,7 +3,7 @@
 A latent store is a Zarr v3 group. Its root attribute ``era5latent`` says fully how it was made.
 Per group ``g`` an array ``codes_g`` of packed sign bits, dims ``(time, *sample_dims, token_lat,
 token_lon, byte)``, uint8, chunked along time only, beside the coordinates; the bookkeeping lives
-in the subgroup ``_era5latent`` (version 3, :mod:`era5latent.storelayout`): the bool array
+in the subgroup ``_era5latent`` (version 3, :mod:`era5latent.store.layout`): the bool array
 ``build_done(time_chunk)``, one chunk per time chunk, records which time chunks are complete.
 Stores are created whole (every array, every coordinate) at a temporary path beside the target and
 renamed into place, so a store either does not exist or is fully laid out; filling it is then a
@@ -36,26 +36,26 @@ from era5latent.fsutil import (
     remove_tree,
     url_fs,
 )
-from era5latent.locks import (
+from era5latent.store.locks import (
     LOCK as LOCK,  # the writer locks: their names stay importable here
 )
-from era5latent.locks import StoreLockedError as StoreLockedError
-from era5latent.locks import check_unlocked as check_unlocked
-from era5latent.locks import lock_name as lock_name
-from era5latent.locks import lock_path as lock_path
-from era5latent.locks import writer_lock as writer_lock
-from era5latent.sources import iso
-from era5latent.storelayout import DONE as DONE
-from era5latent.storelayout import (
+from era5latent.store.locks import StoreLockedError as StoreLockedError
+from era5latent.store.locks import check_unlocked as check_unlocked
+from era5latent.store.locks import lock_name as lock_name
+from era5latent.store.locks import lock_path as lock_path
+from era5latent.store.locks import writer_lock as writer_lock
+from era5latent.io.sources import iso
+from era5latent.store.layout import DONE as DONE
+from era5latent.store.layout import (
     SUBGROUPS,
     check_layout,
     location,
     subgroups,
     token_coords,
 )
-from era5latent.storelayout import checksum_name as checksum_name
-from era5latent.storelayout import codes_name as codes_name
-from era5latent.storemeta import (
+from era5latent.store.layout import checksum_name as checksum_name
+from era5latent.store.layout import codes_name as codes_name
+from era5latent.store.meta import (
     DIGEST_KEY,
     ROOT_DOC,
     check_metadata,
@@ -71,7 +71,7 @@ FORMAT = "era5latent.latent"
 #: token coordinates, an optional error-bounded residual layer (subgroup ``residual``, attribute
 #: ``residual``); versions 1 and 2 (every array at the root) are still read (docs/format.md);
 #: version 4: version 3 with a mask layer (subgroup ``mask``, attribute ``mask``: fields with
-#: missing values, :mod:`era5latent.masks`), written only for stores that have one, so stores
+#: missing values, :mod:`era5latent.store.masks`), written only for stores that have one, so stores
 #: without one stay readable by era5latent releases that know version 3
 FORMAT_VERSION = 4
 #: the version a store without a mask layer is written in
@@ -421,11 +421,11 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
     if spec.residual:
-        from era5latent.residual.layout import create_residual_arrays
+        from era5latent.store.residual import create_residual_arrays
 
         create_residual_arrays(create_array, spec, sample_shape)
     if spec.mask:
-        from era5latent.masks import create_mask_arrays
+        from era5latent.store.masks import create_mask_arrays
 
         create_mask_arrays(create_array, spec.mask, spec.static_masks, len(spec.times),
                            spec.time_chunk, spec.n_chunks, sample_dims, sample_shape)
@@ -458,11 +458,11 @@ class LatentStore:
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
             if self.has_residual:
-                from era5latent.residual.layout import residual_arrays
+                from era5latent.store.residual import residual_arrays
 
                 names += residual_arrays(g)
         if self.has_mask:
-            from era5latent.masks import mask_arrays
+            from era5latent.store.masks import mask_arrays
 
             names += mask_arrays(self.mask_channels)
         return [self.where(n) for n in names]
@@ -485,7 +485,7 @@ class LatentStore:
 
     @property
     def mask_channels(self) -> tuple[str, ...]:
-        """The masked channels (fields with missing values, :mod:`era5latent.masks`)."""
+        """The masked channels (fields with missing values, :mod:`era5latent.store.masks`)."""
         m = self.meta.get("mask")
         return tuple(m["channels"]) if m else ()
 
@@ -493,7 +493,7 @@ class LatentStore:
         """The static mask of a masked channel, read and checked once."""
         st = self._static.get(code)
         if st is None:
-            from era5latent.masks import read_static
+            from era5latent.store.masks import read_static
 
             st = self._static[code] = read_static(self, code)
         return st
@@ -599,13 +599,13 @@ class LatentStore:
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
             if self.has_residual:
-                from era5latent.residual.layout import write_residual
+                from era5latent.store.residual import write_residual
 
                 for g, spec in self.groups.items():
                     write_residual(self, g, spec.channels, i, (residuals or {}).get(g, {}))
                 faults.point("encode.residual-written")
             if self.has_mask:
-                from era5latent.masks import write_masks
+                from era5latent.store.masks import write_masks
 
                 write_masks(self, i, masks or {})
                 faults.point("encode.mask-written")
@@ -622,7 +622,7 @@ class LatentStore:
     def read_residual(self, group: str, i: int) -> dict[str, bytes]:
         """The residual streams of time chunk ``i`` of ``group`` by channel code, verified
         (``residual.layout.read_residual``)."""
-        from era5latent.residual.layout import read_residual
+        from era5latent.store.residual import read_residual
 
         return read_residual(self, group, i)
 
@@ -752,7 +752,7 @@ def summary(path: str, parts: int | None = None) -> dict[str, Any]:
     With ``parts`` N (default: the N recorded by the ``encode --parts I/N`` run that created the
     store, if any) the result has ``parts``: ``{count, done, missing}`` (1-based part numbers).
     """
-    from era5latent.residual.summary import residual_summary
+    from era5latent.store.info import residual_summary
 
     store = open_latent_store(path)
     meta = store.meta

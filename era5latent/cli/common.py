@@ -48,7 +48,7 @@ def command(*args: object, **kwargs: object) -> Callable[[Callable[..., None]], 
         def guarded(*a: object, **kw: object) -> None:
             tune_malloc()  # this process is ours: keep the model's freed buffers for reuse
             try:
-                from era5latent.cli_rules import check  # an option whose partner is missing
+                from era5latent.cli.rules import check  # an option whose partner is missing
 
                 check(name, kw)
                 fn(*a, **kw)
@@ -247,7 +247,7 @@ def sample_cmd(
 ) -> None:
     """Write ERA5-like sample data (calibrated against real ERA5) in WeatherBench 2 layout."""
     from era5latent.errors import OptionError
-    from era5latent.sample import parse_grid, write_sample
+    from era5latent.io.sample import parse_grid, write_sample
 
     try:
         levs = tuple(int(x) for x in levels.split(",") if x.strip())
@@ -261,7 +261,7 @@ def sample_cmd(
 
 
 # train and combine live in cli_train.py; imported here so that they are listed in this order
-from era5latent import cli_train as _cli_train  # noqa: E402,F401  (registers its commands)
+from era5latent.cli import train as _cli_train  # noqa: E402,F401  (registers its commands)
 
 
 @command("encode")
@@ -310,9 +310,9 @@ def encode_cmd(
 
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import encode
-    from era5latent.sources import open_source
-    from era5latent.store import parse_part
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import parse_part
+    from era5latent.io.variables import parse_subset
 
     channels = parse_subset(subset)
     part = parse_part(parts) if parts is not None else None
@@ -322,13 +322,13 @@ def encode_cmd(
         if scheduler is not None or workers is not None:
             raise OptionError("--allow-unseen-levels with --scheduler/--workers: the workers "
                               "load the checkpoint as trained; encode unseen levels locally")
-        from era5latent.unseen import allow_unseen_levels as allow
+        from era5latent.pipeline.unseen import allow_unseen_levels as allow
 
         for warning in allow(source, loaded, channels, time):
             sys.stderr.write(f"warning: {warning}\n")
     with _Bar("encode", "samples") as bar:
         if scheduler is not None or workers is not None:
-            from era5latent.distributed import encode_distributed
+            from era5latent.pipeline.distributed import encode_distributed
 
             res = encode_distributed(
                 source, loaded, channels, out, time_range=time, batch_size=batch_size,
@@ -351,7 +351,7 @@ def encode_cmd(
     _echo(f"wrote {what}: {res.times} times, groups {groups} ({how}"
           f"{res.samples} samples in {res.seconds:.1f} s, {res.samples_per_second:.1f} samples/s)")
     if part:
-        from era5latent.store import open_latent_store
+        from era5latent.store.core import open_latent_store
 
         store = open_latent_store(out)
         if not store.complete:
@@ -387,13 +387,13 @@ def decode_cmd(
     """Decode a latent store back into ERA5 fields (WeatherBench 2 layout, source names/units)."""
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     channels = parse_subset(subset) if subset else None
     loaded = load_checkpoint(str(model))
     with _Bar("decode", "samples") as bar:
         if scheduler is not None or workers is not None:
-            from era5latent.distributed import decode_distributed
+            from era5latent.pipeline.distributed import decode_distributed
 
             res = decode_distributed(
                 latent, loaded, out, subset=channels, time_range=time, batch_size=batch_size,
@@ -450,7 +450,7 @@ def info_cmd(
 
     from era5latent.evaluation.bitusage import with_usage
     from era5latent.recipe import recipe_of, to_yaml
-    from era5latent.store import summary
+    from era5latent.store.core import summary
 
     info = with_usage(summary(store, parts), store)
     recipe = recipe_of(store)
@@ -514,11 +514,11 @@ def info_cmd(
 
 
 # build and cleanup live in cli_build.py; imported here so that they are listed after info
-from era5latent import cli_build as _cli_build  # noqa: E402,F401  (registers its commands)
+from era5latent.cli import build as _cli_build  # noqa: E402,F401  (registers its commands)
 
 
 # evaluate lives in cli_evaluate.py; imported here so that it is listed in this order
-from era5latent import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers evaluate)
+from era5latent.cli import evaluate as _cli_evaluate  # noqa: E402,F401  (registers evaluate)
 
 
 @command("verify")
@@ -552,7 +552,7 @@ def _size(n: int) -> str:
 
 # build-embed-map lives in cli_embedmap.py (owned by the embed-map work); imported here so
 # that it is listed last
-from era5latent import cli_embedmap as _cli_embedmap  # noqa: E402,F401  (registers it)
+from era5latent.cli import embed as _cli_embedmap  # noqa: E402,F401  (registers it)
 
 
 def main() -> None:
@@ -562,10 +562,3 @@ def main() -> None:
     except Era5LatentError as err:  # raised outside a command body (e.g. in a callback)
         _fail(err)
 
-
-if __name__ == "__main__":
-    # run the imported module's app: cli_train registered its commands on era5latent.cli.app,
-    # which is not this __main__ module's copy
-    from era5latent.cli import main as _main
-
-    _main()

@@ -19,7 +19,7 @@ import numpy as np
 from era5latent.errors import OptionError, StoreError
 
 if TYPE_CHECKING:
-    from era5latent.store import LatentStore
+    from era5latent.store.core import LatentStore
 
 #: the subgroup of era5latent's own bookkeeping (done flags, checksums), version 3
 BOOK = "_era5latent"
@@ -167,7 +167,7 @@ def check_layout(store: LatentStore) -> None:
             raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
                       f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
         if store.has_residual:
-            from era5latent.residual.layout import residual_layout
+            from era5latent.store.residual import residual_layout
 
             for name, shape in residual_layout(len(spec.channels), tc, sample,
                                                coords["latitude"], coords["longitude"], n_chunks):
@@ -177,7 +177,7 @@ def check_layout(store: LatentStore) -> None:
                               f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
                               f"{shape[1]})")
     if store.has_mask:
-        from era5latent.masks import check_mask_layout
+        from era5latent.store.masks import check_mask_layout
 
         check_mask_layout(store, bad, n_t, sample, coords["latitude"], coords["longitude"])
 

@@ -61,7 +61,7 @@ def _netcdf(v: Values) -> bool:
 def _pressure(v: Values) -> bool:
     """sample: a pressure-level variable among --variables (or a name the generator will
     refuse, with its own line)."""
-    from era5latent.variables import lookup_variable
+    from era5latent.io.variables import lookup_variable
 
     found = [lookup_variable(x.strip()) for x in str(v.get("variables", "")).split(",")
              if x.strip()]

@@ -49,7 +49,7 @@ import xarray as xr
 
 from era5latent.errors import OptionError
 from era5latent.fsutil import SAMPLE, atomic_dir, check_output_name
-from era5latent.variables import VARIABLES, WB2_LEVELS, Variable, lookup_variable
+from era5latent.io.variables import VARIABLES, WB2_LEVELS, Variable, lookup_variable
 
 __all__ = ["make_sample", "write_sample", "parse_grid", "TARGETS", "expected_lag1", "GENERATOR_VERSION"]
 
@@ -813,7 +813,7 @@ def _attrs(spec: _Spec) -> dict[str, object]:
     return {
         "title": "Synthetic ERA5-like sample in the WeatherBench 2 layout",
         "synthetic": "yes: not real data; Gaussian random fields on an analytic climatology",
-        "generator": "era5latent.sample",
+        "generator": "era5latent.io.sample",
         "generator_version": GENERATOR_VERSION,
         "seed": int(spec.seed),
         "calibration": "grid-point mean/std per channel match ERA5 (WeatherBench/Aurora statistics) over a "

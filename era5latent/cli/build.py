@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.cli import _Bar, _echo, _note_leftovers, command
+from era5latent.cli.common import _Bar, _echo, _note_leftovers, command
 
 
 @command("build")
@@ -68,7 +68,7 @@ def cleanup_cmd(
     half-written chunk files. Live locks and anything else are left alone."""
     import json
 
-    from era5latent.cleanup import cleanup
+    from era5latent.store.cleanup import cleanup
 
     res = cleanup(path, dry_run=dry_run, min_age=min_age)
     if json_out:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from era5latent.cli import (Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo,
+from era5latent.cli.common import (Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo,
                             code_usage_line, command)
 from era5latent.errors import OptionError
 
@@ -97,11 +97,11 @@ def train_cmd(
         help="GB of device memory per rank, for --dry-run's largest batch.")] = 80.0,
 ) -> None:
     """Train a Weather Latent Autoencoder on an ERA5 source (data-parallel under torchrun)."""
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions
     from era5latent.training.budget import parse_duration
     from era5latent.training.distributed import spawn, world_from_env
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     from era5latent.fsutil import anonymous_options
 
@@ -146,10 +146,10 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
     """``train --dry-run``: the memory of one step per rank, and the batch that fits."""
     from era5latent.model.discriminator import discriminator_for
     from era5latent.model.wla import preset_config
-    from era5latent.sources import Source
+    from era5latent.io.sources import Source
     from era5latent.training import TrainOptions
     from era5latent.training.memory import estimate_memory, flops, largest_batch
-    from era5latent.variables import group_channels
+    from era5latent.io.variables import group_channels
 
     assert isinstance(opts, TrainOptions) and isinstance(source, Source)
     opts.validate(nproc)
@@ -181,7 +181,7 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
 def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
                 storage: dict[str, object] | None, how: dict[str, Any] | None = None) -> None:
     """One rank of ``train``: rank 0 shows progress and prints the result."""
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions, train
     from era5latent.training.distributed import world_from_env
 
