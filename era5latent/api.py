@@ -31,12 +31,13 @@ import xarray as xr
 
 from era5latent.errors import CheckpointError, OptionError, StoreError
 from era5latent.evaluation.score import EvalReport
-from era5latent.io.fields import FieldWriter, _coord_attrs
+from era5latent.io.fields import FieldWriter, field_coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
+from era5latent.model.devices import resolve_device, resolve_precision
 from era5latent.pipeline import (
     DecodeResult,
     EncodeResult,
-    _store_spec,
+    store_spec,
     decode_fields,
     decode_precision,
     encode_fields,
@@ -44,20 +45,12 @@ from era5latent.pipeline import (
     read_fields,
     read_residuals,
     ready_to_encode,
-    resolve_device,
-    resolve_precision,
     select_store_channels,
 )
 from era5latent.store.masks import read_masks, split_masked
 from era5latent.io.sources import Source, SourceLayout, iso, normalise, open_source
-from era5latent.store.core import (
-    ATTR,
-    GroupSpec,
-    LatentStore,
-    codes_name,
-    jsonable,
-    open_latent_store,
-)
+from era5latent.store.core import ATTR, codes_name, LatentStore, open_latent_store
+from era5latent.store.spec import GroupSpec, jsonable
 from era5latent.store.layout import DONE, TOKEN_DIMS, token_coords
 from era5latent.store.verify import Check
 from era5latent.training import TrainOptions, TrainResult
@@ -153,7 +146,7 @@ def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray,
     return {d: (d, v, a) for d, (v, a) in token_coords(meta.get("model", {}), lat, lon).items()}
 
 
-def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
+def latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
                     sample_coords: Mapping[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
                     array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
                     store: LatentStore | None = None,
@@ -177,8 +170,8 @@ def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np
     coords: dict[str, Any] = {"time": ("time", np.asarray(times).astype("datetime64[ns]"),
                                        _TIME_ATTRS),
                               **{d: (d, np.asarray(v)) for d, v in sample_coords.items()},
-                              "latitude": ("latitude", lat, _coord_attrs("latitude")),
-                              "longitude": ("longitude", lon, _coord_attrs("longitude")),
+                              "latitude": ("latitude", lat, field_coord_attrs("latitude")),
+                              "longitude": ("longitude", lon, field_coord_attrs("longitude")),
                               **_token_coords(meta, lat, lon, store)}
     return xr.Dataset(data_vars, coords=coords, attrs={ATTR: dict(meta)})
 
@@ -230,7 +223,7 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
         arr = store.codes(g)
         codes[g] = dsa.from_zarr(arr, chunks=arr.chunks)  # type: ignore[no-untyped-call]
         attrs[g] = dict(arr.attrs)
-    ds = _latent_dataset(codes, store.meta, store.times,
+    ds = latent_dataset(codes, store.meta, store.times,
                          {d: store.coord(d) for d in store.sample_dims},
                          store.coord("latitude"), store.coord("longitude"), attrs, store,
                          _lazy_masks(store))
@@ -281,7 +274,7 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
                                             precision=precision)
     n = len(source.times)
     static = first_step_masks(source, channels, 0, n)  # masked channels (missing values)
-    spec = _store_spec(source, loaded, channels, 0, n, time_chunk, static=static)
+    spec = store_spec(source, loaded, channels, 0, n, time_chunk, static=static)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
         spec = dataclasses.replace(spec, source={**spec.source, "path": source.path})
     meta = jsonable(spec.attrs()) | {"complete": True}
@@ -301,7 +294,7 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
             progress(b * per_step, n * per_step)
     codes = {g: np.concatenate(p, axis=0) for g, p in parts.items()}
     masks = {c: np.concatenate(p, axis=0) for c, p in mask_parts.items()}
-    return _latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
+    return latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
                            source.longitude, masks=masks)
 
 
@@ -498,7 +491,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``era5latent info --json``: groups, channels, times, bytes, ratios, the codes' use of
     their bits (entropy per stored bit) and build progress."""
     from era5latent.evaluation.bitusage import with_usage
-    from era5latent.store.core import summary
+    from era5latent.store.info import summary
 
     return with_usage(summary(os.fspath(path)), os.fspath(path))
 

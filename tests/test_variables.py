@@ -102,19 +102,19 @@ def test_facts_come_from_ecmwf_parameter_database() -> None:
 
 
 def test_committed_parameter_table_matches_eccodes() -> None:
-    """tools/make_catalogue.py regenerates era5latent/_ecmwf_params.py byte for byte."""
+    """tools/make_catalogue.py regenerates era5latent/io/ecmwf_params.py byte for byte."""
     pytest.importorskip("eccodes")
     import runpy
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     gen = runpy.run_path(str(root / "tools" / "make_catalogue.py"))
-    text = (root / "era5latent" / "_ecmwf_params.py").read_text()
+    text = (root / "era5latent" / "io" / "ecmwf_params.py").read_text()
     import eccodes
 
     if f"ecCodes {eccodes.codes_get_api_version()}." not in text:
         pytest.skip("the committed table was made with another ecCodes version")
-    assert gen["render"]() == text, "run: python tools/make_catalogue.py > era5latent/_ecmwf_params.py"
+    assert gen["render"]() == text, "run: python tools/make_catalogue.py > era5latent/io/ecmwf_params.py"
 
 
 def test_flags_for_accumulated_nonnegative_and_static_fields() -> None:

@@ -1,4 +1,4 @@
-"""Generate era5latent/_ecmwf_params.py: ECMWF parameter facts for every catalogue variable.
+"""Generate era5latent/io/ecmwf_params.py: ECMWF parameter facts for every catalogue variable.
 
 The variable catalogue (era5latent/variables.py) types by hand only the *conventions*: which
 ECMWF paramId each channel is, its WeatherBench 2 / CDS name, its PVUM code and its flags. The
@@ -10,7 +10,7 @@ read back.
 
 Run from the repository root after changing the catalogue or upgrading ecCodes::
 
-    python tools/make_catalogue.py > era5latent/_ecmwf_params.py
+    python tools/make_catalogue.py > era5latent/io/ecmwf_params.py
     python tools/make_catalogue.py --markdown   # the table in docs/variables.md
 
 tests/test_variables.py regenerates the table and fails when the committed one differs.

@@ -1,4 +1,4 @@
-"""The ``build`` and ``cleanup`` commands: a whole build from a recipe; tidying after kills."""
+"""The ``build`` command: a whole build from a recipe (:mod:`era5latent.recipe`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.cli.common import _Bar, _echo, _note_leftovers, command
+from era5latent.cli.common import Bar, command, echo, note_leftovers
 
 
 @command("build")
@@ -38,46 +38,16 @@ def build_cmd(
         check_part(r, part)  # --check --part I: is there such a part
         print(to_yaml(r.canonical()), end="")
         return
-    with _Bar("train", "steps") as tbar, _Bar("encode", "samples") as ebar:
+    with Bar("train", "steps") as tbar, Bar("encode", "samples") as ebar:
         res = build(r, part=part, overwrite=overwrite, train_only=train_only,
                     train_progress=lambda s, n, loss: tbar.update(s, n, f"loss {loss:.4f}"),
                     encode_progress=ebar.update)
     if res.trained:
-        _echo(f"trained {r.model}")
+        echo(f"trained {r.model}")
     if res.encode is None:
         return
     e = res.encode
-    _note_leftovers(r.out)
+    note_leftovers(r.out)
     what = f"part {part}/{r.parts} of {r.out}" if part else r.out
-    _echo(f"wrote {what}: {e.times} times, {e.samples} samples in {e.seconds:.1f} s"
+    echo(f"wrote {what}: {e.times} times, {e.samples} samples in {e.seconds:.1f} s"
           + (f" (resumed, {e.chunks_skipped} chunk(s) already done)" if e.resumed else ""))
-
-
-@command("cleanup")
-def cleanup_cmd(
-    path: Annotated[str, typer.Argument(help="An output (latent store, decoded file or store, "
-                                             "checkpoint) that killed runs wrote to.")],
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="List what would be removed; remove nothing.")] = False,
-    min_age: Annotated[float, typer.Option(
-        min=0, help="Seconds a temporary must have stayed unchanged to count as left behind "
-                    "(a live decode or training run has no lock but keeps writing).")] = 300.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Remove what killed runs left at an output: temporary directories and files, stale locks,
-    half-written chunk files. Live locks and anything else are left alone."""
-    import json
-
-    from era5latent.store.cleanup import cleanup
-
-    res = cleanup(path, dry_run=dry_run, min_age=min_age)
-    if json_out:
-        print(json.dumps(res.to_dict(), indent=2))
-        return
-    verb = "would remove" if dry_run else "removed"
-    for item in res.removed:
-        _echo(f"{verb} {item.path} ({item.why})")
-    for item in res.kept:
-        _echo(f"kept {item.path} ({item.why})")
-    if not res.removed:
-        _echo(f"{path}: nothing left behind by killed runs")

@@ -1,4 +1,4 @@
-"""The ``build-embed-map`` command (owned by the embed-map work; see cli.py)."""
+"""The ``build-embed-map`` command (owned by the embed-map work; :mod:`era5latent.embed`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.cli import common as cli
-from era5latent.cli.common import _Bar, command
+from era5latent.cli.common import Bar, command, quiet
 
 
 
@@ -153,10 +152,10 @@ def build_embed_map_cmd(
     labels = {"read": "reading rows", "pca": "fitting PCA", "write": "writing chunks",
               "npz": "writing npz"}
     units = {"read": "rows", "write": "chunks"}
-    lines: dict[str, _Bar] = {}  # not a terminal: one-line records per phase (_Bar)
+    lines: dict[str, Bar] = {}  # not a terminal: one-line records per phase (Bar)
     with Progress(TextColumn("{task.description:<15}"), BarColumn(),
                   TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal or cli._QUIET) as bar:
+                  console=err, transient=True, disable=not err.is_terminal or quiet()) as bar:
         tasks: dict[str, object] = {}
 
         def on_progress(phase: str, done: int, total: int) -> None:
@@ -165,7 +164,7 @@ def build_embed_map_cmd(
                     for other in lines.values():  # the previous phase ends: its last record
                         other.__exit__(None, None, None)
                     lines.clear()
-                    lines[phase] = _Bar(f"build-embed-map {labels.get(phase, phase)}",
+                    lines[phase] = Bar(f"build-embed-map {labels.get(phase, phase)}",
                                         units.get(phase, "steps")).__enter__()
                 lines[phase].update(done, total)
                 return

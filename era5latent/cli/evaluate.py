@@ -1,4 +1,4 @@
-"""The ``evaluate`` command (what compression cost, beside classical codecs; see cli.py)."""
+"""The ``evaluate`` command (what compression cost, beside classical codecs; :mod:`era5latent.evaluation`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from era5latent.cli.common import Device, Step, TimeAxis, TimeRange, _Bar, _echo, command
+from era5latent.cli.common import Bar, Device, Step, TimeAxis, TimeRange, command, echo
 from era5latent.errors import OptionError
 
 
@@ -81,7 +81,7 @@ def evaluate_cmd(
             recon = str(Path(tmp) / "recon.zarr")
             decode(latent, load_checkpoint(str(model)), recon, subset=channels, time_range=time,
                    device=device)
-        with _Bar("evaluate", "steps") as bar:
+        with Bar("evaluate", "steps") as bar:
             report = evaluate(open_source(truth, time_axis=time_axis, step=step),
                               open_source(recon), subset=channels, time_range=time,
                               latent=store, climatology=climatology,
@@ -100,9 +100,9 @@ def evaluate_cmd(
         json_path.write_text(text)
     _print_eval(report.records, report.acc_reference, report.region)
     if plot:
-        _echo(f"plots: {len(report.plots)} PNG files in {plot}")
+        echo(f"plots: {len(report.plots)} PNG files in {plot}")
     if json_path is not None:
-        _echo(f"records: {json_path}")
+        echo(f"records: {json_path}")
 
 
 def _encode_for_scoring(truth: str, loaded: object, channels: object, time: str | None,

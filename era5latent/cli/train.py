@@ -1,4 +1,4 @@
-"""The ``train`` and ``combine`` commands (the CLI's training verbs; see cli.py)."""
+"""The ``train`` and ``combine`` commands (the CLI's training verbs; :mod:`era5latent.training`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from era5latent.cli.common import (Device, Step, Subset, TimeAxis, TimeRange, _Bar, _echo,
-                            code_usage_line, command)
+from era5latent.cli.common import (Bar, Device, Step, Subset, TimeAxis, TimeRange, code_usage_line,
+                                   command, echo)
 from era5latent.errors import OptionError
 
 
@@ -167,13 +167,13 @@ def _dry_run(source: object, channels: tuple[object, ...], opts: object, nproc: 
     est = estimate_memory(config, micro, **kw)  # type: ignore[arg-type]
     fits = largest_batch(config, int(budget_gb * 1e9), **kw)
     f = flops(config, kw["channels"])
-    _echo(f"{opts.preset} preset on {config.grid[0]} x {config.grid[1]}, groups "
+    echo(f"{opts.preset} preset on {config.grid[0]} x {config.grid[1]}, groups "
           f"{', '.join(groups)}, {est.precision} autocast, activation checkpointing "
           f"{'on' if opts.checkpoint_activations else 'off'}; per rank: batch {micro} "
           f"(global {opts.batch_size} over {nproc} rank(s) x {opts.grad_accum} accumulation)")
     for label, nbytes in est.rows():
-        _echo(f"  {label:<58} {nbytes / 2**30:9.2f} GiB")
-    _echo(f"largest batch per rank in {budget_gb:g} GB: {fits}; per sample and group: "
+        echo(f"  {label:<58} {nbytes / 2**30:9.2f} GiB")
+    echo(f"largest batch per rank in {budget_gb:g} GB: {fits}; per sample and group: "
           f"{f['encode'] / 1e12:.2f} TFLOP to encode, {f['decode'] / 1e12:.2f} TFLOP to decode "
           f"(a training step is about 3x encode + decode)")
 
@@ -193,15 +193,15 @@ def _train_rank(data: str, channels: tuple[object, ...], out: str, opts: object,
     source = open_source(data, storage, **(how or {}))
     rate = rate_for(source.grid, channels, opts)  # type: ignore[arg-type]
     if rate is not None and main_rank:
-        _echo(f"rate: {rate.describe()}")
-    with _Bar("train", "steps", enabled=main_rank) as bar:
+        echo(f"rate: {rate.describe()}")
+    with Bar("train", "steps", enabled=main_rank) as bar:
         res = train(source,
                     channels, out, opts,  # type: ignore[arg-type]
                     storage_options=storage, progress=lambda s, n, loss: bar.update(
                         s, n, f"{bar.rate(s) * batch:.1f} samples/s  loss {loss:.4f}"))
     if not main_rank:
         return
-    _echo(train_summary(res, out))
+    echo(train_summary(res, out))
 
 
 def train_summary(res: Any, out: object) -> str:
@@ -234,4 +234,4 @@ def combine_cmd(
     from era5latent.training.combine import combine
 
     meta = combine([str(m) for m in models], str(out))
-    _echo(f"wrote {out}: groups {', '.join(meta.groups)}")
+    echo(f"wrote {out}: groups {', '.join(meta.groups)}")

@@ -34,7 +34,7 @@ from era5latent.errors import StoreError
 from era5latent.io.sources import SourceLayout
 from era5latent.fsutil import (DECODED, atomic_dir, atomic_file, check_replaceable, fast_zarr,
                                os_error_of)
-from era5latent.store.core import CRC, TIME_UNITS, array, consolidate
+from era5latent.io.zarrio import array, consolidate, CRC, TIME_UNITS
 from era5latent.io.variables import Channel, variable_by_name
 
 
@@ -110,7 +110,7 @@ class FieldWriter:
 
     def coord_attrs(self, dim: str) -> dict[str, Any]:
         """The source's attributes of a coordinate, CF's added where it had none."""
-        attrs = dict(_coord_attrs(dim))
+        attrs = dict(field_coord_attrs(dim))
         if dim == "level" and self.layout.level_pa:
             attrs["units"] = "Pa"
         src = self.layout.coord_attrs.get(dim, {})
@@ -302,7 +302,7 @@ class FieldWriter:
 CF_CONVENTIONS = "CF-1.8"
 
 
-def _coord_attrs(name: str) -> dict[str, Any]:
+def field_coord_attrs(name: str) -> dict[str, Any]:
     """CF attributes of the canonical coordinates (so cf-xarray finds X, Y, Z and T)."""
     return {"latitude": {"units": "degrees_north", "standard_name": "latitude", "axis": "Y",
                          "long_name": "latitude"},

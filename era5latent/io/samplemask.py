@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from era5latent.io.sample import _land, write_sample
+from era5latent.io.sample import write_sample
+from era5latent.io.sampleclim import land_fraction
 from era5latent.io.variables import variable_by_name
 
 SST = variable_by_name("sst").wb2_name
@@ -25,7 +26,7 @@ SST = variable_by_name("sst").wb2_name
 
 def land_mask(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """The sample's land, ``(lat, lon)`` bool: land fraction above one half."""
-    return np.asarray(_land(np.asarray(lat)[:, None], np.asarray(lon)[None, :]) > 0.5)
+    return np.asarray(land_fraction(np.asarray(lat)[:, None], np.asarray(lon)[None, :]) > 0.5)
 
 
 def ice_mask(lat: np.ndarray, lon: np.ndarray, step: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from era5latent import __version__
+from era5latent.version import __version__
 from era5latent.errors import CheckpointError, Era5LatentError, ModelMismatchError, StoreError
 from era5latent.fsutil import atomic_file
 from era5latent.model.wla import WLA, WLAConfig

@@ -14,12 +14,12 @@ from era5latent.errors import OptionError, StoreError, SubsetError
 from era5latent.fsutil import check_output_name, full_path
 from era5latent.store.masks import read_mask_range
 from era5latent.model.checkpoint import LoadedModel, check_same_model
-from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fields,
-                                        resolve_device, resolve_precision, strict_fp32)
+from era5latent.model.devices import resolve_device, resolve_precision, strict_fp32
+from era5latent.pipeline.common import Progress, Writer, decode_fields, prefetch
 from era5latent.io.sources import SourceLayout, iso, time_index_range
 from era5latent.store.residual import residual_name
-from era5latent.store.core import (CorruptArrayError, CorruptChunkError, LatentStore,
-                              open_latent_store)
+from era5latent.store.arrays import CorruptArrayError, CorruptChunkError
+from era5latent.store.core import LatentStore, open_latent_store
 from era5latent.pipeline.unseen import adopt_store_levels
 from era5latent.io.variables import Channel, parse_channel
 
@@ -301,9 +301,9 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         faults.point("decode.block-written")
 
     done_samples = 0
-    background = _Writer()  # reading, computing and writing overlap
+    background = Writer()  # reading, computing and writing overlap
     try:
-        for a, packed, res, masks in _prefetch(read(a) for a in range(lo, hi, step)):
+        for a, packed, res, masks in prefetch(read(a) for a in range(lo, hi, step)):
             block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a),
                                   res, masks)
             background.submit(write, a - lo, block)

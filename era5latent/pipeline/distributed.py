@@ -46,14 +46,14 @@ from era5latent.errors import (CheckpointError, Era5LatentError, OptionError, So
 from era5latent.fsutil import full_path
 from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
-from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, _prefetch,
-                                 _store_spec, decode_fields, decode_precision, plan_decode,
-                                 prepare_encode, read_codes, read_group_masks, read_residuals,
-                                 resolve_device, resolve_precision)
+from era5latent.model.devices import resolve_device, resolve_precision
+from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, prefetch,
+                                 store_spec, decode_fields, decode_precision, plan_decode,
+                                 prepare_encode, read_codes, read_group_masks, read_residuals)
 from era5latent.pipeline.residual import ResidualSpec
 from era5latent.io.sources import Source, iso, open_source
-from era5latent.store.core import (LatentStore, chunk_ranges, open_latent_store,
-                              MAX_PARTS, parts_status, writer_lock)
+from era5latent.store.core import LatentStore, open_latent_store, writer_lock
+from era5latent.store.spec import chunk_ranges, MAX_PARTS, parts_status
 from era5latent.io.variables import Channel, parse_channel
 
 #: progress(done_samples, total_samples, tasks_done, tasks_total) -- after each finished task
@@ -377,7 +377,7 @@ class EncodeTask:
         prec = resolve_precision(self.precision, dev)
         loaded.model.to(dev).eval()
         residual = ResidualSpec.from_dict(self.residual) if self.residual else None
-        spec = _store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk,
+        spec = store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk,
                            residual)
         store = open_latent_store(self.out, mode="r+")
         return EncodeJob(source, loaded, channels, spec, store, self.t0, self.batch_size, dev,
@@ -390,7 +390,7 @@ def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
     try:
         job: EncodeJob = _run_state(task.run_id, task.job)
         done = job.store.done(chunks[0], chunks[-1] + 1)  # only this task's flags
-        for i, x in _prefetch((i, job.read_chunk(i)) for i in chunks
+        for i, x in prefetch((i, job.read_chunk(i)) for i in chunks
                               if not done[i - chunks[0]]):
             _fault_once(i)
             faults.point("encode.chunk-read")
@@ -592,7 +592,7 @@ def decode_task(task: DecodeTask, starts: tuple[int, ...]
         corrupt: list[tuple[int, str]] = []
         back: list[tuple[int, dict[Channel, np.ndarray]]] = []
         steps = 0
-        for a, packed, res, masks in _prefetch(_read_codes(task, st, a, corrupt)
+        for a, packed, res, masks in prefetch(_read_codes(task, st, a, corrupt)
                                                for a in starts):
             block = _decode_block(task, st, a, packed, res, masks)
             if st.writer is not None:

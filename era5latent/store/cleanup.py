@@ -24,7 +24,7 @@ from typing import Any
 
 from era5latent.errors import StoreError
 from era5latent.fsutil import is_url, leftovers
-from era5latent.store.locks import _is_stale, _lock_files, _lock_holder, _lock_part, lock_path
+from era5latent.store.locks import is_stale, lock_files, lock_holder, lock_part, lock_path
 
 #: seconds a temporary must have been left unchanged before it counts as a killed run's
 DEFAULT_MIN_AGE = 300.0
@@ -103,10 +103,10 @@ def cleanup(path: str, *, dry_run: bool = False, min_age: float = DEFAULT_MIN_AG
     res = CleanupResult(path, dry_run)
     now = time.time()
     live: list[str] = []
-    for name in _lock_files(full):
-        lock = lock_path(full, _lock_part(name))
-        holder = _lock_holder(lock)
-        if _is_stale(lock, holder):
+    for name in lock_files(full):
+        lock = lock_path(full, lock_part(name))
+        holder = lock_holder(lock)
+        if is_stale(lock, holder):
             who = f"pid {holder.get('pid')} is gone" if holder else "half-written, no holder"
             res.removed.append(Item(lock, f"stale lock: {who}"))
         else:

@@ -10,23 +10,25 @@ renamed into place, so a store either does not exist or is fully laid out; filli
 sequence of chunk-aligned region writes each followed by its done flag, which makes an interrupted
 build resumable and keeps concurrent writers of distinct time chunks apart.
 
-This module also holds the generic helpers used by decode for ERA5-layout outputs.
+The store core composes the layers beneath it: :mod:`.layout` (where each array lives),
+:mod:`.spec` (what fixes a store), :mod:`.arrays` (chunk reads), :mod:`.meta` (the attributes'
+schema and digests), :mod:`.locks`, and the residual (:mod:`.residual`) and mask
+(:mod:`.masks`) layers, which read the store through :class:`era5latent.store.spec.StoreView`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import ZstdCodec
 
-from era5latent import __version__, faults
-from era5latent.errors import OptionError, StoreError
+from era5latent import faults
+from era5latent.errors import StoreError
 from era5latent.fsutil import (
     LATENT,
     atomic_dir,
@@ -34,8 +36,25 @@ from era5latent.fsutil import (
     is_url,
     os_error_of,
     remove_tree,
-    url_fs,
 )
+from era5latent.io.zarrio import CRC, TIME_UNITS, array, consolidate, is_store, zarr_store
+from era5latent.store.arrays import (
+    CorruptArrayError,
+    CorruptChunkError,
+    read_array,
+    why_unreadable,
+)
+from era5latent.store.layout import DONE as DONE
+from era5latent.store.layout import (
+    NESTED_SINCE,
+    SUBGROUPS,
+    TOKEN_DIMS,
+    location,
+    subgroups,
+    token_coords,
+)
+from era5latent.store.layout import checksum_name as checksum_name
+from era5latent.store.layout import codes_name as codes_name
 from era5latent.store.locks import (
     LOCK as LOCK,  # the writer locks: their names stay importable here
 )
@@ -44,17 +63,13 @@ from era5latent.store.locks import check_unlocked as check_unlocked
 from era5latent.store.locks import lock_name as lock_name
 from era5latent.store.locks import lock_path as lock_path
 from era5latent.store.locks import writer_lock as writer_lock
-from era5latent.io.sources import iso
-from era5latent.store.layout import DONE as DONE
-from era5latent.store.layout import (
-    SUBGROUPS,
-    check_layout,
-    location,
-    subgroups,
-    token_coords,
+from era5latent.store.masks import (
+    check_mask_layout,
+    create_mask_arrays,
+    mask_arrays,
+    read_static,
+    write_masks,
 )
-from era5latent.store.layout import checksum_name as checksum_name
-from era5latent.store.layout import codes_name as codes_name
 from era5latent.store.meta import (
     DIGEST_KEY,
     ROOT_DOC,
@@ -64,250 +79,29 @@ from era5latent.store.meta import (
     read_doc,
     validate_attrs,
 )
+from era5latent.store.residual import (
+    create_residual_arrays,
+    read_residual,
+    residual_arrays,
+    residual_layout,
+    write_residual,
+)
+from era5latent.store.spec import (
+    FORMAT,
+    FORMAT_VERSION,
+    UNMASKED_VERSION,
+    GroupSpec,
+    StoreSpec,
+    jsonable,
+)
+from era5latent.version import __version__
 
-FORMAT = "era5latent.latent"
-#: version 2: every array's chunks end in a crc32c (zarr checks it on read) and a finished store
-#: records the sha256 of its metadata; version 3: bookkeeping in the subgroup ``_era5latent``,
-#: token coordinates, an optional error-bounded residual layer (subgroup ``residual``, attribute
-#: ``residual``); versions 1 and 2 (every array at the root) are still read (docs/format.md);
-#: version 4: version 3 with a mask layer (subgroup ``mask``, attribute ``mask``: fields with
-#: missing values, :mod:`era5latent.store.masks`), written only for stores that have one, so stores
-#: without one stay readable by era5latent releases that know version 3
-FORMAT_VERSION = 4
-#: the version a store without a mask layer is written in
-UNMASKED_VERSION = 3
+
 ATTR = "era5latent"
-TIME_UNITS = "seconds since 1970-01-01T00:00:00"
-
-
-#: the last bytes-to-bytes codec of every array era5latent writes (latent stores and decoded
-#: fields): a 4-byte CRC-32C per chunk that zarr-python and zarrs check on every read, so a
-#: damaged chunk of any array (coordinates and flags included) is an error, never wrong values
-CRC = Crc32cCodec()
-
-
-def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
-    """The array ``name`` of ``group``; a :class:`StoreError` if it is missing or a group."""
-    try:
-        node = group[name]
-    except KeyError:
-        raise StoreError(f"{group.store}: array {name!r} is missing; the store is damaged or not "
-                         "an era5latent store") from None
-    except Exception as err:  # its zarr.json is damaged: zarr raises whatever its parser does
-        raise StoreError(f"{group.store}: the metadata of array {name!r} is unreadable "
-                         f"({type(err).__name__}); the store is damaged: re-encode it") from None
-    if not isinstance(node, zarr.Array):
-        raise StoreError(f"{group.store}: {name!r} is a group where an array was expected; the "
-                         "store is damaged or not an era5latent store")
-    return node
 
 
 def _sha256(a: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest()
-
-
-def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
-    """``arr[sel]``; a chunk that fails its crc32c or cannot be decoded is a
-    :class:`CorruptArrayError` naming the array (and chunk, when ``sel`` is one index)."""
-    try:
-        return np.asarray(arr[sel])
-    except (OSError, MemoryError):
-        raise
-    except Exception as err:
-        os_err = os_error_of(err)
-        if os_err is not None:
-            raise os_err from None
-        chunk = f"chunk {sel // arr.chunks[0]}" if isinstance(sel, int) else _bad_chunk(arr, sel)
-        raise CorruptArrayError(where, arr.path or "?", chunk, _why(err)) from None
-
-
-def _bad_chunk(arr: zarr.Array[Any], sel: Any) -> str:
-    """Which chunk (along the first axis) of a failed read of ``arr[sel]`` is damaged."""
-    if arr.ndim == 0:
-        return "chunk 0"
-    lo, hi, _ = (sel if isinstance(sel, slice) else slice(None)).indices(arr.shape[0])
-    c0 = arr.chunks[0]
-    for i in range(lo // c0, -(-hi // c0)):
-        try:
-            arr[i * c0:(i + 1) * c0]
-        except Exception:
-            return f"chunk {i}"
-    return "a chunk"
-
-
-def _why(err: BaseException) -> str:
-    text = str(err)
-    if "checksum" in text.lower():
-        return "crc32c mismatch"
-    return f"unreadable: {type(err).__name__}"
-
-
-class CorruptArrayError(StoreError):
-    """A chunk of a store's array fails its crc32c or cannot be decoded."""
-
-    def __init__(self, path: str, name: str, chunk: str, why: str) -> None:
-        self.path, self.name, self.chunk, self.why = path, name, chunk, why
-        super().__init__(f"{path}: {chunk} of array {name} is corrupt ({why}); the store is "
-                         "damaged: re-encode it (era5latent verify lists every damaged chunk)")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.name, self.chunk, self.why))
-
-
-class CorruptChunkError(StoreError):
-    """A time chunk's codes (or residuals) cannot be read or do not match their checksum."""
-
-    def __init__(self, path: str, group: str, chunk: int, why: str, array: str = "") -> None:
-        self.path, self.group, self.chunk, self.why = path, group, chunk, why
-        self.array = array or codes_name(group)
-        super().__init__(f"{path}: time chunk {chunk} of group {group} ({self.array}) is corrupt "
-                         f"({why}); re-encode that time range, or decode with --allow-corrupt to "
-                         "fill it with NaN")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt intact where Dask hands it back
-        return (type(self), (self.path, self.group, self.chunk, self.why, self.array))
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """One variable group in a store: its channels and code geometry."""
-
-    name: str
-    channels: tuple[str, ...]  # channel codes, e.g. ("z500", "z850")
-    meta: tuple[float, ...]  # PVUM metadata scalars, same order
-    units: tuple[str, ...]
-    code_bits: int
-    token_grid: tuple[int, int]
-
-    @property
-    def nbytes(self) -> int:
-        return self.code_bits // 8
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"channels": list(self.channels), "meta": list(self.meta), "units": list(self.units),
-                "code_bits": self.code_bits, "token_grid": list(self.token_grid),
-                "array": codes_name(self.name)}
-
-    @classmethod
-    def from_dict(cls, name: str, d: dict[str, Any]) -> GroupSpec:
-        return cls(name, tuple(d["channels"]), tuple(float(m) for m in d["meta"]),
-                   tuple(d["units"]), int(d["code_bits"]), (int(d["token_grid"][0]),
-                                                             int(d["token_grid"][1])))
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    """Everything that fixes a store's layout and meaning (the resume identity)."""
-
-    groups: tuple[GroupSpec, ...]
-    times: np.ndarray  # datetime64[ns]
-    sample_coords: dict[str, np.ndarray]
-    latitude: np.ndarray
-    longitude: np.ndarray
-    time_chunk: int
-    model: dict[str, Any]  # sha256, preset, config
-    normalisation: dict[str, dict[str, float]]
-    source: dict[str, Any]  # path, format, layout, grid
-    parts: int | None = None  # recorded when an ``encode --parts I/N`` run creates the store
-    #: the residual layer (``ResidualSpec.to_dict()``), None: codes only
-    residual: dict[str, Any] | None = None
-    #: the mask layer's attribute (``{channels, fill, static_sha256}``), None: no NaN at the
-    #: first time step; and the static masks it describes (written when the store is laid out)
-    mask: dict[str, Any] | None = None
-    static_masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def n_chunks(self) -> int:
-        return -(-len(self.times) // self.time_chunk)
-
-    def chunk_bounds(self, i: int) -> tuple[int, int]:
-        return i * self.time_chunk, min((i + 1) * self.time_chunk, len(self.times))
-
-    def attrs(self) -> dict[str, Any]:
-        t = self.times
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION if self.mask else UNMASKED_VERSION,
-            "package_version": __version__,
-            "model": self.model,
-            "groups": {g.name: g.to_dict() for g in self.groups},
-            "normalisation": self.normalisation,
-            "source": self.source,
-            "sample_dims": list(self.sample_coords),
-            "time_range": [iso(t[0]), iso(t[-1])] if len(t) else [],
-            "time_chunk": self.time_chunk,
-            "complete": False,
-        } | ({"parts": self.parts} if self.parts else {}) | (
-            {"residual": self.residual} if self.residual else {}) | (
-            {"mask": self.mask} if self.mask else {})
-
-    def identity(self) -> dict[str, Any]:
-        """What must match for a re-run to resume this store rather than be refused."""
-        a = self.attrs()
-        return {k: a[k] for k in ("format_version", "groups", "source", "sample_dims",
-                                  "time_range")} | {
-            "model_sha256": self.model["sha256"], "residual": self.residual, "mask": self.mask}
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` as it reads back from JSON (arrays as lists): the form stored in attributes."""
-    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-# -- parts: a store's time chunks cut into N contiguous shares ----------------------------------
-
-#: the most parts a store can be cut into (each part owns at least one time chunk anyway)
-MAX_PARTS = 100_000
-
-
-def parse_part(text: str) -> tuple[int, int]:
-    """``"I/N"`` (1-based) -> ``(I, N)``."""
-    a, sep, b = text.strip().partition("/")
-    try:
-        i, n = int(a), int(b)
-    except ValueError:
-        i = n = 0
-    if not sep or n < 1 or not 1 <= i <= n or n > MAX_PARTS:
-        raise OptionError(f"--parts {text!r}: expected I/N with 1 <= I <= N <= {MAX_PARTS}, "
-                          "e.g. 2/8")
-    return i, n
-
-
-def part_range(n_chunks: int, part: tuple[int, int] | None) -> range:
-    """The time chunks of part ``(I, N)``: the I-th of N contiguous, near-equal shares."""
-    if part is None:
-        return range(n_chunks)
-    i, n = part
-    return range((i - 1) * n_chunks // n, i * n_chunks // n)
-
-
-def parts_status(done: np.ndarray, n: int) -> dict[str, Any]:
-    """Which of ``n`` parts have every time chunk written (what ``info`` and ``finalize`` say)."""
-    if not 1 <= n <= MAX_PARTS:
-        raise OptionError(f"--parts {n}: expected a count from 1 to {MAX_PARTS}")
-    finished = [i for i in range(1, n + 1) if done[list(part_range(done.size, (i, n)))].all()]
-    return {"count": n, "done": finished,
-            "missing": [i for i in range(1, n + 1) if i not in finished]}
-
-
-def chunk_ranges(chunks: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    out: list[str] = []
-    for c in chunks:
-        if out and c == int(out[-1].rpartition("-")[2]) + 1:
-            out[-1] = f"{out[-1].partition('-')[0]}-{c}"
-        else:
-            out.append(str(c))
-    return ", ".join(out)
-
-
-def zarr_store(path: str, read_only: bool = False) -> Any:
-    """What zarr opens: the local path itself, or an fsspec store for a URL."""
-    if not is_url(path):
-        return path
-    from zarr.storage import FsspecStore
-
-    return FsspecStore.from_url(path, read_only=read_only)
 
 
 # -- creation --------------------------------------------------------------------------------
@@ -421,12 +215,8 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
             attributes={"description": f"sha256 of each time chunk of {codes_name(g.name)} "
                                        "(C-order bytes, before compression), set at write time"})
     if spec.residual:
-        from era5latent.store.residual import create_residual_arrays
-
         create_residual_arrays(create_array, spec, sample_shape)
     if spec.mask:
-        from era5latent.store.masks import create_mask_arrays
-
         create_mask_arrays(create_array, spec.mask, spec.static_masks, len(spec.times),
                            spec.time_chunk, spec.n_chunks, sample_dims, sample_shape)
     create_array(DONE, shape=(spec.n_chunks,), chunks=(1,), dtype="bool",
@@ -458,12 +248,8 @@ class LatentStore:
         for g in self.groups:
             names += [codes_name(g), checksum_name(g)]
             if self.has_residual:
-                from era5latent.store.residual import residual_arrays
-
                 names += residual_arrays(g)
         if self.has_mask:
-            from era5latent.store.masks import mask_arrays
-
             names += mask_arrays(self.mask_channels)
         return [self.where(n) for n in names]
 
@@ -493,8 +279,6 @@ class LatentStore:
         """The static mask of a masked channel, read and checked once."""
         st = self._static.get(code)
         if st is None:
-            from era5latent.store.masks import read_static
-
             st = self._static[code] = read_static(self, code)
         return st
 
@@ -599,14 +383,10 @@ class LatentStore:
                 self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
             faults.point("encode.codes-written")
             if self.has_residual:
-                from era5latent.store.residual import write_residual
-
                 for g, spec in self.groups.items():
                     write_residual(self, g, spec.channels, i, (residuals or {}).get(g, {}))
                 faults.point("encode.residual-written")
             if self.has_mask:
-                from era5latent.store.masks import write_masks
-
                 write_masks(self, i, masks or {})
                 faults.point("encode.mask-written")
             self.array(DONE)[i] = True
@@ -622,8 +402,6 @@ class LatentStore:
     def read_residual(self, group: str, i: int) -> dict[str, bytes]:
         """The residual streams of time chunk ``i`` of ``group`` by channel code, verified
         (``residual.layout.read_residual``)."""
-        from era5latent.store.residual import read_residual
-
         return read_residual(self, group, i)
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:
@@ -632,7 +410,7 @@ class LatentStore:
         try:
             packed = np.ascontiguousarray(self.codes(group)[a:b], dtype=np.uint8)
         except Exception as err:  # a damaged chunk can fail to decompress
-            raise CorruptChunkError(self.path, group, i, _why(err)) from None
+            raise CorruptChunkError(self.path, group, i, why_unreadable(err)) from None
         if check:
             try:
                 want = bytes(np.asarray(read_array(self.array(checksum_name(group)), i,
@@ -699,23 +477,6 @@ class LatentStore:
         return int(self.array(name).nbytes_stored())
 
 
-def consolidate(path: str) -> None:
-    """Consolidate metadata so readers open the finished store with one request."""
-    import warnings
-
-    with warnings.catch_warnings():  # zarr notes that v3 consolidation is not in the spec yet
-        warnings.simplefilter("ignore", UserWarning)
-        zarr.consolidate_metadata(zarr_store(path), zarr_format=3)
-
-
-def is_store(path: str) -> bool:
-    """Whether ``path`` (a local path or a URL) holds a Zarr group or array."""
-    if is_url(path):
-        fs, p = url_fs(path)
-        return bool(fs.isfile(p.rstrip("/") + "/zarr.json"))
-    return os.path.isfile(os.path.join(path, "zarr.json"))
-
-
 def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     """Open a latent store; refuse anything else, or a format version this package cannot read."""
     if not (is_store(path) if is_url(path) else os.path.exists(path)):
@@ -746,57 +507,75 @@ def open_latent_store(path: str, mode: str = "r") -> LatentStore:
     return store
 
 
-def summary(path: str, parts: int | None = None) -> dict[str, Any]:
-    """What ``info`` shows: groups, channels, times, bytes, ratios, build progress (JSON-safe).
+# -- the arrays against the attributes ----------------------------------------------------------
 
-    With ``parts`` N (default: the N recorded by the ``encode --parts I/N`` run that created the
-    store, if any) the result has ``parts``: ``{count, done, missing}`` (1-based part numbers).
-    """
-    from era5latent.store.info import residual_summary
+def check_layout(store: LatentStore) -> None:
+    """Hold the attributes against the arrays that exist: every array the attributes imply is
+    there, 1-D where a coordinate, and shaped and chunked as they say. A :class:`StoreError`
+    naming the array otherwise (what :func:`open_latent_store` refuses)."""
+    path = store.path
 
-    store = open_latent_store(path)
-    meta = store.meta
-    times = store.times
-    lat_n = int(store.array("latitude").shape[0])
-    lon_n = int(store.array("longitude").shape[0])
-    samples = int(np.prod([store.array(d).shape[0] for d in store.sample_dims], dtype=np.int64))
-    on_disk = store.nbytes_on_disk()
-    done = store.done()
-    # ratios are over what is written so far: an unfinished store's bytes against the float32
-    # size of its finished chunks (not of all of them)
-    written = sum(b - a for a, b in map(store.chunk_bounds, np.flatnonzero(done).tolist()))
-    groups: list[dict[str, Any]] = []
-    for name, g in store.groups.items():
-        per_time = samples * len(g.channels) * lat_n * lon_n * 4
-        raw = len(times) * per_time
-        code_raw = len(times) * samples * g.token_grid[0] * g.token_grid[1] * g.nbytes
-        groups.append({
-            "group": name, "channels": list(g.channels), "code_bits": g.code_bits,
-            "token_grid": list(g.token_grid), "bytes_on_disk": on_disk[name],
-            "code_bytes": code_raw, "float32_bytes": raw,
-            "float32_bytes_written": written * per_time,
-            "compression_ratio": written * per_time / on_disk[name] if on_disk[name] else None,
-            "code_compression_ratio": raw / code_raw if code_raw else None,
-        })
-    raw_total = sum(g["float32_bytes"] for g in groups)
-    raw_written = sum(g["float32_bytes_written"] for g in groups)
-    disk_total = sum(g["bytes_on_disk"] for g in groups)
-    return {
-        "path": path,
-        "format": meta["format"], "format_version": meta["format_version"],
-        "package_version": meta.get("package_version"),
-        "complete": store.complete,
-        "chunks_done": int(done.sum()), "chunks_total": int(done.size),
-        "times": len(times),
-        "time_range": [iso(times[0]), iso(times[-1])] if len(times) else [],
-        "sample_dims": {d: int(store.array(d).shape[0]) for d in store.sample_dims},
-        "grid": [lat_n, lon_n],
-        "model_sha256": meta["model"]["sha256"], "model_preset": meta["model"].get("preset"),
-        "source": meta["source"].get("path"),
-        "groups": groups,
-        "float32_bytes": raw_total, "bytes_on_disk": disk_total,
-        "float32_bytes_written": raw_written,
-        "compression_ratio": raw_written / disk_total if disk_total else None,
-        "residual": residual_summary(store, done),
-    } | ({"parts": parts_status(done, n_parts)}
-         if (n_parts := parts or meta.get("parts")) else {})
+    def bad(name: str, found: str, want: str) -> StoreError:
+        return StoreError(f"{path}: array {store.where(name)} {found}, but the attributes say "
+                          f"{want}; the store is damaged or was not written by era5latent: "
+                          "re-encode it")
+
+    for sub in store.own_groups():
+        _group(store, sub)
+    coords: dict[str, int] = {}
+    tokens = TOKEN_DIMS if store.version >= NESTED_SINCE else ()
+    for name in ("time", "latitude", "longitude", *store.sample_dims, *tokens):
+        arr = store.array(name)
+        if arr.ndim != 1:
+            raise bad(name, f"has {arr.ndim} dimensions", "a 1-D coordinate")
+        coords[name] = int(arr.shape[0])
+    if coords["latitude"] < 1 or coords["longitude"] < 1:
+        raise bad("latitude/longitude", "is empty", "a grid of at least 1x1 points")
+    n_t, tc = coords["time"], store.time_chunk
+    n_chunks = -(-n_t // tc)
+    done = store.array(DONE)
+    if tuple(done.shape) != (n_chunks,) or tuple(done.chunks) != (1,):
+        raise bad(DONE, f"has shape {tuple(done.shape)} and chunks {tuple(done.chunks)}",
+                  f"shape ({n_chunks},) and chunks (1,) ({n_t} times in chunks of {tc})")
+    sample = tuple(coords[d] for d in store.sample_dims)
+    for g, spec in store.groups.items():
+        codes = store.array(codes_name(g))
+        want = (n_t, *sample, *spec.token_grid, spec.nbytes)
+        if tuple(codes.shape) != want or codes.chunks[0] != tc or \
+                tuple(codes.chunks[1:]) != want[1:]:
+            raise bad(codes_name(g), f"has shape {tuple(codes.shape)} and chunks "
+                      f"{tuple(codes.chunks)}", f"shape {want} in chunks of {tc} times")
+        for dim, n in zip(tokens, spec.token_grid):
+            if coords[dim] != n:
+                raise bad(dim, f"has {coords[dim]} values", f"a token grid of {n} along {dim} "
+                          f"(group {g})")
+        sums = store.array(checksum_name(g))
+        if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
+            raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
+                      f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
+        if store.has_residual:
+            for name, shape in residual_layout(len(spec.channels), tc, sample,
+                                               coords["latitude"], coords["longitude"], n_chunks):
+                arr = store.array(name + g)
+                if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
+                    raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
+                              f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
+                              f"{shape[1]})")
+    if store.has_mask:
+        check_mask_layout(store, bad, n_t, sample, coords["latitude"], coords["longitude"])
+
+
+def _group(store: LatentStore, name: str) -> None:
+    """The subgroup ``name`` is there and its ``zarr.json`` reads as a group."""
+    try:
+        node = store.root[name]
+    except KeyError:
+        raise StoreError(f"{store.path}: group {name!r} is missing; the store is damaged or not "
+                         "an era5latent store") from None
+    except Exception as err:  # its zarr.json is damaged: zarr raises whatever its parser does
+        raise StoreError(f"{store.path}: the metadata of group {name!r} ({name}/zarr.json) is "
+                         f"unreadable ({type(err).__name__}); the store is damaged: re-encode "
+                         "it") from None
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{store.path}: {name!r} is an array where a group was expected; the "
+                         "store is damaged or not an era5latent store")

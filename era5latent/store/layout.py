@@ -12,14 +12,11 @@ the root under the same base names. The code names arrays by their version-3 pat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from era5latent.errors import OptionError, StoreError
-
-if TYPE_CHECKING:
-    from era5latent.store.core import LatentStore
+from era5latent.errors import OptionError
 
 #: the subgroup of era5latent's own bookkeeping (done flags, checksums), version 3
 BOOK = "_era5latent"
@@ -118,83 +115,3 @@ def token_coords(model: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray
                      "description": "centre of the patch-embedding kernel's footprint on the "
                                     "grid, padding counted (docs/format.md)"})
     return out
-
-
-# -- the arrays against the attributes ----------------------------------------------------------
-
-def check_layout(store: LatentStore) -> None:
-    """Hold the attributes against the arrays that exist: every array the attributes imply is
-    there, 1-D where a coordinate, and shaped and chunked as they say. A :class:`StoreError`
-    naming the array otherwise (what :func:`open_latent_store` refuses)."""
-    path = store.path
-
-    def bad(name: str, found: str, want: str) -> StoreError:
-        return StoreError(f"{path}: array {store.where(name)} {found}, but the attributes say "
-                          f"{want}; the store is damaged or was not written by era5latent: "
-                          "re-encode it")
-
-    for sub in store.own_groups():
-        _group(store, sub)
-    coords: dict[str, int] = {}
-    tokens = TOKEN_DIMS if store.version >= NESTED_SINCE else ()
-    for name in ("time", "latitude", "longitude", *store.sample_dims, *tokens):
-        arr = store.array(name)
-        if arr.ndim != 1:
-            raise bad(name, f"has {arr.ndim} dimensions", "a 1-D coordinate")
-        coords[name] = int(arr.shape[0])
-    if coords["latitude"] < 1 or coords["longitude"] < 1:
-        raise bad("latitude/longitude", "is empty", "a grid of at least 1x1 points")
-    n_t, tc = coords["time"], store.time_chunk
-    n_chunks = -(-n_t // tc)
-    done = store.array(DONE)
-    if tuple(done.shape) != (n_chunks,) or tuple(done.chunks) != (1,):
-        raise bad(DONE, f"has shape {tuple(done.shape)} and chunks {tuple(done.chunks)}",
-                  f"shape ({n_chunks},) and chunks (1,) ({n_t} times in chunks of {tc})")
-    sample = tuple(coords[d] for d in store.sample_dims)
-    for g, spec in store.groups.items():
-        codes = store.array(codes_name(g))
-        want = (n_t, *sample, *spec.token_grid, spec.nbytes)
-        if tuple(codes.shape) != want or codes.chunks[0] != tc or \
-                tuple(codes.chunks[1:]) != want[1:]:
-            raise bad(codes_name(g), f"has shape {tuple(codes.shape)} and chunks "
-                      f"{tuple(codes.chunks)}", f"shape {want} in chunks of {tc} times")
-        for dim, n in zip(tokens, spec.token_grid):
-            if coords[dim] != n:
-                raise bad(dim, f"has {coords[dim]} values", f"a token grid of {n} along {dim} "
-                          f"(group {g})")
-        sums = store.array(checksum_name(g))
-        if tuple(sums.shape) != (n_chunks, 32) or tuple(sums.chunks) != (1, 32):
-            raise bad(checksum_name(g), f"has shape {tuple(sums.shape)} and chunks "
-                      f"{tuple(sums.chunks)}", f"shape ({n_chunks}, 32) in chunks of (1, 32)")
-        if store.has_residual:
-            from era5latent.store.residual import residual_layout
-
-            for name, shape in residual_layout(len(spec.channels), tc, sample,
-                                               coords["latitude"], coords["longitude"], n_chunks):
-                arr = store.array(name + g)
-                if tuple(arr.shape) != shape or tuple(arr.chunks) != (1, shape[1]):
-                    raise bad(name + g, f"has shape {tuple(arr.shape)} and chunks "
-                              f"{tuple(arr.chunks)}", f"shape {shape} in chunks of (1, "
-                              f"{shape[1]})")
-    if store.has_mask:
-        from era5latent.store.masks import check_mask_layout
-
-        check_mask_layout(store, bad, n_t, sample, coords["latitude"], coords["longitude"])
-
-
-def _group(store: LatentStore, name: str) -> None:
-    """The subgroup ``name`` is there and its ``zarr.json`` reads as a group."""
-    import zarr
-
-    try:
-        node = store.root[name]
-    except KeyError:
-        raise StoreError(f"{store.path}: group {name!r} is missing; the store is damaged or not "
-                         "an era5latent store") from None
-    except Exception as err:  # its zarr.json is damaged: zarr raises whatever its parser does
-        raise StoreError(f"{store.path}: the metadata of group {name!r} ({name}/zarr.json) is "
-                         f"unreadable ({type(err).__name__}); the store is damaged: re-encode "
-                         "it") from None
-    if not isinstance(node, zarr.Group):
-        raise StoreError(f"{store.path}: {name!r} is an array where a group was expected; the "
-                         "store is damaged or not an era5latent store")

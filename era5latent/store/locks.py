@@ -35,7 +35,7 @@ def lock_path(path: str, part: tuple[int, int] | None = None) -> str:
     return os.path.join(os.path.dirname(full), f".{os.path.basename(full)}.{lock_name(part)}")
 
 
-def _lock_part(name: str) -> tuple[int, int] | None:
+def lock_part(name: str) -> tuple[int, int] | None:
     if name == LOCK:
         return None
     i, _, n = name[len(LOCK) + len(".part-"):].partition("-of-")
@@ -55,7 +55,7 @@ class StoreLockedError(StoreError):
     holder = "another process"
 
 
-def _lock_holder(lock: str) -> dict[str, Any] | None:
+def lock_holder(lock: str) -> dict[str, Any] | None:
     try:
         with open(lock) as f:
             d = json.load(f)
@@ -64,7 +64,7 @@ def _lock_holder(lock: str) -> dict[str, Any] | None:
         return None
 
 
-def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
+def is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
     if holder is None:  # half-written by a process killed while taking it (allow a moment)
         try:
             return os.path.getmtime(lock) < time.time() - 10
@@ -81,7 +81,7 @@ def _is_stale(lock: str, holder: dict[str, Any] | None) -> bool:
     return False
 
 
-def _lock_files(path: str) -> list[str]:
+def lock_files(path: str) -> list[str]:
     """The lock names (``era5latent.lock...``) held beside store ``path``."""
     full = os.path.abspath(path.rstrip("/") or path)
     prefix = f".{os.path.basename(full)}."
@@ -104,14 +104,14 @@ def check_unlocked(path: str, break_lock: bool = False, part: tuple[int, int] | 
     """
     if is_url(path):
         return
-    for name in _lock_files(path):
-        if name == ignore or not _conflicts(part, _lock_part(name)):
+    for name in lock_files(path):
+        if name == ignore or not _conflicts(part, lock_part(name)):
             continue
-        lock = lock_path(path, _lock_part(name))
-        holder = _lock_holder(lock)
+        lock = lock_path(path, lock_part(name))
+        holder = lock_holder(lock)
         if not os.path.exists(lock):
             continue
-        if break_lock or _is_stale(lock, holder):
+        if break_lock or is_stale(lock, holder):
             try:
                 os.unlink(lock)
             except FileNotFoundError:
@@ -152,5 +152,5 @@ def writer_lock(path: str, break_lock: bool = False,
         check_unlocked(path, False, part, ignore=name)
         yield
     finally:
-        if (_lock_holder(lock) or {}).get("pid") == os.getpid():
+        if (lock_holder(lock) or {}).get("pid") == os.getpid():
             os.unlink(lock)

@@ -33,10 +33,13 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from era5latent.errors import DataValueError, StoreError
+from era5latent.io.sources import iso
+from era5latent.io.zarrio import CRC
+from era5latent.store.arrays import CorruptArrayError, read_array
 from era5latent.store.layout import MASK
+from era5latent.store.spec import StoreView
 
 if TYPE_CHECKING:
-    from era5latent.store.core import LatentStore
     from era5latent.io.variables import Channel
 
 STATE, SUMS = f"{MASK}/state", f"{MASK}/sha256"
@@ -148,10 +151,8 @@ def create_mask_arrays(create_array: Callable[..., Any], mask: Mapping[str, Any]
                        static: Mapping[str, np.ndarray], n_times: int, time_chunk: int,
                        n_chunks: int, sample_dims: tuple[str, ...],
                        sample_shape: tuple[int, ...]) -> None:
-    """Lay out the mask layer (``create_array`` as in ``store._create``) and write the static
+    """Lay out the mask layer (``create_array`` as in ``era5latent.store.core._create``) and write the static
     masks."""
-    from era5latent.store.core import CRC
-
     codes = tuple(mask["channels"])
     for c in codes:
         st = static[c]
@@ -185,7 +186,7 @@ def create_mask_arrays(create_array: Callable[..., Any], mask: Mapping[str, Any]
                                    "masks (one byte per value, C order), set at write time"})
 
 
-def write_masks(store: LatentStore, i: int, masks: Mapping[str, np.ndarray]) -> None:
+def write_masks(store: StoreView, i: int, masks: Mapping[str, np.ndarray]) -> None:
     """Time chunk ``i``'s masks (``{code: (nt, *sample, H, W)}``): own masks, state, sha256."""
     codes = store.mask_channels
     missing = [c for c in codes if c not in masks]
@@ -214,11 +215,9 @@ class CorruptMaskError(StoreError):
         return (type(self), (self.path, self.chunk, self.why, self.array))
 
 
-def read_static(store: LatentStore, code: str) -> np.ndarray:
+def read_static(store: StoreView, code: str) -> np.ndarray:
     """The static mask of ``code``, checked against ``mask.static_sha256``; a
     :class:`CorruptMaskError` (chunk -1) naming the array when damaged."""
-    from era5latent.store.core import CorruptArrayError, read_array
-
     name = static_name(code)
     try:
         st = np.asarray(read_array(store.array(name), Ellipsis, store.path), dtype=bool)
@@ -232,12 +231,10 @@ def read_static(store: LatentStore, code: str) -> np.ndarray:
     return st
 
 
-def read_masks(store: LatentStore, i: int) -> dict[str, np.ndarray]:
+def read_masks(store: StoreView, i: int) -> dict[str, np.ndarray]:
     """The masks of time chunk ``i``, ``{code: (nt, *sample, H, W)}``, verified against
     ``mask/sha256``: a :class:`CorruptMaskError` naming the damaged array otherwise (a damaged
     static mask included, so ``--allow-corrupt`` can fill the chunk instead)."""
-    from era5latent.store.core import CorruptArrayError, read_array
-
     codes = store.mask_channels
     a, b = store.chunk_bounds(i)
     try:
@@ -265,14 +262,12 @@ def read_masks(store: LatentStore, i: int) -> dict[str, np.ndarray]:
     return out
 
 
-def read_mask_range(store: LatentStore, codes: list[str] | tuple[str, ...], a: int, b: int, *,
+def read_mask_range(store: StoreView, codes: list[str] | tuple[str, ...], a: int, b: int, *,
                     allow_corrupt: bool = False
                     ) -> tuple[dict[str, np.ndarray | None], list[str]]:
     """The masks of store times ``[a, b)`` of the masked channels among ``codes`` (None for a
     damaged chunk under ``allow_corrupt``: decode fills those channels with NaN), and what was
     lost. Empty for a store without a mask layer."""
-    from era5latent.io.sources import iso
-
     wanted = [c for c in codes if c in store.mask_channels]
     out: dict[str, np.ndarray | None] = {}
     corrupt: list[str] = []
@@ -295,7 +290,7 @@ def read_mask_range(store: LatentStore, codes: list[str] | tuple[str, ...], a: i
     return {k: np.concatenate([p[k] for p in parts]) for k in wanted}, corrupt
 
 
-def check_mask_layout(store: LatentStore, bad: Callable[[str, str, str], StoreError],
+def check_mask_layout(store: StoreView, bad: Callable[[str, str, str], StoreError],
                       n_t: int, sample: tuple[int, ...], n_lat: int, n_lon: int) -> None:
     """The mask arrays are there, shaped and chunked as the attributes imply."""
     codes = store.mask_channels

@@ -220,7 +220,7 @@ def safe_name(path: str, key: str, v: Any) -> str:
 def validate_attrs(path: str, meta: dict[str, Any], max_version: int) -> None:
     """Refuse a latent store whose ``era5latent`` attribute breaks the schema (docs/format.md).
 
-    Only what the attributes say on their own; :func:`era5latent.store.check_layout` then holds
+    Only what the attributes say on their own; :func:`era5latent.store.core.check_layout` then holds
     them against the arrays.
     """
     _int(path, "format_version", meta.get("format_version"), 1, max_version)

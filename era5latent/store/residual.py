@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from zarr.codecs import ZstdCodec
 
 from era5latent.errors import StoreError
-from era5latent.store.core import CRC, CorruptArrayError, CorruptChunkError, read_array
+from era5latent.io.zarrio import CRC
+from era5latent.store.arrays import CorruptArrayError, CorruptChunkError, read_array
 from era5latent.store.layout import RESIDUAL
-
-if TYPE_CHECKING:
-    from era5latent.store.core import LatentStore, StoreSpec
+from era5latent.store.spec import StoreSpec, StoreView
 
 STREAMS, LENGTHS, SUMS = f"{RESIDUAL}/streams_", f"{RESIDUAL}/nbytes_", f"{RESIDUAL}/sha256_"
 
@@ -62,7 +61,7 @@ def residual_digest(lengths: np.ndarray, row: np.ndarray) -> bytes:
 
 def create_residual_arrays(create_array: Callable[..., Any], spec: StoreSpec,
                            sample_shape: tuple[int, ...]) -> None:
-    """Lay out every group's residual arrays (``create_array`` as in ``store._create``)."""
+    """Lay out every group's residual arrays (``create_array`` as in ``era5latent.store.core._create``)."""
     if spec.residual is None:
         return
     for g in spec.groups:
@@ -93,7 +92,7 @@ def create_residual_arrays(create_array: Callable[..., Any], spec: StoreSpec,
                                        "LE) and streams, set at write time"})
 
 
-def write_residual(store: LatentStore, g: str, channels: tuple[str, ...], i: int,
+def write_residual(store: StoreView, g: str, channels: tuple[str, ...], i: int,
                    streams: dict[str, bytes]) -> None:
     """Row ``i`` of group ``g``: streams by channel code (absent: no residual), lengths, sha256."""
     arr = store.array(STREAMS + g)
@@ -111,7 +110,7 @@ def write_residual(store: LatentStore, g: str, channels: tuple[str, ...], i: int
     store.array(SUMS + g)[i] = np.frombuffer(residual_digest(lengths, row), dtype=np.uint8)
 
 
-def read_residual(store: LatentStore, group: str, i: int) -> dict[str, bytes]:
+def read_residual(store: StoreView, group: str, i: int) -> dict[str, bytes]:
     """The streams of time chunk ``i`` of ``group`` by channel code (channels without a
     residual absent), verified against their sha256: a :class:`CorruptChunkError` naming the
     damaged array otherwise."""

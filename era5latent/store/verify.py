@@ -24,15 +24,8 @@ from era5latent.errors import StoreError
 from era5latent.fsutil import is_url, not_plain_files
 from era5latent.store.masks import STATIC, CorruptMaskError, mask_arrays, read_masks, read_static
 from era5latent.store.residual import residual_name
-from era5latent.store.core import (
-    DONE,
-    CorruptArrayError,
-    CorruptChunkError,
-    LatentStore,
-    codes_name,
-    open_latent_store,
-    read_array,
-)
+from era5latent.store.arrays import CorruptArrayError, CorruptChunkError, read_array
+from era5latent.store.core import codes_name, DONE, LatentStore, open_latent_store
 from era5latent.store.layout import TOKEN_DIMS
 from era5latent.store.meta import DIGEST_KEY, ROOT_DOC, read_doc
 
