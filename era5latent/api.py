@@ -139,7 +139,7 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel
 def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray,
                   store: LatentStore | None = None
                   ) -> dict[str, tuple[str, np.ndarray, dict[str, Any]]]:
-    """Centre of each token's patch (``storelayout.token_centres``): the store's own
+    """Centre of each token's patch (``store.layout.token_centres``): the store's own
     ``token_lat``/``token_lon`` arrays (format version 3), else computed from the model config."""
     if store is not None and store.version >= 3:
         return {d: (d, store.coord(d), dict(store.array(d).attrs)) for d in TOKEN_DIMS}

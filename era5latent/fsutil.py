@@ -21,7 +21,7 @@ from era5latent.errors import StoreError, StoreExistsError
 
 
 # -- URLs (fsspec: s3://, gs://, ...) --------------------------------------------------------------
-# Object stores have no atomic rename: outputs there are created in place (see store.py).
+# Object stores have no atomic rename: outputs there are created in place (see store/core.py).
 # Credentials and endpoints come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 # AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL, ...), as fsspec and botocore read them.
 

@@ -1,6 +1,6 @@
 """Generate era5latent/io/ecmwf_params.py: ECMWF parameter facts for every catalogue variable.
 
-The variable catalogue (era5latent/variables.py) types by hand only the *conventions*: which
+The variable catalogue (era5latent/io/variables.py) types by hand only the *conventions*: which
 ECMWF paramId each channel is, its WeatherBench 2 / CDS name, its PVUM code and its flags. The
 *facts* (GRIB shortName, ECMWF long name, units, cfgrib's variable name, CF standard name) come
 from the ECMWF parameter database that ships inside ecCodes (the PyPI ``eccodes``/``eccodeslib``

@@ -5,8 +5,12 @@
 * :mod:`.encoding`: encode into a latent store (``EncodeJob``: one time chunk at a time,
   resumable, in parts or on a cluster), with the residual layer when asked for.
 * :mod:`.decoding`: decode a latent store into ERA5 fields (residuals applied when present).
+* :mod:`.distributed`: the same units of work on a Dask cluster (``--scheduler``/``--workers``)
+  and ``finalize`` of a store built in parts.
+* :mod:`.unseen`: ``--allow-unseen-levels``, levels a group was not trained on.
+* :mod:`.residual`: the error-bounded residual layer's numbers (``--max-error``; no IO).
 
-Everything is importable from ``era5latent.pipeline`` as before the split.
+The names of ``common``, ``encoding`` and ``decoding`` are importable from ``era5latent.pipeline``.
 """
 
 from era5latent.model.devices import PRECISIONS, autocast, resolve_device, resolve_precision

@@ -401,7 +401,7 @@ class LatentStore:
 
     def read_residual(self, group: str, i: int) -> dict[str, bytes]:
         """The residual streams of time chunk ``i`` of ``group`` by channel code, verified
-        (``residual.layout.read_residual``)."""
+        (``store.residual.read_residual``)."""
         return read_residual(self, group, i)
 
     def read_chunk(self, group: str, i: int, check: bool = True) -> np.ndarray:

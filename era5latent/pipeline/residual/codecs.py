@@ -3,7 +3,7 @@
 A residual block ``(nt, *sample, H, W)`` is compressed as one ``(nt * samples, H, W)`` float32
 stream: SZ3 (``pysz``, absolute error-bound mode) or ZFP fixed-accuracy (``zfpy``). Both streams
 carry their own header (shape and bound), so a reader needs only the bytes and the block's shape.
-The codecs are the baselines' own (:mod:`era5latent.baselines`), so a hybrid store and an SZ3-only
+The codecs are the baselines' own (:mod:`era5latent.evaluation.codecs`), so a hybrid store and an SZ3-only
 baseline at the same bound compress the same way.
 """
 
