@@ -21,6 +21,7 @@ import typer
 from era5latent.errors import Era5LatentError
 from era5latent.malloc import tune_malloc
 
+
 def fail(err: Era5LatentError) -> None:
     """One ``error:`` line on stderr (once under torchrun) and the error's exit code."""
     import os
@@ -73,6 +74,7 @@ def set_quiet(value: bool) -> None:
 def quiet() -> bool:
     """Whether ``--quiet`` was given."""
     return _QUIET
+
 
 #: seconds between one-line progress records when stderr is not a terminal
 PROGRESS_EVERY_S = 30.0

@@ -1,4 +1,5 @@
-"""The ``evaluate`` command (what compression cost, beside classical codecs; :mod:`era5latent.evaluation`)."""
+"""The ``evaluate`` command: what compression cost, beside classical codecs
+(:mod:`era5latent.evaluation`)."""
 
 from __future__ import annotations
 

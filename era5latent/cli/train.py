@@ -1,4 +1,4 @@
-"""The ``train`` and ``combine`` commands (the CLI's training verbs; :mod:`era5latent.training`)."""
+"""The ``train`` and ``combine`` commands: the CLI's training verbs (:mod:`era5latent.training`)."""
 
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ import xarray as xr
 
 from era5latent.errors import OptionError
 from era5latent.fsutil import SAMPLE, atomic_dir, check_output_name
-from era5latent.io.sampleclim import (CONST, DEFAULT_VARIABLES, DIURNAL_PEAK_H, M0_DAMP, WINTER, Calib,
-                                     calibration, diurnal_amp, gshape, land_fraction,
+from era5latent.io.sampleclim import (CONST, DEFAULT_VARIABLES, DIURNAL_PEAK_H, M0_DAMP, WINTER,
+                                     Calib, calibration, diurnal_amp, gshape, land_fraction,
                                      linear_shapes, param, q_shape)
 from era5latent.io.sampleclim import TARGETS as TARGETS
 from era5latent.io.sampleclim import expected_lag1 as expected_lag1
