@@ -45,7 +45,7 @@ fuzz: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_kills.py
 
 demo: $(STAMP)
-	$(PY) -m era5latent.demo --out $(DEMO_DIR)
+	$(PY) -m era5latent.cli.demo --out $(DEMO_DIR)
 
 # the bench script's own end-to-end test first (about a minute; kept out of make test), then
 # the benchmark
@@ -58,7 +58,7 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 docs: $(STAMP)
-	$(PY) -m era5latent.cli_docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
+	$(PY) -m era5latent.cli.docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

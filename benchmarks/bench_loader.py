@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import era5latent
-from era5latent.sample import parse_grid
+from era5latent.io.sample import parse_grid
 
 
 def build_store(root: Path, grid: tuple[int, int], times: int) -> Path:

@@ -56,9 +56,9 @@ def worker(args: argparse.Namespace) -> None:
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import (auto_time_chunk, autocast, decode, decode_block, encode,
                                      encode_block, resolve_device, resolve_precision)
-    from era5latent.sources import open_source
-    from era5latent.store import open_latent_store
-    from era5latent.variables import parse_channel, parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import open_latent_store
+    from era5latent.io.variables import parse_channel, parse_subset
 
     torch.set_num_threads(args.threads)
     tune_malloc()  # as the CLI does, for every measurement alike

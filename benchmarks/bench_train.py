@@ -37,11 +37,11 @@ SUBSET = "z500,z850,t500,t850,t2m,msl"
 
 def _trainer(data: str, out: str, preset: str, workers: int, steps: int, batch: int,
              device: str, log_dir: str | None, extra: dict[str, Any] | None = None) -> Any:
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions
     from era5latent.training.distributed import World
     from era5latent.training.loop import Trainer, _device
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     opts = TrainOptions(preset=preset, steps=steps, batch_size=batch, device=device,
                         workers=workers, val_fraction=0.0, checkpoint_every=10**9,
@@ -202,7 +202,7 @@ def main() -> None:
     if args.quick:
         args.presets, args.steps, args.worker_counts = "tiny", 24, "0,2"
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        from era5latent.sample import parse_grid, write_sample
+        from era5latent.io.sample import parse_grid, write_sample
 
         args.data = f"{tmp}/d.zarr"
         write_sample(args.data, grid=parse_grid(args.grid), times=args.times,

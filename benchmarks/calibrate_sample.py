@@ -1,4 +1,4 @@
-"""Compare era5latent's synthetic sample (era5latent.sample) with real ERA5.
+"""Compare era5latent's synthetic sample (era5latent.io.sample) with real ERA5.
 
     .venv/bin/python benchmarks/calibrate_sample.py [--data DIR]
 
@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from era5latent.sample import TARGETS, make_sample, mid_band, zonal_slope  # noqa: E402
+from era5latent.io.sample import TARGETS, make_sample, mid_band, zonal_slope  # noqa: E402
 
 ENSEMBLE = "era5-levels-members.grib"
 UK_T2M = "era5-t2m-uk-2019-03.grib"

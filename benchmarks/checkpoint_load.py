@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 def make(path: str, preset: str, grid: tuple[int, int]) -> None:
     from era5latent.model.checkpoint import CheckpointMeta, save_checkpoint
     from era5latent.model.wla import WLA, preset_config
-    from era5latent.variables import parse_channel
+    from era5latent.io.variables import parse_channel
 
     config = preset_config(preset, grid, ("z",))
     with torch.device("meta"):

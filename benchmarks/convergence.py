@@ -61,7 +61,7 @@ def reconstruct(loaded: Any, channels: tuple, x: np.ndarray) -> np.ndarray:
     """Physical fields (N, C, H, W) -> their reconstruction through the binary codes."""
     import torch
 
-    from era5latent.variables import group_channels
+    from era5latent.io.variables import group_channels
 
     out = np.empty_like(x)
     model = loaded.model.eval()
@@ -86,8 +86,8 @@ def weighted_rmse(truth: np.ndarray, rec: np.ndarray, lat: np.ndarray) -> float:
 
 
 def held_out(case: Any, data: str) -> tuple[Any, Any, tuple, np.ndarray, np.ndarray]:
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     src = open_source(str(Path(data) / case.file))
     channels = parse_subset(case.subset)
@@ -107,7 +107,7 @@ def run(case_name: str, variant: str, seed: int, args: argparse.Namespace, tmp: 
     from era5latent.evaluation import sizematch
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions, train
 
     case = CASES[case_name]

@@ -57,7 +57,7 @@ def child(truth: str, recon: str, baselines: str, bpv: float) -> None:
     import resource
 
     from era5latent.evaluation import score
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     t_src, r_src = open_source(truth), open_source(recon)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -52,9 +52,9 @@ def run(case_name: str, name: str, options: dict[str, Any], args: argparse.Names
     from era5latent.evaluation import metrics
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions, train
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     case = CASES[case_name]
     src = open_source(str(Path(args.data) / case.file))
@@ -113,8 +113,8 @@ def main() -> int:
                     f"{r['channel']} rmse {r['rmse']:.4g} max {r['max_abs_error']:.4g} "
                     f"ssp {r['small_scale_power_ratio']:.2f}" for r in rows)
                     + f"  ({rows[0]['train_seconds']:.0f} s)", flush=True)
-            from era5latent.sources import open_source
-            from era5latent.variables import parse_subset
+            from era5latent.io.sources import open_source
+            from era5latent.io.variables import parse_subset
 
             case = CASES[case_name]
             src = open_source(str(Path(args.data) / case.file))

@@ -50,8 +50,8 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
     from era5latent.malloc import tune_malloc
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode, encode_block
-    from era5latent.sources import open_source
-    from era5latent.variables import group_channels, parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import group_channels, parse_subset
 
     torch.set_num_threads(1)
     chs = parse_subset(SUBSET)
@@ -82,7 +82,8 @@ def _child(what: str, data: str, model: str, arg: str) -> None:
         print(f"time chunk {int(arg):3d}: {n / (time.perf_counter() - t):6.1f} samples/s "
               f"(encode, {n} steps)")
     elif what == "zarrs":  # the variant is in the environment (ERA5LATENT_ZARRS), set by main
-        from era5latent import fields, pipeline
+        from era5latent import pipeline
+        from era5latent.io import fields
 
         tune_malloc()
         reads = []

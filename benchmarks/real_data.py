@@ -165,7 +165,7 @@ def ebcc_records(test_src: Any, channels: tuple, case: Case, records: list[dict]
 def raw_bytes_per_value(loaded: Any, channels: tuple) -> dict[str, float]:
     """Bytes per value of the packed codes themselves: tokens x code bytes per frame over the
     values the group's channels hold (what the store would hold without its zstd)."""
-    from era5latent.variables import group_channels
+    from era5latent.io.variables import group_channels
 
     cfg = loaded.meta.config
     h, w = cfg.grid
@@ -177,10 +177,10 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
     from era5latent.evaluation.score import SWEEP_FACTORS, evaluate, wla_bytes_per_value
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.sources import open_source
-    from era5latent.store import open_latent_store
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import open_latent_store
     from era5latent.training import TrainOptions, train
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     src = open_source(str(Path(args.data) / case.file))
     channels = parse_subset(case.subset)

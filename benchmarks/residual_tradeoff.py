@@ -50,7 +50,7 @@ def drift(loaded: Any, store_path: str) -> dict[str, dict[str, float]]:
     import torch
 
     from era5latent.pipeline import decode_fields, read_codes, select_store_channels
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     store = open_latent_store(store_path)
     groups = select_store_channels(store, None)
@@ -76,11 +76,11 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
     from era5latent.evaluation.codecs import SZ3
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.residual.summary import residual_summary
-    from era5latent.sources import open_source
-    from era5latent.store import open_latent_store
+    from era5latent.store.info import residual_summary
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import open_latent_store
     from era5latent.training import TrainOptions, train
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     src = open_source(str(Path(args.data) / case.file))
     channels = parse_subset(case.subset)
@@ -119,7 +119,7 @@ def run_case(case: Case, args: argparse.Namespace, tmp: str, log: Any) -> dict[s
         bounds = {c: f * r for c, r in rmse.items()}
         spec = ",".join(f"{c}={v:.6g}" for c, v in bounds.items())
         store = os.path.join(tmp, f"{case.name}-{f}.zarr")
-        from era5latent.residual.core import STATS
+        from era5latent.pipeline.residual.core import STATS
 
         before = dict(STATS)
         t = time.perf_counter()

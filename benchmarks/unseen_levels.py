@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from era5latent.evaluation.metrics import rmse
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import TrainOptions, train
-    from era5latent.unseen import allow_unseen_levels
-    from era5latent.variables import parse_subset
+    from era5latent.pipeline.unseen import allow_unseen_levels
+    from era5latent.io.variables import parse_subset
 
     path = Path(args.data) / FILE
     if not path.is_file():

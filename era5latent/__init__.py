@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from era5latent.version import __version__
 
 #: public name -> module that defines it (imported on first access)
 _EXPORTS: dict[str, str] = {
@@ -36,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     "LatentDataset": "era5latent.torch",
     "LoadedModel": "era5latent.model.checkpoint",
     "Era5LatentError": "era5latent.errors",
-    "make_sample": "era5latent.sample",
-    "write_sample": "era5latent.sample",
+    "make_sample": "era5latent.io.sample",
+    "write_sample": "era5latent.io.sample",
 }
 
 __all__ = [  # spelled out for type checkers; a test keeps it equal to _EXPORTS
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from era5latent.embed import EmbedMapOptions, build_embed_map
     from era5latent.errors import Era5LatentError
     from era5latent.model.checkpoint import LoadedModel
-    from era5latent.sample import make_sample, write_sample
+    from era5latent.io.sample import make_sample, write_sample
     from era5latent.torch import LatentDataset
 
 

@@ -31,12 +31,13 @@ import xarray as xr
 
 from era5latent.errors import CheckpointError, OptionError, StoreError
 from era5latent.evaluation.score import EvalReport
-from era5latent.fields import FieldWriter, _coord_attrs
+from era5latent.io.fields import FieldWriter, field_coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
+from era5latent.model.devices import resolve_device, resolve_precision
 from era5latent.pipeline import (
     DecodeResult,
     EncodeResult,
-    _store_spec,
+    store_spec,
     decode_fields,
     decode_precision,
     encode_fields,
@@ -44,27 +45,19 @@ from era5latent.pipeline import (
     read_fields,
     read_residuals,
     ready_to_encode,
-    resolve_device,
-    resolve_precision,
     select_store_channels,
 )
-from era5latent.masks import read_masks, split_masked
-from era5latent.sources import Source, SourceLayout, iso, normalise, open_source
-from era5latent.store import (
-    ATTR,
-    GroupSpec,
-    LatentStore,
-    codes_name,
-    jsonable,
-    open_latent_store,
-)
-from era5latent.storelayout import DONE, TOKEN_DIMS, token_coords
-from era5latent.storeverify import Check
+from era5latent.store.masks import read_masks, split_masked
+from era5latent.io.sources import Source, SourceLayout, iso, normalise, open_source
+from era5latent.store.core import ATTR, codes_name, LatentStore, open_latent_store
+from era5latent.store.spec import GroupSpec, jsonable
+from era5latent.store.layout import DONE, TOKEN_DIMS, token_coords
+from era5latent.store.verify import Check
 from era5latent.training import TrainOptions, TrainResult
-from era5latent.variables import Channel, parse_subset
+from era5latent.io.variables import Channel, parse_subset
 
 if TYPE_CHECKING:  # dask.distributed is imported only when a cluster is used
-    from era5latent.distributed import FinalizeResult
+    from era5latent.pipeline.distributed import FinalizeResult
 
 __all__ = [
     "Channels",
@@ -146,14 +139,14 @@ def load_model(path: str | os.PathLike[str], device: str = "cpu") -> LoadedModel
 def _token_coords(meta: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray,
                   store: LatentStore | None = None
                   ) -> dict[str, tuple[str, np.ndarray, dict[str, Any]]]:
-    """Centre of each token's patch (``storelayout.token_centres``): the store's own
+    """Centre of each token's patch (``store.layout.token_centres``): the store's own
     ``token_lat``/``token_lon`` arrays (format version 3), else computed from the model config."""
     if store is not None and store.version >= 3:
         return {d: (d, store.coord(d), dict(store.array(d).attrs)) for d in TOKEN_DIMS}
     return {d: (d, v, a) for d, (v, a) in token_coords(meta.get("model", {}), lat, lon).items()}
 
 
-def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
+def latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np.ndarray,
                     sample_coords: Mapping[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
                     array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
                     store: LatentStore | None = None,
@@ -177,8 +170,8 @@ def _latent_dataset(codes: Mapping[str, Any], meta: Mapping[str, Any], times: np
     coords: dict[str, Any] = {"time": ("time", np.asarray(times).astype("datetime64[ns]"),
                                        _TIME_ATTRS),
                               **{d: (d, np.asarray(v)) for d, v in sample_coords.items()},
-                              "latitude": ("latitude", lat, _coord_attrs("latitude")),
-                              "longitude": ("longitude", lon, _coord_attrs("longitude")),
+                              "latitude": ("latitude", lat, field_coord_attrs("latitude")),
+                              "longitude": ("longitude", lon, field_coord_attrs("longitude")),
                               **_token_coords(meta, lat, lon, store)}
     return xr.Dataset(data_vars, coords=coords, attrs={ATTR: dict(meta)})
 
@@ -230,7 +223,7 @@ def open_latent(path: str | os.PathLike[str], *, allow_incomplete: bool = False)
         arr = store.codes(g)
         codes[g] = dsa.from_zarr(arr, chunks=arr.chunks)  # type: ignore[no-untyped-call]
         attrs[g] = dict(arr.attrs)
-    ds = _latent_dataset(codes, store.meta, store.times,
+    ds = latent_dataset(codes, store.meta, store.times,
                          {d: store.coord(d) for d in store.sample_dims},
                          store.coord("latitude"), store.coord("longitude"), attrs, store,
                          _lazy_masks(store))
@@ -281,7 +274,7 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
                                             precision=precision)
     n = len(source.times)
     static = first_step_masks(source, channels, 0, n)  # masked channels (missing values)
-    spec = _store_spec(source, loaded, channels, 0, n, time_chunk, static=static)
+    spec = store_spec(source, loaded, channels, 0, n, time_chunk, static=static)
     if isinstance(data, xr.Dataset):  # no file behind it: keep the label, not a made-up path
         spec = dataclasses.replace(spec, source={**spec.source, "path": source.path})
     meta = jsonable(spec.attrs()) | {"complete": True}
@@ -301,7 +294,7 @@ def encode(data: DataLike, model: ModelLike, subset: Channels, *, batch_size: in
             progress(b * per_step, n * per_step)
     codes = {g: np.concatenate(p, axis=0) for g, p in parts.items()}
     masks = {c: np.concatenate(p, axis=0) for c, p in mask_parts.items()}
-    return _latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
+    return latent_dataset(codes, meta, source.times, source.sample_coords(), source.latitude,
                            source.longitude, masks=masks)
 
 
@@ -383,7 +376,7 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     meta = _latent_meta(latent)
     label = str(latent.encoding.get("source") or "the latent Dataset")
     check_same_model(loaded, meta["model"]["sha256"], label)
-    from era5latent.unseen import adopt_store_levels
+    from era5latent.pipeline.unseen import adopt_store_levels
 
     adopt_store_levels(meta, loaded)  # levels encoded with --allow-unseen-levels
     present = {g: d for g, d in meta["groups"].items() if codes_name(g) in latent.data_vars}
@@ -498,7 +491,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``era5latent info --json``: groups, channels, times, bytes, ratios, the codes' use of
     their bits (entropy per stored bit) and build progress."""
     from era5latent.evaluation.bitusage import with_usage
-    from era5latent.store import summary
+    from era5latent.store.info import summary
 
     return with_usage(summary(os.fspath(path)), os.fspath(path))
 
@@ -510,7 +503,7 @@ def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list
     loaded model), that the store was made with that model. Damage is reported, never raised.
     """
     from era5latent.model.checkpoint import file_sha256
-    from era5latent.storeverify import verify as verify_store
+    from era5latent.store.verify import verify as verify_store
 
     sha = None
     if isinstance(model, LoadedModel):
@@ -527,7 +520,7 @@ def verify(path: str | os.PathLike[str], model: ModelLike | None = None) -> list
 def finalize(path: str | os.PathLike[str], *, parts: int | None = None,
              break_lock: bool = False) -> FinalizeResult:
     """``era5latent finalize``: mark a store written by ``encode --parts`` runs complete."""
-    from era5latent.distributed import finalize as finalize_store
+    from era5latent.pipeline.distributed import finalize as finalize_store
 
     return finalize_store(os.fspath(path), parts, break_lock)
 

@@ -21,7 +21,7 @@ from era5latent.errors import StoreError, StoreExistsError
 
 
 # -- URLs (fsspec: s3://, gs://, ...) --------------------------------------------------------------
-# Object stores have no atomic rename: outputs there are created in place (see store.py).
+# Object stores have no atomic rename: outputs there are created in place (see store/core.py).
 # Credentials and endpoints come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 # AWS_ENDPOINT_URL or FSSPEC_S3_ENDPOINT_URL, ...), as fsspec and botocore read them.
 
@@ -217,7 +217,7 @@ def output_kind(path: str) -> str | None:
             return LATENT
         if isinstance(meta, dict) and "decoded_from" in meta:
             return DECODED
-        if attrs.get("generator") == "era5latent.sample":
+        if attrs.get("generator") == "era5latent.io.sample":
             return SAMPLE
         if "era5latent_embedmap_version" in attrs:
             return EMBED_MAP

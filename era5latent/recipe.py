@@ -309,7 +309,7 @@ def parse_recipe(text: str, path: str = "recipe.yaml") -> Recipe:
 
 def _check(doc: _Doc, key: str, line: int, kind: str, v: Any) -> Any:
     if kind == "subset":
-        from era5latent.variables import parse_subset
+        from era5latent.io.variables import parse_subset
 
         if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, (str, int))
                                                                     for x in v))):
@@ -388,8 +388,8 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
     from era5latent.fsutil import anonymous_options, exists
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import encode
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     channels = parse_subset(recipe.subset)
     storage = anonymous_options(recipe.source) if recipe.anonymous else None
@@ -424,7 +424,7 @@ def build(recipe: Recipe, *, part: int | None = None, overwrite: bool = False,
 
 def recipe_of(store_path: str) -> dict[str, Any] | None:
     """The recipe a latent store was built from (None: made by ``encode``)."""
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     got = open_latent_store(store_path).root.attrs.get(RECIPE_ATTR)
     return got if isinstance(got, dict) else None

@@ -28,10 +28,12 @@ import xarray as xr
 import zarr
 from torch.utils.data import Dataset
 
-from era5latent.api import _latent_dataset
+from era5latent.api import latent_dataset
 from era5latent.errors import OptionError
-from era5latent.sources import time_index_range
-from era5latent.store import GroupSpec, array, codes_name, open_latent_store
+from era5latent.io.sources import time_index_range
+from era5latent.io.zarrio import array
+from era5latent.store.core import codes_name, open_latent_store
+from era5latent.store.spec import GroupSpec
 
 __all__ = ["LatentDataset"]
 
@@ -230,7 +232,7 @@ class LatentDataset(Dataset[Item]):
                for i, g in enumerate(self.specs)}
         meta = {**self.meta, "groups": {g: self.meta["groups"][g] for g in self.specs},
                 "complete": True}
-        return _latent_dataset(out, meta, times, self.sample_coords, self.latitude,
+        return latent_dataset(out, meta, times, self.sample_coords, self.latitude,
                                self.longitude)
 
     def __repr__(self) -> str:

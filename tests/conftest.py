@@ -65,7 +65,7 @@ def assert_clean_error(res: CliResult, *needles: str) -> None:
 
 @pytest.fixture(scope="session")
 def sample_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     path = tmp_path_factory.mktemp("sample") / "sample.zarr"
     write_sample(str(path), grid=SAMPLE_GRID, times=24, variables=("z", "t", "t2m", "msl"),
@@ -90,7 +90,7 @@ TRAIN_DATA_SUBSET = "z500,z850,t2m"
 @pytest.fixture(scope="session")
 def train_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small source for the training tests (33 x 64, 24 six-hourly steps, z and t2m)."""
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     path = tmp_path_factory.mktemp("train") / "d.zarr"
     write_sample(str(path), grid=(33, 64), times=24, variables=("z", "t2m"), levels=(500, 850),

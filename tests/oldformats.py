@@ -17,7 +17,7 @@ BOOK = "_era5latent"
 def as_version_2(store: Path) -> None:
     """Rewrite the (local, residual-free) version-3 store at ``store`` in the version-2 layout,
     sealed and consolidated again when it is complete, as era5latent 0.2 left it."""
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     for arr in sorted((store / BOOK).iterdir()):
         if arr.is_dir():

@@ -20,9 +20,9 @@ from era5latent.model.checkpoint import LoadedModel
 from era5latent.pipeline import decode as pipeline_decode
 from era5latent.pipeline import encode as pipeline_encode
 from era5latent.pipeline import prepare_encode
-from era5latent.sources import open_source
+from era5latent.io.sources import open_source
 from era5latent.torch import LatentDataset
-from era5latent.variables import parse_subset
+from era5latent.io.variables import parse_subset
 
 SUBSET = "z500,z850,t850,t2m"
 GROUPS = ["z", "t", "surface"]

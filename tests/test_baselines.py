@@ -224,7 +224,7 @@ def test_parse_baselines():
 @needs_zfp
 def test_plots_write_pngs(tmp_path, field):
     pytest.importorskip("matplotlib")
-    from era5latent import plots
+    from era5latent.evaluation import plots
 
     lat, lon = field.latitude.values, field.longitude.values
     recs = S.rate_distortion("bitround", field, [0.25, 1.0]) + \

@@ -20,9 +20,9 @@ def _opts(**kw: object) -> object:
 
 
 def _train(data: Path, out: Path, opts: object) -> object:
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
     from era5latent.training import train
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     return train(open_source(str(data)), parse_subset(SUBSET), str(out), opts)  # type: ignore
 

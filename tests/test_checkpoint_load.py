@@ -16,7 +16,7 @@ from era5latent.errors import CheckpointError
 from era5latent.model.checkpoint import (CheckpointMeta, file_sha256, load_checkpoint,
                                          save_checkpoint)
 from era5latent.model.wla import WLA, preset_config
-from era5latent.variables import parse_subset
+from era5latent.io.variables import parse_subset
 
 
 def _save(tmp_path: Path, cfg_grid: tuple[int, int] = (17, 32)) -> tuple[Path, WLA, CheckpointMeta]:

@@ -244,7 +244,7 @@ def test_version_and_quiet_and_progress_lines(sample_zarr, tiny_model, tmp_path)
     """--version prints it; without a terminal, progress is one-line records on stderr (rate,
     percentage); --quiet silences them."""
     import era5latent
-    from era5latent import cli
+    from era5latent.cli import common as cli
 
     res = run_cli("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"era5latent {era5latent.__version__}"

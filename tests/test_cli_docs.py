@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from era5latent.cli_docs import render
+from era5latent.cli.docs import render
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

@@ -4,7 +4,7 @@ it) when what it needs is missing, before anything is read or written.
 
 A new option fails ``test_every_option_of_every_command_is_classified`` until it is listed in
 one of the two tables: in ``STANDALONE`` when it takes effect on its own, in ``DEPENDENT`` (and
-``era5latent/cli_rules.py``) when it takes effect only together with another.
+``era5latent/cli/rules.py``) when it takes effect only together with another.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ DEPENDENT: dict[tuple[str, str], tuple[list[str], list[str]]] = {
        for c in ("id", "row", "col")},
 }
 
-#: a word the refusal says beside the option, per option whose rule lives outside cli_rules
+#: a word the refusal says beside the option, per option whose rule lives outside cli/rules.py
 NEEDLE = {("build-embed-map", "modality"): "--aggregate mean"}
 
 
@@ -132,7 +132,7 @@ def test_every_option_of_every_command_is_classified() -> None:
             elif listed == 2:
                 both.append(f"{cmd} {p}")
     assert not unlisted, ("options in neither table (does each take effect on its own? if not, "
-                          f"add a rule to era5latent/cli_rules.py and DEPENDENT): {unlisted}")
+                          f"add a rule to era5latent/cli/rules.py and DEPENDENT): {unlisted}")
     assert not both, f"listed as standalone and as dependent: {both}"
     known = {(c, p) for c, ps in _commands().items() for p in ps}
     stale = sorted(f"{c} {p}" for c, ps in STANDALONE.items() for p in ps if (c, p) not in known)
@@ -140,7 +140,7 @@ def test_every_option_of_every_command_is_classified() -> None:
 
 
 def test_the_rules_of_the_cli_are_the_dependent_options_here() -> None:
-    from era5latent.cli_rules import RULES
+    from era5latent.cli.rules import RULES
 
     enforced = {(c, n.option) for c, rules in RULES.items() for n in rules}
     assert enforced == set(DEPENDENT) - set(NEEDLE)

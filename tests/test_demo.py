@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from era5latent.demo import main
+from era5latent.cli.demo import main
 
 
 @pytest.mark.slow
@@ -33,7 +33,7 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_the_summary_names_sz3_at_equal_bytes_and_marks_what_it_shows() -> None:
     """The closing summary, from evaluate's records: SZ3 beside the WLA at the WLA's bytes,
     whichever wins; a baseline that missed the size is marked (no quiet unequal comparison)."""
-    from era5latent.demo import BASELINES, steps, summary_lines
+    from era5latent.cli.demo import BASELINES, steps, summary_lines
 
     assert "sz3" in BASELINES
     evaluate = dict(steps(Path("out"), quick=True))["evaluate"]

@@ -80,7 +80,7 @@ def _set_worker_env(client: Any, **env: str | None) -> None:
 def test_two_workers_encode_byte_identical_and_load_the_model_once(
         cluster: Any, reference: Path, sample_zarr: Path, tiny_model: Path,
         tmp_path: Path) -> None:
-    from era5latent.distributed import worker_stats
+    from era5latent.pipeline.distributed import worker_stats
 
     out = tmp_path / "latent.zarr"
     addr = cluster.scheduler.address
@@ -98,10 +98,10 @@ def test_two_workers_encode_byte_identical_and_load_the_model_once(
 def test_a_killed_worker_has_its_task_retried_and_output_is_identical(
         cluster: Any, reference: Path, sample_zarr: Path, tiny_model: Path,
         tmp_path: Path) -> None:
-    from era5latent.distributed import encode_distributed
+    from era5latent.pipeline.distributed import encode_distributed
     from era5latent.model.checkpoint import load_checkpoint
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -206,7 +206,7 @@ def test_finalize_names_missing_parts_and_encode_finishes_the_rest(
 
 def test_part_locks_exclude_whole_store_writers_not_other_parts(
         reference: Path, sample_zarr: Path, tiny_model: Path, tmp_path: Path) -> None:
-    from era5latent.store import lock_path
+    from era5latent.store.core import lock_path
 
     store = tmp_path / "latent.zarr"
     args = encode_args(sample_zarr, tiny_model, store)

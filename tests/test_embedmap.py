@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from era5latent import embed as em
-from era5latent.embed.grid import _classify_id, _classify_ids
+from era5latent.embed.grid import classify_id, classify_ids
 from era5latent.cli import app
 from era5latent.errors import EmbedMapError, Era5LatentError
 from era5latent.fsutil import NPZ_MARKER
@@ -221,8 +221,8 @@ def test_parser_raises_only_embedmaperror_and_agrees_with_vectorised(text, trust
         assert 0 <= g.cell < em.N_CELLS
     except EmbedMapError as err:
         assert "\n" not in str(err)
-    codes, cells = _classify_ids(pa.array([text]), trust, None)
-    code, cell, _ = _classify_id(text, trust)
+    codes, cells = classify_ids(pa.array([text]), trust, None)
+    code, cell, _ = classify_id(text, trust)
     assert (int(codes[0]), int(cells[0])) == (code, cell)
 
 

@@ -47,8 +47,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory, sample_zarr: Path) -> tuple[P
 def test_chunked_evaluate_equals_one_chunk_and_reads_one_chunk_at_a_time(
         pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from era5latent.evaluation import score
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     truth, recon = pair
     sub = parse_subset("z500,t2m")
@@ -77,7 +77,7 @@ def test_chunked_evaluate_equals_one_chunk_and_reads_one_chunk_at_a_time(
 
 
 def test_evaluate_cli_progress_lines_and_quiet(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    from era5latent import cli
+    from era5latent.cli import common as cli
 
     truth, recon = pair
     quick = run_cli("evaluate", truth, recon, "--subset", "t2m", "--baselines", "none")
@@ -103,10 +103,10 @@ def test_baseline_rows_state_their_size_and_the_table_marks_misses(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Every baseline row carries its achieved bytes and whether it is at the WLA's size; rows
     come in one order; the table says NOT matched where a codec missed by over 10%."""
-    from era5latent import cli_evaluate as cli
+    from era5latent.cli import evaluate as cli
     from era5latent.evaluation import score
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     truth, recon = pair
     monkeypatch.setattr(score, "wla_bytes_per_value", lambda store: {"t2m": 0.05})

@@ -46,7 +46,7 @@ def uk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset, xr.D
     """(reconstruction store of the held-out week, truth week, hour x dayofyear climatology)."""
     if not UK_T2M_GRIB.is_file():
         pytest.skip(f"real ERA5 sample {UK_T2M_GRIB} not found (set ERA5LATENT_REAL_DATA)")
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     src = open_source(str(UK_T2M_GRIB))
     week = src.ds.sel(time=slice("2019-03-25", "2019-03-31T23"))
@@ -90,7 +90,7 @@ def _independent_uk_acc(week: xr.Dataset, recon: Path, clim: xr.Dataset,
 
 def test_acc_against_a_wb2_climatology_equals_numpy_on_real_uk_t2m(uk, tmp_path: Path) -> None:
     from era5latent.evaluation.score import evaluate
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     recon, week, clim = uk
     report = evaluate(open_source(str(UK_T2M_GRIB)), open_source(str(recon)), climatology=clim,
@@ -109,7 +109,7 @@ def test_acc_against_a_wb2_climatology_equals_numpy_on_real_uk_t2m(uk, tmp_path:
 
 def test_acc_and_rmse_over_a_lat_lon_box_equal_numpy(uk) -> None:
     from era5latent.evaluation.score import evaluate
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     recon, week, clim = uk
     report = evaluate(open_source(str(UK_T2M_GRIB)), open_source(str(recon)), climatology=clim,
@@ -133,8 +133,8 @@ def test_dayofyear_climatology_with_levels_on_the_real_ensemble(tmp_path: Path) 
     if not ENSEMBLE_GRIB.is_file():
         pytest.skip(f"real ERA5 sample {ENSEMBLE_GRIB} not found (set ERA5LATENT_REAL_DATA)")
     from era5latent.evaluation.score import evaluate
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     src = open_source(str(ENSEMBLE_GRIB))
     recon = _noisy_copy(src.ds, tmp_path / "recon.zarr", {"t": 0.8, "z": 30.0})

@@ -14,8 +14,9 @@ from era5latent.errors import CheckpointError, StoreError
 from era5latent.model.checkpoint import (CheckpointMeta, load_checkpoint, read_meta,
                                          save_checkpoint)
 from era5latent.model.wla import WLA, preset_config
-from era5latent.store import FORMAT_VERSION, open_latent_store
-from era5latent.variables import parse_subset
+from era5latent.store.core import open_latent_store
+from era5latent.store.spec import FORMAT_VERSION
+from era5latent.io.variables import parse_subset
 
 
 def _tiny(tmp_path: Path) -> tuple[Path, WLA, CheckpointMeta]:

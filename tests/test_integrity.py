@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from era5latent.store import lock_path
+from era5latent.store.core import lock_path
 
 from .conftest import assert_clean_error, run_cli
 
@@ -295,7 +295,7 @@ def test_a_held_lock_is_beside_the_store_and_opening_it_never_warns(store: Path)
 
     import zarr
 
-    from era5latent.store import open_latent_store, writer_lock
+    from era5latent.store.core import open_latent_store, writer_lock
 
     with writer_lock(str(store)):
         assert Path(lock_path(str(store))).is_file()

@@ -3,7 +3,7 @@
 A masked field round-trips with NaN exactly where the source has NaN and the usual error
 elsewhere, through encode/decode, the Python API, --parts, resume and verify; a flipped byte in
 the mask is caught (verify exit 3, decode exit 2 one line). Data: the sample with a pseudo land
-mask (``era5latent.samplemask``, with a moving sea-ice edge so the mask changes over time) and
+mask (``era5latent.io.samplemask``, with a moving sea-ice edge so the mask changes over time) and
 cfgrib's ``fields_with_missing_values.grib`` (tests/data/README.md).
 """
 
@@ -37,7 +37,7 @@ def encode_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def masked_zarr(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 six-hourly steps, 33 x 64: t2m, msl and sst (NaN over land and a moving ice edge)."""
-    from era5latent.samplemask import write_masked_sample
+    from era5latent.io.samplemask import write_masked_sample
 
     path = tmp_path_factory.mktemp("masked") / "m.zarr"
     write_masked_sample(path, times=8, ice=True)
@@ -114,7 +114,7 @@ def test_store_layout_static_and_per_chunk(masked_store: Path, masked_zarr: Path
                if p.is_file()}
     assert written == {str(i) for i in np.flatnonzero(state[:, 0] == 2)}
     # a static mask (land only): no per-chunk masks at all
-    from era5latent.samplemask import write_masked_sample
+    from era5latent.io.samplemask import write_masked_sample
 
     land = write_masked_sample(tmp_path / "land.zarr", times=4)
     out = tmp_path / "land-latent.zarr"

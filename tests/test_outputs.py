@@ -128,7 +128,7 @@ def test_info_on_an_unfinished_store_gives_the_ratio_over_chunks_written(
 
 def test_a_source_bad_in_its_first_chunk_leaves_no_store(tiny_model: Path,
                                                          tmp_path: Path) -> None:
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     src = tmp_path / "nan.zarr"
     write_sample(str(src), grid=(33, 64), times=24, variables=("z", "t", "t2m", "msl"),
@@ -176,7 +176,7 @@ def test_an_encode_of_another_subset_racing_a_live_writer_is_told_so(
     import shutil
     import socket
 
-    from era5latent.store import lock_path
+    from era5latent.store.core import lock_path
 
     copy = tmp_path / "latent.zarr"
     shutil.copytree(store, copy)
@@ -193,7 +193,7 @@ def test_a_store_replaced_while_decoding_is_not_called_corrupt(
 
     from era5latent.errors import StoreError
     from era5latent.pipeline import read_codes
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     copy = tmp_path / "latent.zarr"
     shutil.copytree(store, copy)

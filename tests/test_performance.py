@@ -15,9 +15,9 @@ import pytest
 
 from era5latent.model.checkpoint import load_checkpoint
 from era5latent.pipeline import encode, prepare_encode
-from era5latent.sources import Source, open_source
-from era5latent.store import open_latent_store
-from era5latent.variables import parse_subset
+from era5latent.io.sources import Source, open_source
+from era5latent.store.core import open_latent_store
+from era5latent.io.variables import parse_subset
 
 from .conftest import run_cli
 
@@ -43,8 +43,8 @@ MEASURE = """
 import json, sys, tracemalloc
 from era5latent.model.checkpoint import load_checkpoint
 from era5latent.pipeline import encode
-from era5latent.sources import Source, open_source
-from era5latent.variables import parse_subset
+from era5latent.io.sources import Source, open_source
+from era5latent.io.variables import parse_subset
 src, loaded = open_source(sys.argv[1]), load_checkpoint(sys.argv[2])
 tracemalloc.start()
 encode(src, loaded, parse_subset("z500,z850,t850,t2m"), sys.argv[3], batch_size=4, device="cpu",

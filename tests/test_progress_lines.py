@@ -10,7 +10,7 @@ from tests.test_embedmap import fmt, sample, write_parquet
 
 
 def test_build_embed_map_prints_progress_lines_and_quiet_silences_them(tmp_path: Path) -> None:
-    from era5latent import cli
+    from era5latent.cli import common as cli
 
     cells, vecs = sample(n=50, d=4)
     src = write_parquet(tmp_path / "in.parquet", [fmt(c) for c in cells], vecs)

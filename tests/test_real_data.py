@@ -37,10 +37,10 @@ def test_wla_on_uk_t2m_beats_the_mean_on_the_held_out_week(real_data: Path, tmp_
     from era5latent.evaluation.score import evaluate
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode, encode
-    from era5latent.sources import open_source
-    from era5latent.store import open_latent_store
+    from era5latent.io.sources import open_source
+    from era5latent.store.core import open_latent_store
     from era5latent.training import TrainOptions, train
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     src = open_source(str(UK_T2M_GRIB))
     channels = parse_subset("t2m")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from era5latent.errors import OptionError
-from era5latent.sources import open_source, parse_time_range
+from era5latent.io.sources import open_source, parse_time_range
 
 from .conftest import assert_clean_error, cli_subprocess, run_cli
 from .test_embedmap import fmt, sample, write_parquet

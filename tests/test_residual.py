@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from era5latent.errors import DataValueError, OptionError
-from era5latent.residual import ResidualSpec, parse_max_error
-from era5latent.residual.core import apply_residual, make_residuals, max_abs_error
-from era5latent.residual.spec import ChannelBound
+from era5latent.pipeline.residual import ResidualSpec, parse_max_error
+from era5latent.pipeline.residual.core import apply_residual, make_residuals, max_abs_error
+from era5latent.pipeline.residual.spec import ChannelBound
 
 from .conftest import assert_clean_error, cli_subprocess, run_cli
 
@@ -35,7 +35,7 @@ def encode_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def bounds_of(store: Path) -> dict[str, float]:
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     r = open_latent_store(str(store)).residual
     assert r is not None
@@ -45,8 +45,8 @@ def bounds_of(store: Path) -> dict[str, float]:
 def assert_within(truth_path: Path, decoded: object, store: Path, subset: str = SUBSET,
                   **read: object) -> None:
     """Every decoded value of every bounded channel within the store's bound of the source."""
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     chs = parse_subset(subset)
     src = open_source(str(truth_path), **read)  # type: ignore[arg-type]
@@ -74,7 +74,7 @@ def test_random_fields_come_back_within_bound(codec: str) -> None:
                                         bounds.items()})
     streams = make_residuals(truth, recon, spec, {"a": False, "tp": True})
     for k, b in bounds.items():
-        from era5latent.residual.core import decode_residual
+        from era5latent.pipeline.residual.core import decode_residual
 
         got = apply_residual(recon[k], decode_residual(codec, streams[k], truth[k].shape),
                              k == "tp")
@@ -181,7 +181,7 @@ def test_decode_drift_across_thread_counts_is_inside_the_margin(
 
     from era5latent.model.checkpoint import load_checkpoint
     from era5latent.pipeline import decode_fields, read_codes, select_store_channels
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     store = open_latent_store(str(bounded_store))
     loaded = load_checkpoint(str(tiny_model))
@@ -253,8 +253,8 @@ def test_verify_catches_a_flipped_residual_byte_and_allow_corrupt_fills_one_chun
     assert res.exit_code == 0, res.stderr
     assert "group t residuals (residual/streams_t) times 2020-01-03T00:00:00..2020-01-03T18:00:00" \
         in res.stderr
-    from era5latent.sources import open_source
-    from era5latent.variables import parse_subset
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
 
     got = open_source(str(out)).read(parse_subset(SUBSET), 0, 24)
     nan = np.isnan(got)
@@ -310,7 +310,7 @@ def test_python_api_round_trip(sample_zarr: Path, tiny_model: Path, tmp_path: Pa
     era5latent.encode_to_store(str(sample_zarr), str(tiny_model), SUBSET, out, device="cpu",
                                time_chunk=4, max_error=SPEC, residual_codec="zfp")
     assert era5latent.info(out)["residual"]["codec"] == "zfp"
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     for ds in (era5latent.decode(era5latent.open_latent(out), str(tiny_model), device="cpu"),
                era5latent.decode(era5latent.open_latent(out).sel(
@@ -352,7 +352,7 @@ def test_stores_without_residuals_are_unchanged_and_version_2_is_read(
     import zarr
 
     from era5latent.errors import StoreError
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     out = tmp_path / "plain.zarr"
     args = encode_args(sample_zarr, tiny_model, out)
@@ -396,8 +396,8 @@ def test_dask_encode_and_decode_keep_the_bound(sample_zarr: Path, tiny_model: Pa
 
 def test_evaluate_shows_both_layers_and_the_bound(bounded_store: Path, sample_zarr: Path,
                                                   tiny_model: Path, tmp_path: Path) -> None:
-    from era5latent.residual.summary import channel_layers
-    from era5latent.store import open_latent_store
+    from era5latent.store.info import channel_layers
+    from era5latent.store.core import open_latent_store
 
     with_res, plain = tmp_path / "d.zarr", tmp_path / "plain.zarr"
     for out, extra in ((with_res, []), (plain, ["--no-residual"])):

@@ -12,9 +12,9 @@ import pytest
 import xarray as xr
 
 from era5latent.errors import OptionError, StoreExistsError
-from era5latent.sample import (TARGETS, expected_lag1, make_sample, mid_band, parse_grid,
+from era5latent.io.sample import (TARGETS, expected_lag1, make_sample, mid_band, parse_grid,
                                write_sample, zonal_slope)
-from era5latent.variables import VARIABLES, WB2_LEVELS
+from era5latent.io.variables import VARIABLES, WB2_LEVELS
 
 LONG = {v.name: v.wb2_name for v in VARIABLES}
 PRESSURE = ("z", "t", "u", "v", "q")

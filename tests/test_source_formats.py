@@ -85,7 +85,7 @@ def _round_trip(data: Path, model: Path, subset: str, tmp: Path, out: str, *extr
 
 def test_classic_netcdf3_opens_and_round_trips(derived: dict[str, Path], ens_model: Path,
                                                tmp_path: Path) -> None:
-    from era5latent.sources import detect_format, open_source
+    from era5latent.io.sources import detect_format, open_source
 
     path = derived["nc3"]
     assert path.read_bytes()[:3] == b"CDF"  # really classic NetCDF, which h5netcdf cannot read
@@ -110,7 +110,7 @@ def test_classic_netcdf3_opens_and_round_trips(derived: dict[str, Path], ens_mod
 
 def test_a_file_whose_name_lies_opens_by_its_content(derived: dict[str, Path], tmp_path: Path
                                                      ) -> None:
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     disguised = tmp_path / "download.grib"  # a NetCDF 3 file with a GRIB name
     disguised.write_bytes(derived["nc3"].read_bytes())
@@ -119,7 +119,7 @@ def test_a_file_whose_name_lies_opens_by_its_content(derived: dict[str, Path], t
 
 def test_single_pressure_level_grib_is_a_one_level_axis(derived: dict[str, Path],
                                                         ens_model: Path, tmp_path: Path) -> None:
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     raw = xr.open_dataset(derived["level"], engine="cfgrib", backend_kwargs=GRIB_KW)
     assert raw["isobaricInhPa"].ndim == 0  # what CDS gives for one level: a scalar coordinate
@@ -133,7 +133,7 @@ def test_single_pressure_level_grib_is_a_one_level_axis(derived: dict[str, Path]
 
 def test_forecast_steps_become_valid_times(derived: dict[str, Path], uk_model: Path,
                                            tmp_path: Path) -> None:
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     raw = xr.open_dataset(derived["steps"], engine="cfgrib", backend_kwargs=GRIB_KW)
     assert raw.sizes["step"] == 4 and raw.sizes["time"] == 4

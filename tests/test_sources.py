@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 
 from era5latent.errors import DataValueError, OptionError, SourceError, SubsetError
-from era5latent.sources import open_source
-from era5latent.variables import parse_subset
+from era5latent.io.sources import open_source
+from era5latent.io.variables import parse_subset
 
 from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB
 

@@ -116,7 +116,7 @@ def test_options_change_the_objective(data: Path, tmp_path: Path) -> None:
 
 def test_level_weights_follow_the_variance() -> None:
     from era5latent.training.losses import level_weights
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     chs = parse_subset("t500,t850,z500")
     std = {"t500": 1.0, "t850": 2.0, "z500": 3.0}
@@ -211,7 +211,7 @@ def test_dry_run_prints_the_memory_and_writes_nothing(data: Path, tmp_path: Path
 
 def test_no_adversarial_term_for_precipitation() -> None:
     from era5latent.training.loop import _adversarial_ok
-    from era5latent.variables import parse_subset
+    from era5latent.io.variables import parse_subset
 
     assert _adversarial_ok(parse_subset("t2m,msl"))
     assert not _adversarial_ok(parse_subset("t2m,tp"))  # the surface group holds precipitation
@@ -223,7 +223,7 @@ def test_decoded_precipitation_is_never_negative() -> None:
     from era5latent.model.checkpoint import CheckpointMeta, LoadedModel
     from era5latent.model.wla import WLA, preset_config
     from era5latent.pipeline import decode_fields
-    from era5latent.variables import group_channels, parse_subset
+    from era5latent.io.variables import group_channels, parse_subset
 
     chs = parse_subset("msl,tp")
     cfg = preset_config("tiny", (33, 64), ("surface",))

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from era5latent.sources import Source, open_source
+from era5latent.io.sources import Source, open_source
 from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, TrainStream,
                                       batches, source_time_chunk)
-from era5latent.variables import parse_subset
+from era5latent.io.variables import parse_subset
 
 CHANNELS = parse_subset("z500,t850,t2m")
 
@@ -22,7 +22,7 @@ def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Zarr source with a sample dimension (3 ensemble members) and time chunks of 4."""
     import xarray as xr
 
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     root = tmp_path_factory.mktemp("loader")
     write_sample(str(root / "d.zarr"), grid=(17, 32), times=30, variables=("z", "t", "t2m"),
@@ -123,7 +123,7 @@ def test_each_chunk_read_a_bounded_number_of_times(ensemble: Path) -> None:
 
 
 def test_peak_memory_does_not_grow_with_the_time_range(tmp_path: Path) -> None:
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     peaks = []
     for times in (16, 64):
@@ -145,7 +145,7 @@ def test_peak_memory_does_not_grow_with_the_time_range(tmp_path: Path) -> None:
 
 
 def test_streaming_statistics_equal_float64_numpy(tmp_path: Path) -> None:
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
     from era5latent.training.stats import compute_stats
 
     path = tmp_path / "s.zarr"
@@ -186,7 +186,7 @@ def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 def test_train_straight_from_a_url(http_root: tuple[Path, str]) -> None:
     from era5latent.model.checkpoint import read_meta
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
     from tests.conftest import run_cli
 
     root, url = http_root
@@ -204,7 +204,7 @@ def test_a_worker_error_is_the_library_error_not_a_traceback(tmp_path: Path) -> 
     import xarray as xr
 
     from era5latent.errors import DataValueError
-    from era5latent.sample import write_sample
+    from era5latent.io.sample import write_sample
 
     write_sample(str(tmp_path / "d.zarr"), grid=(17, 32), times=8, variables=("z", "t", "t2m"),
                  levels=(500, 850), seed=2)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from era5latent.errors import DataValueError
-from era5latent.sources import open_source
-from era5latent.units import canonical_unit, unit_problem
-from era5latent.variables import VARIABLES
+from era5latent.io.sources import open_source
+from era5latent.io.units import canonical_unit, unit_problem
+from era5latent.io.variables import VARIABLES
 
 from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB
 from .test_sources import _write_zarr, wb2_dataset

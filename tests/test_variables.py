@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from era5latent.errors import SubsetError
-from era5latent.variables import Channel, group_channels, parse_channel, parse_subset
+from era5latent.io.variables import Channel, group_channels, parse_channel, parse_subset
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -61,7 +61,7 @@ def test_any_text_parses_or_raises_subset_error(text: str) -> None:
 
 # -- the catalogue: every ERA5 variable, every naming convention -------------------------------
 
-from era5latent.variables import (VARIABLES, known_names, lookup_subset_name,  # noqa: E402
+from era5latent.io.variables import (VARIABLES, known_names, lookup_subset_name,  # noqa: E402
                                   lookup_variable, nearest_names, variable_by_name)
 
 PRESSURE_VARS = ("z", "t", "u", "v", "q", "w", "r", "vo", "d", "cc", "o3", "ciwc", "clwc", "crwc",
@@ -102,19 +102,19 @@ def test_facts_come_from_ecmwf_parameter_database() -> None:
 
 
 def test_committed_parameter_table_matches_eccodes() -> None:
-    """tools/make_catalogue.py regenerates era5latent/_ecmwf_params.py byte for byte."""
+    """tools/make_catalogue.py regenerates era5latent/io/ecmwf_params.py byte for byte."""
     pytest.importorskip("eccodes")
     import runpy
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     gen = runpy.run_path(str(root / "tools" / "make_catalogue.py"))
-    text = (root / "era5latent" / "_ecmwf_params.py").read_text()
+    text = (root / "era5latent" / "io" / "ecmwf_params.py").read_text()
     import eccodes
 
     if f"ecCodes {eccodes.codes_get_api_version()}." not in text:
         pytest.skip("the committed table was made with another ecCodes version")
-    assert gen["render"]() == text, "run: python tools/make_catalogue.py > era5latent/_ecmwf_params.py"
+    assert gen["render"]() == text, "run: python tools/make_catalogue.py > era5latent/io/ecmwf_params.py"
 
 
 def test_flags_for_accumulated_nonnegative_and_static_fields() -> None:
@@ -127,7 +127,7 @@ def test_flags_for_accumulated_nonnegative_and_static_fields() -> None:
 
 
 def _pressure_forms(v: object) -> list[str]:
-    from era5latent.variables import Variable
+    from era5latent.io.variables import Variable
 
     assert isinstance(v, Variable)
     return [f"{v.name}850", f"{v.name}_850", f"{v.name}:850", f"{v.name}@850hPa",

@@ -12,7 +12,7 @@ import torch
 from era5latent.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from era5latent.model.config import WINDOW_TOKENS, _grid_windows
 from era5latent.model.wla import WLA, _window_schedule, preset_config
-from era5latent.variables import parse_subset
+from era5latent.io.variables import parse_subset
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])

@@ -1,6 +1,6 @@
-"""Generate era5latent/_ecmwf_params.py: ECMWF parameter facts for every catalogue variable.
+"""Generate era5latent/io/ecmwf_params.py: ECMWF parameter facts for every catalogue variable.
 
-The variable catalogue (era5latent/variables.py) types by hand only the *conventions*: which
+The variable catalogue (era5latent/io/variables.py) types by hand only the *conventions*: which
 ECMWF paramId each channel is, its WeatherBench 2 / CDS name, its PVUM code and its flags. The
 *facts* (GRIB shortName, ECMWF long name, units, cfgrib's variable name, CF standard name) come
 from the ECMWF parameter database that ships inside ecCodes (the PyPI ``eccodes``/``eccodeslib``
@@ -10,7 +10,7 @@ read back.
 
 Run from the repository root after changing the catalogue or upgrading ecCodes::
 
-    python tools/make_catalogue.py > era5latent/_ecmwf_params.py
+    python tools/make_catalogue.py > era5latent/io/ecmwf_params.py
     python tools/make_catalogue.py --markdown   # the table in docs/variables.md
 
 tests/test_variables.py regenerates the table and fails when the committed one differs.
@@ -57,7 +57,7 @@ def param_facts(param_ids: list[int]) -> dict[int, tuple[str, str, str, str, str
 def render() -> str:
     import eccodes
 
-    from era5latent.variables import VARIABLES
+    from era5latent.io.variables import VARIABLES
 
     ids = [v.param_id for v in VARIABLES] + [p for v in VARIABLES for p in v.equivalent_params]
     facts = param_facts(ids)
@@ -84,7 +84,7 @@ def render() -> str:
 
 def markdown_table() -> str:
     """The catalogue as the Markdown table docs/variables.md carries (kept in sync by a test)."""
-    from era5latent.variables import VARIABLES
+    from era5latent.io.variables import VARIABLES
 
     rows = ["| channel | kind | paramId | GRIB shortName | cfgrib/CDS NetCDF | WeatherBench 2 / CDS "
             "| ECMWF name | units | CF standard name | PVUM code | flags |",

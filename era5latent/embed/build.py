@@ -16,30 +16,30 @@ import numpy as np
 
 from era5latent import faults, fsutil
 from era5latent.embed.grid import N_CELLS, N_LAT, N_LON, Grid, grid_from_store
-from era5latent.embed.join import _Assembler, _dedupe, _fit_pca, _Spill
+from era5latent.embed.join import Assembler, dedupe, fit_pca, Spill
 from era5latent.embed.options import EmbedMapOptions, EmbedMapResult, ProgressFn
 from era5latent.embed.readers import (
-    _BadRows,
-    _check_map,
-    _input_kind,
-    _Reader,
-    _sha256_files,
-    _Source,
+    BadRows,
+    check_map,
+    input_kind,
+    Reader,
+    sha256_files,
+    InputSource,
     load_grid_map,
 )
 from era5latent.embed.writer import (
     FORMAT_VERSION,
-    _check_clash,
-    _consolidate,
-    _create_arrays,
-    _jsonable,
-    _move_arrays,
-    _names,
-    _new_temp_dir,
-    _umask,
-    _write_npz,
-    _zarr_format,
-    _ZarrFormat,
+    check_clash,
+    consolidate_map,
+    create_arrays,
+    jsonable,
+    move_arrays,
+    array_names,
+    new_temp_dir,
+    current_umask,
+    write_npz,
+    zarr_format_of,
+    ZarrFormat,
 )
 from era5latent.errors import EmbedMapError, OptionError
 
@@ -74,7 +74,7 @@ def build_embed_map(
         raise OptionError("pass exactly one of --out (a new store) and --attach-to (an existing "
                           "store)")
     paths = [Path(p) for p in inputs]
-    kinds = [_input_kind(p) for p in paths]
+    kinds = [input_kind(p) for p in paths]
     if attach_to is not None:
         if o.like is not None or o.layout is not None:
             raise OptionError("--attach-to takes the grid from the store itself; drop --layout "
@@ -109,10 +109,10 @@ def build_embed_map(
             raise OptionError(f"--npz {npz} already exists; pass --overwrite to replace it")
         if not npz.parent.is_dir():
             raise OptionError(f"--npz directory {npz.parent} does not exist; create it first")
-    names = _names(prefix, o.pca is not None)
+    names = array_names(prefix, o.pca is not None)
     replaced: list[str] = []
     if attach_to is not None:
-        replaced = _check_clash(target, names, grid, o.overwrite)
+        replaced = check_clash(target, names, grid, o.overwrite)
 
     id_table = None
     if o.grid_map is not None:
@@ -120,31 +120,31 @@ def build_embed_map(
                                  o.grid_map_col_column)
 
     # ---- sources -----------------------------------------------------------------------------
-    bad = _BadRows(o.on_bad_row)
-    reader = _Reader(o, id_table, bad)
+    bad = BadRows(o.on_bad_row)
+    reader = Reader(o, id_table, bad)
     sources = []
     for p, k in zip(paths, kinds):
-        src = _Source(p, k, 0, str(p))
+        src = InputSource(p, k, 0, str(p))
         if k == "parquet":
             src.rows = reader.parquet_schema_check(src).metadata.num_rows
         else:
-            _check_map(src)
+            check_map(src)
             src.rows = N_CELLS  # map pixels
         sources.append(src)
     total_rows = sum(s.rows for s in sources)
     hashes: dict[str, str] = {}
     stop_hashing = threading.Event()
-    hasher = threading.Thread(target=_sha256_files, args=(paths, hashes, stop_hashing),
+    hasher = threading.Thread(target=sha256_files, args=(paths, hashes, stop_hashing),
                               daemon=True)
 
-    work = _new_temp_dir(target, "tmp" if attach_to is None else "attach-tmp")
+    work = new_temp_dir(target, "tmp" if attach_to is None else "attach-tmp")
     npz_tmp: Path | None = None
     try:
         hasher.start()
         # ---- 1. read: validate and spill per output chunk -----------------------------------
         policy = o.duplicate_policy
         first_at = np.full(N_CELLS, -1, dtype=np.int64)  # (source << 40) | row of first row seen
-        spill: _Spill | None = None
+        spill: Spill | None = None
         rows_before = rows_used = 0
         for si, src in enumerate(sources):
             reader.position = 0
@@ -157,9 +157,9 @@ def build_embed_map(
                     channels = o.pca or reader.dim or 1
                     itemsize = 2 if o.dtype == "float16" else 4
                     cl, cw = o.chunks or _auto_chunks(channels, itemsize)
-                    spill = _Spill(work / "spill", grid, cl, cw)
+                    spill = Spill(work / "spill", grid, cl, cw)
                 rows_used += len(cells)
-                cells, counts, vecs = _dedupe(cells, vecs, rows, si, first_at, policy, sources)
+                cells, counts, vecs = dedupe(cells, vecs, rows, si, first_at, policy, sources)
                 spill.append(cells, counts, vecs)
             rows_before += src.rows
             prog("read", rows_before, total_rows)
@@ -176,15 +176,15 @@ def build_embed_map(
 
         # ---- 2. pca ------------------------------------------------------------------------
         workers = o.workers or min(4, max(1, os.cpu_count() or 1))
-        asm = _Assembler(spill, dim, policy == "mean")
+        asm = Assembler(spill, dim, policy == "mean")
         pca = None
         if o.pca is not None:
-            pca = _fit_pca(asm, o.pca, prog)
+            pca = fit_pca(asm, o.pca, prog)
         channels = o.pca or dim
 
         # ---- 3. write ----------------------------------------------------------------------
         store_path = work / "store.zarr"
-        zarr_format: _ZarrFormat = _zarr_format(target) if attach_to is not None else 3
+        zarr_format: ZarrFormat = zarr_format_of(target) if attach_to is not None else 3
         cl, cw = spill.cl, spill.cw
         attrs = {
             "era5latent_embedmap_version": FORMAT_VERSION,
@@ -205,7 +205,7 @@ def build_embed_map(
             "grid_map": str(o.grid_map) if o.grid_map is not None else None,
         }
         valid = np.zeros((N_LAT, N_LON), dtype=bool)
-        arrays = _create_arrays(store_path, zarr_format, names, grid, channels, dim, (cl, cw),
+        arrays = create_arrays(store_path, zarr_format, names, grid, channels, dim, (cl, cw),
                                 o, attach_to is not None)
         emb_arr = arrays["embedding"]
         fill_value = np.nan if o.fill == "nan" else 0.0
@@ -254,13 +254,13 @@ def build_embed_map(
             "rows_skipped": dict(bad.counts),
             "duplicate_rows": rows_used - n_valid,
         })
-        emb_arr.attrs.update(_jsonable(attrs))
+        emb_arr.attrs.update(jsonable(attrs))
         shutil.rmtree(work / "spill", ignore_errors=True)
         if attach_to is None:
             import zarr
 
-            zarr.open_group(str(store_path), mode="r+").attrs.update(_jsonable(attrs))
-            _consolidate(store_path)
+            zarr.open_group(str(store_path), mode="r+").attrs.update(jsonable(attrs))
+            consolidate_map(store_path)
 
         # ---- 4. npz ------------------------------------------------------------------------
         if o.npz is not None:
@@ -268,21 +268,21 @@ def build_embed_map(
             fd, name = tempfile.mkstemp(dir=npz_path.parent, prefix=f".{npz_path.name}.tmp-")
             os.close(fd)
             npz_tmp = Path(name)
-            os.chmod(npz_tmp, 0o666 & ~_umask())
-            _write_npz(emb_arr, valid, grid, npz_tmp, out_dtype, prog)
+            os.chmod(npz_tmp, 0o666 & ~current_umask())
+            write_npz(emb_arr, valid, grid, npz_tmp, out_dtype, prog)
 
         # ---- commit ------------------------------------------------------------------------
         # checked again: the build takes minutes, and something may have appeared meanwhile
         if attach_to is None:
             _check_target(target, fsutil.EMBED_MAP, "--out", o.overwrite)
         else:
-            replaced = _check_clash(target, names, grid, o.overwrite)
+            replaced = check_clash(target, names, grid, o.overwrite)
         if npz_tmp is not None:
             _check_target(Path(o.npz), fsutil.EMBED_NPZ, "--npz", o.overwrite)  # type: ignore[arg-type]
         if attach_to is None:
             fsutil.commit_dir(str(store_path), str(target), replace=True)
         else:
-            _move_arrays(store_path, target, list(names.values()), replaced)
+            move_arrays(store_path, target, list(names.values()), replaced)
         if npz_tmp is not None:
             os.replace(npz_tmp, Path(o.npz))  # type: ignore[arg-type]
             npz_tmp = None

@@ -49,7 +49,7 @@ REASONS = (
     "wrong embedding length",
     "non-finite embedding",
 )
-_OK = -1
+ID_OK = -1
 
 
 def format_grid_id(lat: float, lon: float) -> str:
@@ -88,7 +88,7 @@ class GridId:
 def _check_id_fields(
     gid: int, lon_h: int, lat_h: int, trust: str, id_table: np.ndarray | None
 ) -> tuple[int, int, str]:
-    """(reason code or _OK, cell, detail) for one row, from integer fields (hundredths)."""
+    """(reason code or ID_OK, cell, detail) for one row, from integer fields (hundredths)."""
     coords_cell = -1
     if trust != "id":
         if not (-9000 <= lat_h <= 9000) or not (-18000 <= lon_h < 18000):
@@ -98,7 +98,7 @@ def _check_id_fields(
             return 2, -1, "cell centres lie on multiples of 0.25 degrees"
         coords_cell = (lat_h // 25 + 360) * N_LON + (lon_h // 25 + 720)
         if trust == "coords":
-            return _OK, coords_cell, ""
+            return ID_OK, coords_cell, ""
     if id_table is None:
         if gid >= N_CELLS:
             return 3, -1, f"grid ids run 0..{N_CELLS - 1} (= row * 1440 + col from 90S, 180W)"
@@ -110,12 +110,12 @@ def _check_id_fields(
     if trust == "check" and id_cell != coords_cell:
         return 5, -1, (f"its coordinates give id {coords_cell:07d}, its id gives cell "
                        f"{id_cell:07d} (--trust id or --trust coords places by one of them)")
-    return _OK, id_cell, ""
+    return ID_OK, id_cell, ""
 
 
-def _classify_id(text: object, trust: str = "check",
+def classify_id(text: object, trust: str = "check",
                  id_table: np.ndarray | None = None) -> tuple[int, int, str]:
-    """Scalar reference classifier: (reason code or _OK, cell, detail)."""
+    """Scalar reference classifier: (reason code or ID_OK, cell, detail)."""
     m = _ID_RE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         return 0, -1, f"expected {_ID_FORMAT}"
@@ -131,25 +131,25 @@ def parse_grid_id(text: object, *, trust: str = "check",
     """Parse one ``grid_id_coord``; raises :class:`EmbedMapError` on anything invalid."""
     if trust not in TRUSTS:
         raise OptionError(f"trust must be one of {', '.join(TRUSTS)}, found {trust!r}")
-    code, cell, detail = _classify_id(text, trust, id_table)
-    if code != _OK:
-        raise EmbedMapError(f"grid_id_coord {_short(text)}: {REASONS[code]}; {detail}")
+    code, cell, detail = classify_id(text, trust, id_table)
+    if code != ID_OK:
+        raise EmbedMapError(f"grid_id_coord {shorten(text)}: {REASONS[code]}; {detail}")
     m = _ID_RE.fullmatch(text) if isinstance(text, str) else None
-    if m is None:  # unreachable: _classify_id accepted it
-        raise EmbedMapError(f"grid_id_coord {_short(text)}: malformed id; expected {_ID_FORMAT}")
+    if m is None:  # unreachable: classify_id accepted it
+        raise EmbedMapError(f"grid_id_coord {shorten(text)}: malformed id; expected {_ID_FORMAT}")
     lon = float(f"{m['lons']}{m['loni']}.{m['lonf']}")
     lat = float(f"{m['lats']}{m['lati']}.{m['latf']}")
     return GridId(int(m["id"]), lon + 0.0, lat + 0.0, cell)
 
 
-def _short(text: object, limit: int = 60) -> str:
+def shorten(text: object, limit: int = 60) -> str:
     s = repr(text)
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
-def _classify_ids(ids: Any, trust: str, id_table: np.ndarray | None
+def classify_ids(ids: Any, trust: str, id_table: np.ndarray | None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised :func:`_classify_id` over an Arrow string array: (codes int8, cells int64)."""
+    """Vectorised :func:`classify_id` over an Arrow string array: (codes int8, cells int64)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -175,7 +175,7 @@ def _classify_ids(ids: Any, trust: str, id_table: np.ndarray | None
     lon_h = np.where(neg("lons"), -lon_h, lon_h)
     lat_h = np.where(neg("lats"), -lat_h, lat_h)
 
-    codes = np.full(n, _OK, dtype=np.int8)
+    codes = np.full(n, ID_OK, dtype=np.int8)
     cells = np.full(n, -1, dtype=np.int64)
     codes[~ok] = 0
     todo = ok.copy()
@@ -303,7 +303,7 @@ def grid_from_store(path: Path | str, what: str = "--like") -> Grid:
         names = set(g.array_keys())
     except Exception as err:  # noqa: BLE001 - any failure to open is the user's input
         raise EmbedMapError(
-            f"{what} {path}: cannot open it as a Zarr store ({_one_line(err)}); pass the path of "
+            f"{what} {path}: cannot open it as a Zarr store ({one_line(err)}); pass the path of "
             "a WeatherBench2-style store with latitude/longitude coordinates"
         ) from None
     for la, lo in (("latitude", "longitude"), ("lat", "lon")):
@@ -328,6 +328,6 @@ def _zarr_array(g: zarr.Group, name: str, what: str, path: Path | str) -> zarr.A
     return a
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:300]

@@ -12,11 +12,11 @@ import numpy as np
 
 from era5latent.embed.grid import N_LAT, N_LON, Grid
 from era5latent.embed.options import ProgressFn
-from era5latent.embed.readers import _Source
+from era5latent.embed.readers import InputSource
 from era5latent.errors import EmbedMapError
 
 
-class _Spill:
+class Spill:
     """Append-only per-chunk files: ``k.idx`` (int32 cell, int32 count) and ``k.vec`` (float32)."""
 
     def __init__(self, root: Path, grid: Grid, chunk_lat: int, chunk_lon: int) -> None:
@@ -76,8 +76,8 @@ def _group_mean(keys: np.ndarray, counts: np.ndarray, vecs: np.ndarray
     return ks[starts], np.add.reduceat(w, starts), sums
 
 
-def _dedupe(cells: np.ndarray, vecs: np.ndarray, rows: np.ndarray, si: int,
-            first_at: np.ndarray, policy: str, sources: Sequence[_Source]
+def dedupe(cells: np.ndarray, vecs: np.ndarray, rows: np.ndarray, si: int,
+            first_at: np.ndarray, policy: str, sources: Sequence[InputSource]
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply the duplicate policy to one batch: (cells, counts, vectors)."""
     tag = (np.int64(si) << 40) | rows
@@ -114,10 +114,10 @@ def _dedupe(cells: np.ndarray, vecs: np.ndarray, rows: np.ndarray, si: int,
     return u, cnt.astype(np.int64), (sums / cnt[:, None]).astype(np.float32)
 
 
-class _Assembler:
+class Assembler:
     """Turns one chunk's spill into (local cell indices, final vectors float32)."""
 
-    def __init__(self, spill: _Spill, dim: int, merge: bool) -> None:
+    def __init__(self, spill: Spill, dim: int, merge: bool) -> None:
         self.spill, self.dim, self.merge = spill, dim, merge
         self.block = max(1024, (32 << 20) // (4 * dim))
 
@@ -141,7 +141,7 @@ class _Assembler:
         return local, (acc[local] / cnt[local, None]).astype(np.float32)
 
 
-def _fit_pca(asm: _Assembler, k: int, prog: ProgressFn) -> dict[str, Any]:
+def fit_pca(asm: Assembler, k: int, prog: ProgressFn) -> dict[str, Any]:
     """Exact PCA from a streamed, shifted D x D covariance over every valid cell."""
     dim = asm.dim
     todo = [c for c in range(asm.spill.n_chunks) if asm.spill.sizes[c]]

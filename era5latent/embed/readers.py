@@ -14,21 +14,21 @@ from typing import IO, Any
 import numpy as np
 
 from era5latent.embed.grid import (
-    _OK,
+    ID_OK,
     ID_EXAMPLE,
     N_LAT,
     N_LON,
     REASONS,
-    _classify_id,
-    _classify_ids,
-    _one_line,
-    _short,
+    classify_id,
+    classify_ids,
+    one_line,
+    shorten,
 )
 from era5latent.embed.options import EmbedMapOptions
 from era5latent.errors import EmbedMapError
 
 
-def _input_kind(path: Path) -> str:
+def input_kind(path: Path) -> str:
     if not path.exists():
         raise EmbedMapError(f"input {path} does not exist; pass a parquet file or an .npz map")
     if path.is_dir():
@@ -45,7 +45,7 @@ def _input_kind(path: Path) -> str:
                         " pass Copernicus-Embed parquet rows or embed_map_310k.npz")
 
 
-def _sha256_files(paths: Sequence[Path], out: dict[str, str], stop: threading.Event) -> None:
+def sha256_files(paths: Sequence[Path], out: dict[str, str], stop: threading.Event) -> None:
     """sha256 of each input (run on a background thread while the inputs are read)."""
     for p in paths:
         h = hashlib.sha256()
@@ -73,7 +73,7 @@ def load_grid_map(path: Path, id_column: str, row_column: str, col_column: str) 
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
-        raise EmbedMapError(f"--grid-map {path}: cannot read parquet ({_one_line(err)})") from None
+        raise EmbedMapError(f"--grid-map {path}: cannot read parquet ({one_line(err)})") from None
     cols = {"--grid-map-id-column": id_column, "--grid-map-row-column": row_column,
             "--grid-map-col-column": col_column}
     for opt, name in cols.items():
@@ -86,7 +86,7 @@ def load_grid_map(path: Path, id_column: str, row_column: str, col_column: str) 
                             for c in (id_column, row_column, col_column))
     except (pa.ArrowException, ValueError) as err:
         raise EmbedMapError(f"--grid-map {path}: id/row/col columns must be whole numbers without "
-                            f"nulls ({_one_line(err)})") from None
+                            f"nulls ({one_line(err)})") from None
     bad = np.flatnonzero((ids < 0) | (ids > 9_999_999) | (rows < 0) | (rows >= N_LAT)
                          | (cols_ < 0) | (cols_ >= N_LON))
     if bad.size:
@@ -105,7 +105,7 @@ def load_grid_map(path: Path, id_column: str, row_column: str, col_column: str) 
 
 
 @dataclass
-class _BadRows:
+class BadRows:
     """Bad-row policy: raise on the first one, or count them per reason."""
 
     policy: str
@@ -122,17 +122,17 @@ class _BadRows:
 
 
 @dataclass
-class _Source:
+class InputSource:
     path: Path
     kind: str
     rows: int
     label: str
 
 
-class _Reader:
+class Reader:
     """Streams every input as batches of (cells, vectors float32 (n, D), row numbers)."""
 
-    def __init__(self, opts: EmbedMapOptions, id_table: np.ndarray | None, bad: _BadRows) -> None:
+    def __init__(self, opts: EmbedMapOptions, id_table: np.ndarray | None, bad: BadRows) -> None:
         self.opts = opts
         self.id_table = id_table
         self.bad = bad
@@ -143,7 +143,7 @@ class _Reader:
         self.modalities_seen: set[str] = set()
 
     # parquet -------------------------------------------------------------------------------
-    def parquet_schema_check(self, src: _Source) -> Any:  # a pyarrow ParquetFile
+    def parquet_schema_check(self, src: InputSource) -> Any:  # a pyarrow ParquetFile
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -151,7 +151,7 @@ class _Reader:
         try:
             pf = pq.ParquetFile(src.path, buffer_size=1 << 20, pre_buffer=False)
         except (pa.ArrowException, OSError) as err:
-            raise EmbedMapError(f"{src.label}: cannot read parquet ({_one_line(err)})") from None
+            raise EmbedMapError(f"{src.label}: cannot read parquet ({one_line(err)})") from None
         schema = pf.schema_arrow
         names = schema.names
         for col, opt in ((o.id_column, "--id-column"), (o.embedding_column, "--embedding-column")):
@@ -180,7 +180,7 @@ class _Reader:
                                 f"(columns: {', '.join(names)})")
         return pf
 
-    def read_parquet(self, src: _Source) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def read_parquet(self, src: InputSource) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -198,7 +198,7 @@ class _Reader:
                 break
             except (pa.ArrowException, OSError) as err:
                 raise EmbedMapError(f"{src.label}: cannot read parquet near row {start} "
-                                    f"({_one_line(err)}); is the file truncated?") from None
+                                    f"({one_line(err)}); is the file truncated?") from None
             n = batch.num_rows
             rows = np.arange(start, start + n, dtype=np.int64)
             start += n
@@ -220,14 +220,14 @@ class _Reader:
                     continue
             yield self._parquet_batch(src, ids, emb, rows)
 
-    def _parquet_batch(self, src: _Source, ids: Any, emb: Any, rows: np.ndarray
+    def _parquet_batch(self, src: InputSource, ids: Any, emb: Any, rows: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import pyarrow as pa
         import pyarrow.compute as pc
 
         o = self.opts
         n = len(rows)
-        codes, cells = _classify_ids(ids, o.trust, self.id_table)
+        codes, cells = classify_ids(ids, o.trust, self.id_table)
         # embedding checks: null / length / finiteness
         valid = np.asarray(emb.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
         if pa.types.is_fixed_size_list(emb.type):
@@ -236,18 +236,18 @@ class _Reader:
             lengths = np.asarray(pc.fill_null(pc.list_value_length(emb), -1)
                                  .to_numpy(zero_copy_only=False), dtype=np.int64)
         if self.dim is None:
-            first = np.flatnonzero(valid & (codes == _OK))
+            first = np.flatnonzero(valid & (codes == ID_OK))
             if first.size:
                 self.dim = int(lengths[first[0]])
                 self.dim_from = f"{src.label} row {rows[first[0]]}"
                 if self.dim < 1:
                     raise EmbedMapError(f"{self.dim_from}: embedding is empty; expected D >= 1 "
                                         "floats per row")
-        emb_codes = np.full(n, _OK, dtype=np.int8)
+        emb_codes = np.full(n, ID_OK, dtype=np.int8)
         emb_codes[~valid] = 6
         if self.dim is not None:
             emb_codes[valid & (lengths != self.dim)] = 7
-        good = (codes == _OK) & (emb_codes == _OK)
+        good = (codes == ID_OK) & (emb_codes == ID_OK)
         d = self.dim or 0
         sel = emb if good.all() else emb.filter(pa.array(good))
         flat = sel.flatten()
@@ -261,8 +261,8 @@ class _Reader:
             idx = np.flatnonzero(good)
             emb_codes[idx[~finite]] = 8
         # report in row order: the first bad row of the batch, else count per reason
-        all_codes = np.where(codes != _OK, codes, emb_codes)
-        bad_idx = np.flatnonzero(all_codes != _OK)
+        all_codes = np.where(codes != ID_OK, codes, emb_codes)
+        bad_idx = np.flatnonzero(all_codes != ID_OK)
         if bad_idx.size:
             k = int(bad_idx[0])
             where = f"{src.label} row {rows[k]}"
@@ -283,7 +283,7 @@ class _Reader:
                 good: np.ndarray) -> str:
         if code <= 5:
             text = ids[k].as_py()
-            return f"grid_id_coord {_short(text)}: {_classify_id(text, self.opts.trust, self.id_table)[2]}"
+            return f"grid_id_coord {shorten(text)}: {classify_id(text, self.opts.trust, self.id_table)[2]}"
         if code == 6:
             return "the embedding is null; expected a list of floats"
         if code == 7:
@@ -292,7 +292,7 @@ class _Reader:
         return "the embedding holds NaN or infinity (or a float64 beyond float32 range)"
 
     # npz / npy -----------------------------------------------------------------------------
-    def read_map(self, src: _Source) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def read_map(self, src: InputSource) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Rows of an upstream map (north-up, col 0 at 180W); all-zero vectors are missing."""
         with _open_npy_member(src) as (f, shape, dtype):
             d = shape[2]
@@ -328,7 +328,7 @@ class _Reader:
 class _open_npy_member:
     """Context manager: (file object positioned at the data, shape, dtype) of arr_0 / an .npy."""
 
-    def __init__(self, src: _Source) -> None:
+    def __init__(self, src: InputSource) -> None:
         self.src = src
         self._stack: list[zipfile.ZipFile | IO[bytes]] = []
 
@@ -357,7 +357,7 @@ class _open_npy_member:
             raise
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             self.__exit__(None, None, None)
-            raise EmbedMapError(f"{src.label}: cannot read the map ({_one_line(err)})") from None
+            raise EmbedMapError(f"{src.label}: cannot read the map ({one_line(err)})") from None
         if len(shape) != 3 or shape[:2] != (N_LAT, N_LON) or fortran or dtype.kind != "f":
             self.__exit__(None, None, None)
             raise EmbedMapError(f"{src.label}: map is {dtype} {shape}"
@@ -373,6 +373,6 @@ class _open_npy_member:
                 pass
 
 
-def _check_map(src: _Source) -> None:
+def check_map(src: InputSource) -> None:
     with _open_npy_member(src):
         pass

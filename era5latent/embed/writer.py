@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from era5latent.embed.grid import N_LAT, N_LON, Grid, _one_line
+from era5latent.embed.grid import N_LAT, N_LON, Grid, one_line
 from era5latent.embed.options import EmbedMapOptions, ProgressFn
 from era5latent.errors import EmbedMapError, OptionError
 from era5latent.fsutil import NPZ_MARKER
@@ -22,38 +22,38 @@ from era5latent.fsutil import NPZ_MARKER
 if TYPE_CHECKING:
     import zarr
 
-_ZarrFormat = Literal[2, 3]  # what zarr.open_group accepts as zarr_format
+ZarrFormat = Literal[2, 3]  # what zarr.open_group accepts as zarr_format
 FORMAT_VERSION = 1  #: stamped as ``era5latent_embedmap_version`` in every output
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def _new_temp_dir(target: Path, tag: str) -> Path:
+def new_temp_dir(target: Path, tag: str) -> Path:
     """A fresh directory beside ``target`` (same file system, so the final rename is atomic)."""
     try:
         path = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.{tag}-"))
     except OSError as err:
         raise EmbedMapError(f"cannot create a temporary directory beside {target} "
-                            f"({_one_line(err)}); check that {target.parent} is writable") from None
-    os.chmod(path, 0o777 & ~_umask())
+                            f"({one_line(err)}); check that {target.parent} is writable") from None
+    os.chmod(path, 0o777 & ~current_umask())
     return path
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-def _zarr_format(path: Path) -> _ZarrFormat:
+def zarr_format_of(path: Path) -> ZarrFormat:
     import zarr
 
     return zarr.open_group(str(path), mode="r").metadata.zarr_format
 
 
-def _names(prefix: str, pca: bool) -> dict[str, str]:
+def array_names(prefix: str, pca: bool) -> dict[str, str]:
     keys = ["embedding", "valid", "channel"]
     if pca:
         keys += ["pca_components", "pca_mean", "pca_explained_variance",
@@ -72,10 +72,10 @@ def _attached_map(g: zarr.Group, prefix: str) -> set[str]:
         return set()
     if not isinstance(emb, zarr.Array) or "era5latent_embedmap_version" not in emb.attrs:
         return set()
-    return set(_names(prefix, emb.attrs.get("pca") is not None).values())
+    return set(array_names(prefix, emb.attrs.get("pca") is not None).values())
 
 
-def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool) -> list[str]:
+def check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool) -> list[str]:
     """What attaching ``names`` to ``store`` replaces: nothing when no name is taken; with
     ``overwrite``, every array of the map attached earlier under the same prefix (its PCA
     arrays too, when the new map has none). A taken name that is not that map's is refused."""
@@ -101,7 +101,7 @@ def _check_clash(store: Path, names: dict[str, str], grid: Grid, overwrite: bool
     return sorted(ours & existing)
 
 
-def _create_arrays(path: Path, zarr_format: _ZarrFormat, names: dict[str, str], grid: Grid,
+def create_arrays(path: Path, zarr_format: ZarrFormat, names: dict[str, str], grid: Grid,
                    channels: int, dim: int, chunks: tuple[int, int], o: EmbedMapOptions,
                    attach: bool) -> dict[str, zarr.Array[Any]]:
     import zarr
@@ -163,7 +163,7 @@ def _create_arrays(path: Path, zarr_format: _ZarrFormat, names: dict[str, str], 
     return arrays
 
 
-def _consolidate(path: Path) -> None:
+def consolidate_map(path: Path) -> None:
     import zarr
 
     with warnings.catch_warnings():
@@ -183,7 +183,7 @@ def _is_consolidated(path: Path) -> bool:
     return False
 
 
-def _move_arrays(src_group: Path, store: Path, names: list[str], replaced: list[str]) -> None:
+def move_arrays(src_group: Path, store: Path, names: list[str], replaced: list[str]) -> None:
     """Move finished arrays into ``store`` after moving ``replaced`` (an earlier map's arrays)
     out of it, then re-consolidate."""
     consolidated = _is_consolidated(store)
@@ -197,10 +197,10 @@ def _move_arrays(src_group: Path, store: Path, names: list[str], replaced: list[
     finally:
         shutil.rmtree(trash, ignore_errors=True)
     if consolidated:
-        _consolidate(store)
+        consolidate_map(store)
 
 
-def _write_npz(emb_arr: zarr.Array[Any], valid: np.ndarray, grid: Grid, path: Path,
+def write_npz(emb_arr: zarr.Array[Any], valid: np.ndarray, grid: Grid, path: Path,
                dtype: np.dtype, prog: ProgressFn) -> None:
     """Stream ``arr_0`` (721, 1440, C) in the upstream layout, zeros where invalid."""
     channels = emb_arr.shape[2]

@@ -80,7 +80,7 @@ def store_usage(path: str, max_chunks: int | None = None) -> dict[str, dict[str,
     values the group's channels hold), ``raw_bytes_per_value`` (the packed codes without zstd),
     ``code_bits`` and ``samples``. Only written time chunks are read; their checksums are
     checked (a damaged chunk is a :class:`~era5latent.errors.CorruptChunkError`)."""
-    from era5latent.store import open_latent_store
+    from era5latent.store.core import open_latent_store
 
     store = open_latent_store(path)
     done = store.done()

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from era5latent.errors import GridMismatchError, OptionError, SourceError
-from era5latent.variables import Channel, lookup_variable, parse_channel
+from era5latent.io.variables import Channel, lookup_variable, parse_channel
 
 
 class ClimatologyLike(Protocol):
@@ -201,6 +201,6 @@ def open_climatology(path: str | os.PathLike[str] | Any, lat: np.ndarray, lon: n
     p = os.fspath(path)
     if is_wb2_climatology(p):
         return WB2Climatology(_open(p), p, lat, lon)
-    from era5latent.sources import open_source
+    from era5latent.io.sources import open_source
 
     return TimeMeanClimatology(open_source(p), (len(lat), len(lon)))

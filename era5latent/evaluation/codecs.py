@@ -146,7 +146,7 @@ class BitRoundZstd(_Codec):
         return cast(np.ndarray, np.frombuffer(bytes(raw), dtype=np.float32).reshape(shape).copy())
 
 
-def _zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+def zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape zfp sees for a (n, lat, lon) stack: a 3-d cube, or the fields stacked 2-d.
 
     zfp pads every dim to a multiple of 4, so a cube of 6 steps stores 8. The cube (which lets
@@ -165,7 +165,7 @@ def _zfp_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (n, ny, nx) if n > 1 and cube <= 1.1 * flat else (n * ny, nx)
 
 
-def _zfp_padded(shape: tuple[int, ...]) -> int:
+def zfp_padded(shape: tuple[int, ...]) -> int:
     return math.prod(-(-v // 4) * 4 for v in shape)
 
 
@@ -209,7 +209,7 @@ class ZFPFixedRate(_Codec):
     def encode(self, a: np.ndarray) -> bytes:
         zfpy = _require("zfpy", "zfpy", self.method)
         x = np.ascontiguousarray(a, dtype=np.float32)
-        x = x.reshape(_zfp_layout(x.shape))
+        x = x.reshape(zfp_layout(x.shape))
         rate = min(max(float(self.rate), zfp_min_rate(x.ndim)), ZFP_MAX_RATE)
         return bytes(zfpy.compress_numpy(x, rate=rate))
 
@@ -242,7 +242,7 @@ class ZFPFixedAccuracy(_Codec):
     def encode(self, a: np.ndarray) -> bytes:
         zfpy = _require("zfpy", "zfpy", self.method)
         x = np.ascontiguousarray(a, dtype=np.float32)
-        x = x.reshape(_zfp_layout(x.shape))
+        x = x.reshape(zfp_layout(x.shape))
         return bytes(zfpy.compress_numpy(x, tolerance=float(self.tolerance)))
 
     def decode(self, buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -439,7 +439,7 @@ def parse_baselines(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 # round trips
 
 
-def _as_stack(array: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+def as_stack(array: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     """(float32 (n, lat, lon) stack, original shape); finite values required."""
     a = np.asarray(array.values if hasattr(array, "coords") else array)
     if a.ndim < 2:
@@ -454,14 +454,14 @@ def _as_stack(array: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     return a.reshape(-1, *a.shape[-2:]), a.shape
 
 
-def _rewrap(like: Any, data: np.ndarray) -> Any:
+def rewrap(like: Any, data: np.ndarray) -> Any:
     """``data`` as ``like`` was: a DataArray with the same dims and coords, or a numpy array."""
     if hasattr(like, "coords") and hasattr(like, "copy"):
         return like.copy(data=data.astype(like.dtype, copy=False))
     return data
 
 
-def _roundtrip_stack(codec: Codec, stack: np.ndarray, per_field: bool) -> tuple[np.ndarray, int]:
+def roundtrip_stack(codec: Codec, stack: np.ndarray, per_field: bool) -> tuple[np.ndarray, int]:
     if per_field:
         recon = np.empty_like(stack)
         nbytes = 0
@@ -482,6 +482,6 @@ def compress_roundtrip(codec: Codec, array: Any, *, per_field: bool = False) -> 
     ``nbytes`` is the total length of the compressed stream(s). See the module docstring for
     the layout (one cube by default, ``per_field=True`` for one stream per 2-d field).
     """
-    stack, shape = _as_stack(array)
-    recon, nbytes = _roundtrip_stack(codec, stack, per_field)
-    return _rewrap(array, recon.reshape(shape)), nbytes
+    stack, shape = as_stack(array)
+    recon, nbytes = roundtrip_stack(codec, stack, per_field)
+    return rewrap(array, recon.reshape(shape)), nbytes

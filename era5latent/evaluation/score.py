@@ -34,9 +34,9 @@ from era5latent.evaluation import codecs, metrics, sizematch
 from era5latent.evaluation.climatology import ClimatologyLike, TimeMeanClimatology, open_climatology
 from era5latent.evaluation.regions import Region, parse_region
 from era5latent.errors import GridMismatchError, OptionError
-from era5latent.sources import Source
-from era5latent.store import LatentStore
-from era5latent.variables import Channel
+from era5latent.io.sources import Source
+from era5latent.store.core import LatentStore
+from era5latent.io.variables import Channel
 
 #: sizes of the default rate-distortion sweep, as multiples of the WLA's bytes per value
 SWEEP_FACTORS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -226,7 +226,7 @@ def _layers(latent: LatentStore | None) -> dict[str, dict[str, Any]]:
     """Per channel, both layers' bytes per value and the bound, for a store with residuals."""
     if latent is None or not getattr(latent, "has_residual", False):
         return {}
-    from era5latent.residual.summary import channel_layers
+    from era5latent.store.info import channel_layers
 
     return channel_layers(latent)
 
@@ -312,7 +312,7 @@ def _field(src: Source, ch: Channel, a: int, b: int) -> np.ndarray:
 def _plots(plot_dir: str, ch: Channel, units: str, truth: np.ndarray,
            recons: dict[str, np.ndarray], lat: np.ndarray, lon: np.ndarray,
            sweep: list[dict[str, Any]]) -> list[str]:
-    from era5latent import plots
+    from era5latent.evaluation import plots
 
     os.makedirs(plot_dir, exist_ok=True)
     out = []

@@ -24,8 +24,8 @@ from era5latent.evaluation import bitinfo
 from era5latent.evaluation.codecs import (EBCC, FIXED_SIZE_METHODS, FLOAT32_BYTES, SZ3,
                                           XBITINFO_LEVELS, ZFP_MAX_RATE, BitRoundZstd, Codec,
                                           PCodecLossless, ZFPFixedAccuracy, ZFPFixedRate,
-                                          _as_stack, _rewrap, _roundtrip_stack, _zfp_layout,
-                                          _zfp_padded, parse_baselines, zfp_min_rate)
+                                          as_stack, rewrap, roundtrip_stack, zfp_layout,
+                                          zfp_padded, parse_baselines, zfp_min_rate)
 
 #: A row counts as size-matched when its bytes per value are within this fraction of the target.
 SIZE_TOLERANCE = 0.10
@@ -101,7 +101,7 @@ def _match_bitround(stack: np.ndarray, target_bytes: float, per_field: bool, lev
     cands: list[tuple[Codec, np.ndarray, int]] = []
     for k in range(24):
         c = BitRoundZstd(k, level)
-        recon, nb = _roundtrip_stack(c, stack, per_field)
+        recon, nb = roundtrip_stack(c, stack, per_field)
         cands.append((c, recon, nb))
         if nb >= target_bytes:
             break
@@ -115,13 +115,13 @@ def _match_zfp_rate(stack: np.ndarray, target_bytes: float, per_field: bool
     # rate = 8 * target bytes/value, scaled up by the padding zfp will store so that the real
     # size (padding included) lands on the target
     layouts = [stack.shape[1:]] * stack.shape[0] if per_field else [stack.shape]
-    shapes = [_zfp_layout(s) for s in layouts]
-    padded = sum(_zfp_padded(s) for s in shapes)
+    shapes = [zfp_layout(s) for s in layouts]
+    padded = sum(zfp_padded(s) for s in shapes)
     rate = 8.0 * target_bytes / padded
     lo = max(zfp_min_rate(len(s)) for s in shapes)
     reached = lo <= rate <= ZFP_MAX_RATE
     c = ZFPFixedRate(min(max(rate, lo), ZFP_MAX_RATE))
-    recon, nb = _roundtrip_stack(c, stack, per_field)
+    recon, nb = roundtrip_stack(c, stack, per_field)
     return c, recon, nb, reached
 
 
@@ -136,7 +136,7 @@ def _match_tolerance(make: Callable[[float], Codec], stack: np.ndarray, target_b
     def run(tol: float) -> tuple[Codec, np.ndarray, int]:
         if tol not in cache:
             c = make(tol)
-            recon, nb = _roundtrip_stack(c, stack, per_field)
+            recon, nb = roundtrip_stack(c, stack, per_field)
             cache[tol] = (c, recon, nb)
         return cache[tol]
 
@@ -182,7 +182,7 @@ def match_size(method_name: str, array: Any, target_bytes_per_value: float, *,
         raise OptionError(
             f"target {target_bytes_per_value!r} bytes per value: expected a positive number "
             "(float32 is 4; 0.25 is 16x smaller)")
-    stack, shape = _as_stack(array)
+    stack, shape = as_stack(array)
     target_bytes = t * stack.size
     codec: Codec
     if method == "bitround":
@@ -200,10 +200,10 @@ def match_size(method_name: str, array: Any, target_bytes_per_value: float, *,
     else:  # fixed size: one setting, whatever the target
         codec = (PCodecLossless() if method == "pcodec" else
                  BitRoundZstd(bitinfo.keepbits(stack, XBITINFO_LEVELS[method]), zstd_level))
-        recon, nb = _roundtrip_stack(codec, stack, per_field)
+        recon, nb = roundtrip_stack(codec, stack, per_field)
         reached = abs(nb / target_bytes - 1.0) <= SIZE_TOLERANCE
     all_zero = bool(np.any(stack) and not np.any(recon))
-    return SizeMatch(codec, _rewrap(array, recon.reshape(shape)), nb, stack.size, t, reached,
+    return SizeMatch(codec, rewrap(array, recon.reshape(shape)), nb, stack.size, t, reached,
                      method, all_zero)
 
 

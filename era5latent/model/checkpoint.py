@@ -25,11 +25,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from era5latent import __version__
+from era5latent.version import __version__
 from era5latent.errors import CheckpointError, Era5LatentError, ModelMismatchError, StoreError
 from era5latent.fsutil import atomic_file
 from era5latent.model.wla import WLA, WLAConfig
-from era5latent.variables import Channel, parse_channel
+from era5latent.io.variables import Channel, parse_channel
 
 FORMAT = "era5latent.wla"
 FORMAT_VERSION = 2  # 2: per-pixel mean fields (written only by checkpoints that have them)

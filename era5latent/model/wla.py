@@ -10,7 +10,7 @@ group's channels, any subset of them in any order, to a grid of binary tokens an
 
 with C channels, F = ``feat_dim`` PVUM features, D = ``width``, K = ``code_bits``. The PVUM
 hypernetwork turns each channel's metadata scalar (pressure level in hPa, or a fixed code for
-single-level fields, see :attr:`era5latent.variables.Channel.meta`) into that channel's 1x1 conv
+single-level fields, see :attr:`era5latent.io.variables.Channel.meta`) into that channel's 1x1 conv
 weights, so the network never sees channel *positions*: permuting (x, meta) pairs together leaves
 the codes unchanged and permutes the reconstruction the same way.
 

@@ -1,19 +1,22 @@
 """Streaming encode and decode: a source's time chunks through the WLA, into a store and back.
 
-* :mod:`.common`: devices, precision, the model's block encode/decode (the one step every path
-  runs), the prefetching reader and background writer.
+* :mod:`.common`: the model's block encode/decode (the one step every path runs), the
+  prefetching reader and background writer (devices and precision: :mod:`era5latent.model.devices`).
 * :mod:`.encoding`: encode into a latent store (``EncodeJob``: one time chunk at a time,
   resumable, in parts or on a cluster), with the residual layer when asked for.
 * :mod:`.decoding`: decode a latent store into ERA5 fields (residuals applied when present).
+* :mod:`.distributed`: the same units of work on a Dask cluster (``--scheduler``/``--workers``)
+  and ``finalize`` of a store built in parts.
+* :mod:`.unseen`: ``--allow-unseen-levels``, levels a group was not trained on.
+* :mod:`.residual`: the error-bounded residual layer's numbers (``--max-error``; no IO).
 
-Everything is importable from ``era5latent.pipeline`` as before the split.
+The names of ``common``, ``encoding`` and ``decoding`` are importable from ``era5latent.pipeline``.
 """
 
-from era5latent.pipeline.common import (PRECISIONS, Progress, _normaliser, _prefetch, _to_device,
-                                        _to_host, _Writer, autocast, check_grid,
-                                        check_model_channels, decode_block, decode_fields,
-                                        encode_block, encode_fields, read_fields, resolve_device,
-                                        resolve_precision)
+from era5latent.model.devices import PRECISIONS, autocast, resolve_device, resolve_precision
+from era5latent.pipeline.common import (Progress, Writer, check_grid, check_model_channels,
+                                        decode_block, decode_fields, encode_block, encode_fields,
+                                        normaliser, prefetch, read_fields, to_device, to_host)
 from era5latent.pipeline.decoding import (DecodePlan, DecodeResult, check_store_metadata,
                                           check_store_model, decode, decode_precision,
                                           plan_decode, read_codes, read_group_masks, read_residuals,
@@ -21,7 +24,7 @@ from era5latent.pipeline.decoding import (DecodePlan, DecodeResult, check_store_
 from era5latent.pipeline.encoding import (AUTO_CHUNK_FIELD_BYTES, AUTO_TIME_CHUNK,
                                           MAX_CHUNK_FIELD_BYTES, EncodedChunk, EncodeJob,
                                           EncodeResult, residual_spec, residual_streams,
-                                          _forget_if_empty, _open_for_resume, _run, _store_spec,
+                                          store_spec,
                                           auto_time_chunk, check_time_chunk, encode,
                                           first_step_masks, prepare_encode, ready_to_encode)
 
@@ -36,15 +39,12 @@ __all__ = [
                                         "EncodeResult",
                                         "EncodedChunk",
                                         "Progress",
-                                        "_Writer",
-                                        "_forget_if_empty",
-                                        "_normaliser",
-                                        "_open_for_resume",
-                                        "_prefetch",
-                                        "_run",
-                                        "_store_spec",
-                                        "_to_device",
-                                        "_to_host",
+                                        "Writer",
+                                        "normaliser",
+                                        "prefetch",
+                                        "store_spec",
+                                        "to_device",
+                                        "to_host",
                                         "auto_time_chunk",
                                         "autocast",
                                         "check_grid",

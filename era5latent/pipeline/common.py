@@ -15,34 +15,18 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from era5latent.errors import GridMismatchError, OptionError, SubsetError
+from era5latent.errors import GridMismatchError, SubsetError
 from era5latent.model.checkpoint import LoadedModel
+from era5latent.model.devices import autocast
 from era5latent.model.wla import pack_bits, unpack_bits
-from era5latent.masks import check_no_inf
-from era5latent.sources import Source, grid_info, iso
-from era5latent.store import GroupSpec
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.store.masks import check_no_inf
+from era5latent.io.sources import Source, grid_info, iso
+from era5latent.store.spec import GroupSpec
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 T = TypeVar("T")
 #: progress(done_samples, total_samples) -- called after each chunk
 Progress = Callable[[int, int], None]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> first CUDA device if present else CPU; ``cpu``; ``cuda``/``cuda:N``."""
-    d = device.strip().lower()
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d == "cpu":
-        return torch.device("cpu")
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise OptionError(f"--device {device}: no CUDA device is available here; use --device cpu")
-        dev = torch.device(d)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise OptionError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    raise OptionError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def check_grid(source: Source, loaded: LoadedModel) -> None:
@@ -80,7 +64,7 @@ def check_model_channels(channels: tuple[Channel, ...], loaded: LoadedModel) -> 
                     "docs/variables.md)" if levels_only else ""))
 
 
-def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Iterate ``items`` on a background thread, ``depth`` ahead; exceptions re-raised here."""
     q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -114,7 +98,7 @@ def _prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 th.join(0.05)
 
 
-class _Writer:
+class Writer:
     """Run writes on one background thread, at most ``depth`` behind; errors re-raised here.
 
     Writes happen in submission order (one thread), so a chunk's done flag still follows its
@@ -149,18 +133,18 @@ class _Writer:
 
 
 
-def _normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
+def normaliser(loaded: LoadedModel, channels: tuple[Channel, ...]) -> tuple[np.ndarray, np.ndarray]:
     return loaded.meta.channel_stats(channels)  # (C, 1, 1) or (C, H, W), and (C, 1, 1)
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host batch on ``device``; on CUDA staged in pinned memory and copied asynchronously,
     so the copy overlaps the work already queued (PyTorch caches the pinned blocks)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
-def _to_host(parts: list[torch.Tensor], device: torch.device) -> np.ndarray:
+def to_host(parts: list[torch.Tensor], device: torch.device) -> np.ndarray:
     """Batch results -> one host array. Each was sent with ``.to("cpu", non_blocking=True)``
     as soon as it was queued (on CUDA into pinned memory, overlapping the next batch; on the CPU
     a no-op); one synchronisation here makes them all readable."""
@@ -174,10 +158,10 @@ def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarr
                  batch_size: int, device: torch.device) -> dict[str, np.ndarray]:
     """Encode raw fields ``(N, C, H, W)`` -> packed codes per group ``(N, h, w, bytes)``.
 
-    NaN (a masked point, :mod:`era5latent.masks`) enters the model as 0 in normalised units,
+    NaN (a masked point, :mod:`era5latent.store.masks`) enters the model as 0 in normalised units,
     the channel's training mean. Bits are packed on the device, so 1/32 of the float codes'
     bytes come back."""
-    mean, std = _normaliser(loaded, channels)
+    mean, std = normaliser(loaded, channels)
     z = ((x - mean) / std).astype(np.float32)
     missing = np.isnan(z)
     if missing.any():  # masked points (fields with missing values): the training mean, 0
@@ -189,9 +173,9 @@ def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarr
         meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
         parts = []
         for s in range(0, z.shape[0], batch_size):
-            xb = _to_device(z[s:s + batch_size, idx], device)
+            xb = to_device(z[s:s + batch_size, idx], device)
             parts.append(pack_bits(loaded.model.encode(g, xb, meta)).to("cpu", non_blocking=True))
-        out[g] = _to_host(parts, device)
+        out[g] = to_host(parts, device)
     return out
 
 
@@ -200,18 +184,18 @@ def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], pack
                  code_bits: int, batch_size: int, device: torch.device) -> np.ndarray:
     """Packed codes ``(N, h, w, bytes)`` of one group -> physical fields ``(N, C, H, W)``."""
     meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
-    mean, std = _normaliser(loaded, chs)
+    mean, std = normaliser(loaded, chs)
     parts = []
     for s in range(0, packed.shape[0], batch_size):
-        bits = unpack_bits(_to_device(packed[s:s + batch_size], device), code_bits)
+        bits = unpack_bits(to_device(packed[s:s + batch_size], device), code_bits)
         parts.append(loaded.model.decode(group, bits, meta).float().to("cpu", non_blocking=True))
-    z = _to_host(parts, device)
+    z = to_host(parts, device)
     return np.asarray(z * std + mean, dtype=np.float32)
 
 
 def read_fields(source: Source, channels: tuple[Channel, ...], a: int, b: int) -> np.ndarray:
     """Raw fields of source time steps ``[a, b)``: ``(nt, *sample, C, H, W)``, checked for
-    infinities (NaN, a missing value, is the mask layer's: :func:`era5latent.masks.split_masked`
+    infinities (NaN, a missing value, is the mask layer's: :func:`era5latent.store.masks.split_masked`
     says which channels may hold it)."""
     x = source.read(channels, a, b)
     check_no_inf(x, fields_where(source, a, b))
@@ -252,7 +236,7 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
     (damaged, allowed) makes its channel NaN. The one decode step every path runs (CLI, Python
     API, Dask workers).
     """
-    from era5latent.residual.core import apply_residual
+    from era5latent.pipeline.residual.core import apply_residual
 
     block: dict[Channel, np.ndarray] = {}
     for g, chs in groups.items():
@@ -293,34 +277,3 @@ def decode_fields(loaded: LoadedModel, groups: Mapping[str, tuple[Channel, ...]]
 def _field_grid(loaded: LoadedModel) -> tuple[int, int]:
     shape = loaded.meta.grid["shape"]
     return int(shape[0]), int(shape[1])
-
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; others checked against the device."""
-    p = precision.strip().lower()
-    if p == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if p not in PRECISIONS:
-        raise OptionError(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
-    if p == "fp16" and device.type != "cuda":
-        raise OptionError("--precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
-    return p
-
-
-def strict_fp32(device: torch.device) -> None:
-    """On CUDA, make fp32 mean fp32: TF32 convolutions and matmuls (cuDNN's default) round to
-    10 mantissa bits, far past the residual layer's drift margin (docs/residuals.md)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
-
-

@@ -12,16 +12,16 @@ import numpy as np
 from era5latent import faults
 from era5latent.errors import OptionError, StoreError, SubsetError
 from era5latent.fsutil import check_output_name, full_path
-from era5latent.masks import read_mask_range
+from era5latent.store.masks import read_mask_range
 from era5latent.model.checkpoint import LoadedModel, check_same_model
-from era5latent.pipeline.common import (Progress, _prefetch, _Writer, decode_fields,
-                                        resolve_device, resolve_precision, strict_fp32)
-from era5latent.sources import SourceLayout, iso, time_index_range
-from era5latent.residual.layout import residual_name
-from era5latent.store import (CorruptArrayError, CorruptChunkError, LatentStore,
-                              open_latent_store)
-from era5latent.unseen import adopt_store_levels
-from era5latent.variables import Channel, parse_channel
+from era5latent.model.devices import resolve_device, resolve_precision, strict_fp32
+from era5latent.pipeline.common import Progress, Writer, decode_fields, prefetch
+from era5latent.io.sources import SourceLayout, iso, time_index_range
+from era5latent.store.residual import residual_name
+from era5latent.store.arrays import CorruptArrayError, CorruptChunkError
+from era5latent.store.core import LatentStore, open_latent_store
+from era5latent.pipeline.unseen import adopt_store_levels
+from era5latent.io.variables import Channel, parse_channel
 
 
 def read_codes(store: LatentStore, groups: Iterable[str], a: int, b: int, *,
@@ -78,7 +78,7 @@ def read_residuals(store: LatentStore, groups: Mapping[str, tuple[Channel, ...]]
     ``allow_corrupt`` its group is None instead (decode fills it with NaN) and the second value
     says which group and times were lost.
     """
-    from era5latent.residual.core import decode_residual
+    from era5latent.pipeline.residual.core import decode_residual
 
     out: dict[str, dict[str, np.ndarray] | None] = {}
     corrupt: list[str] = []
@@ -123,7 +123,7 @@ def read_group_masks(store: LatentStore, groups: Mapping[str, tuple[Channel, ...
                      b: int, *, allow_corrupt: bool = False
                      ) -> tuple[dict[str, np.ndarray | None], list[str]]:
     """The mask layer of store times ``[a, b)`` for the masked channels among ``groups``
-    (:func:`era5latent.masks.read_mask_range`); empty for a store without one."""
+    (:func:`era5latent.store.masks.read_mask_range`); empty for a store without one."""
     if not store.has_mask:
         return {}, []
     return read_mask_range(store, [c.code for chs in groups.values() for c in chs], a, b,
@@ -223,7 +223,7 @@ def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 overwrite: bool = False, allow_corrupt: bool = False,
                 zarr_format: int = 3, residual: bool = True) -> DecodePlan:
     """Check the store and the model, select channels and times, lay out the output."""
-    from era5latent import fields  # the ERA5-layout output writer
+    from era5latent.io import fields  # the ERA5-layout output writer
 
     check_output_name(out, "decoded fields", "Zarr (.zarr, or no extension) or NetCDF (.nc)")
     store = open_latent_store(store_path)
@@ -301,9 +301,9 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         faults.point("decode.block-written")
 
     done_samples = 0
-    background = _Writer()  # reading, computing and writing overlap
+    background = Writer()  # reading, computing and writing overlap
     try:
-        for a, packed, res, masks in _prefetch(read(a) for a in range(lo, hi, step)):
+        for a, packed, res, masks in prefetch(read(a) for a in range(lo, hi, step)):
             block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a),
                                   res, masks)
             background.submit(write, a - lo, block)

@@ -6,7 +6,7 @@ own start, packed, written as one chunk-aligned region and marked done. Because 
 function of the chunk alone, a resumed run computes exactly the bytes an uninterrupted run would.
 A reader thread prefetches the next chunk while the model works on the current one. With a
 residual layer (``--max-error``), each chunk's codes are decoded in fp32 and the residual written
-with them, before the done flag (:mod:`era5latent.residual`).
+with them, before the done flag (:mod:`era5latent.pipeline.residual`).
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from era5latent import faults
 from era5latent.errors import Era5LatentError, OptionError, StoreError, StoreExistsError
 from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_writes
 from era5latent.model.checkpoint import LoadedModel
-from era5latent.pipeline.common import (Progress, _prefetch, _Writer, check_grid,
-                                        check_model_channels, decode_fields, encode_fields,
-                                        fields_where,
-                                        read_fields, resolve_device, resolve_precision,
-                                        strict_fp32)
-from era5latent.masks import FILL, mask_sha, split_masked, static_masks
-from era5latent.residual import ResidualSpec, make_residuals, parse_max_error
-from era5latent.sources import Source, grid_info, iso
-from era5latent.store import (GroupSpec, LatentStore, StoreSpec, StoreLockedError, check_unlocked,
-                              create_latent_store, is_store, jsonable, open_latent_store,
-                              part_range, writer_lock)
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.model.devices import resolve_device, resolve_precision, strict_fp32
+from era5latent.pipeline.common import (Progress, Writer, check_grid, check_model_channels,
+                                        decode_fields, encode_fields, fields_where, prefetch,
+                                        read_fields)
+from era5latent.store.masks import FILL, mask_sha, split_masked, static_masks
+from era5latent.pipeline.residual import ResidualSpec, make_residuals, parse_max_error
+from era5latent.io.sources import Source, grid_info, iso
+from era5latent.io.zarrio import is_store
+from era5latent.store.core import (check_unlocked, create_latent_store, LatentStore,
+                                   open_latent_store, StoreLockedError, writer_lock)
+from era5latent.store.spec import GroupSpec, jsonable, part_range, StoreSpec
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 
 # -- encode ------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def first_step_masks(source: Source, channels: tuple[Channel, ...], t0: int, t1:
     return static_masks(read_fields(source, channels, t0, t0 + 1), channels)
 
 
-def _store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
+def store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...],
                 t0: int, t1: int, time_chunk: int,
                 residual: ResidualSpec | None = None,
                 static: Mapping[str, np.ndarray] | None = None) -> StoreSpec:
@@ -355,7 +355,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     residual = residual_spec(source, loaded, channels, max_error, residual_codec)
     t0, t1 = source.time_indices(time_range)
     static = first_step_masks(source, channels, t0, t1)  # the mask layer, if any
-    spec = _store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
+    spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
     resumed = False
     first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
@@ -450,9 +450,9 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     if progress:
         progress(finished, total)
     start = time.perf_counter()
-    writer = _Writer()  # reading, computing and writing overlap
+    writer = Writer()  # reading, computing and writing overlap
     try:
-        for i, x in _prefetch((i, job.read_chunk(i)) for i in todo):
+        for i, x in prefetch((i, job.read_chunk(i)) for i in todo):
             faults.point("encode.chunk-read")
             writer.submit(job.write_chunk, i, job.encode_chunk(x))
             finished += job.chunk_samples(i)

@@ -20,7 +20,7 @@ from era5latent.errors import CheckpointError
 from era5latent.model.checkpoint import (HEADER_KEY, MEAN_FIELD, CheckpointMeta, read_meta,
                                          save_tensors, split_mean_fields)
 from era5latent.model.wla import WLA
-from era5latent.variables import Channel
+from era5latent.io.variables import Channel
 
 
 def combine(paths: Sequence[str], out: str) -> CheckpointMeta:

@@ -38,9 +38,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from era5latent.errors import Era5LatentError
-from era5latent.masks import check_no_inf
-from era5latent.sources import Source, open_source
-from era5latent.variables import Channel
+from era5latent.store.masks import check_no_inf
+from era5latent.io.sources import Source, open_source
+from era5latent.io.variables import Channel
 
 
 def source_time_chunk(source: Source, default: int = 8) -> int:

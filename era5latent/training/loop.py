@@ -24,14 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from era5latent import __version__, faults
+from era5latent import faults
+from era5latent.version import __version__
 from era5latent.errors import CheckpointError, Era5LatentError, OptionError, SubsetError
 from era5latent.evaluation.metrics import latitude_weights
 from era5latent.model.checkpoint import (CheckpointMeta, file_sha256, norm_scale, read_meta,
                                          save_checkpoint, split_mean_fields)
+from era5latent.model.devices import autocast, resolve_device, resolve_precision
 from era5latent.model.discriminator import PatchDiscriminator, discriminator_for
 from era5latent.model.wla import WLA, WLAConfig, preset_config
-from era5latent.sources import Source, grid_info, iso
+from era5latent.io.sources import Source, grid_info, iso
 from era5latent.training import distributed as ddp_setup
 from era5latent.training.data import (BlockReader, Layout, Schedule, SourceRef, TrainStream,
                                       batches, source_time_chunk)
@@ -45,7 +47,7 @@ from era5latent.training.rate import rate_for, zstd_bytes
 from era5latent.training.state import (flatten_optimizer, load_state, restore_optimizer,
                                        save_state)
 from era5latent.training.stats import compute_stats
-from era5latent.variables import Channel, group_channels, variable_by_name
+from era5latent.io.variables import Channel, group_channels, variable_by_name
 
 #: a run without --steps is bounded by time; this caps its steps as well (options.MAX_STEPS)
 MAX_RUN_STEPS = 10 ** 9
@@ -105,8 +107,6 @@ def _adversarial_ok(chs: tuple[Channel, ...]) -> bool:
 
 
 def _device(spec: str, world: ddp_setup.World) -> torch.device:
-    from era5latent.pipeline import resolve_device
-
     device = resolve_device(spec)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
@@ -133,8 +133,6 @@ class Trainer:
     def __init__(self, source: Source, channels: tuple[Channel, ...], out: str,
                  opts: TrainOptions, world: ddp_setup.World, device: torch.device,
                  storage_options: dict[str, Any] | None) -> None:
-        from era5latent.pipeline import resolve_precision
-
         self.source, self.out, self.opts, self.world, self.device = source, out, opts, world, device
         self.t_created = time.perf_counter()  # --max-time counts the set-up (statistics) too
         source.check_channels(channels)
@@ -301,8 +299,6 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------
 
     def _autocast(self) -> Any:
-        from era5latent.pipeline import autocast
-
         return autocast(self.device, self.precision)
 
     def _subset(self, g: str) -> Tensor:

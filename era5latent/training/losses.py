@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from era5latent.model.wla import bsq_entropy as model_bsq_entropy
-from era5latent.variables import Channel
+from era5latent.io.variables import Channel
 
 #: variables whose levels are balanced by their variance (upstream: u, v and t only)
 LEVEL_WEIGHTED = ("u", "v", "t")

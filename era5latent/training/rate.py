@@ -21,7 +21,7 @@ from era5latent.errors import OptionError
 
 if TYPE_CHECKING:
     from era5latent.training.options import TrainOptions
-    from era5latent.variables import Channel
+    from era5latent.io.variables import Channel
 
 __all__ = ["RateChoice", "choose_rate", "rate_for", "zstd_bytes"]
 
@@ -107,7 +107,7 @@ def rate_for(grid: tuple[int, int], channels: tuple[Channel, ...], opts: TrainOp
     """The rate ``opts.target_bpv`` asks for on ``grid`` (None: the preset's geometry). Counted
     over every group of the subset, so groups trained apart (``--group``) choose alike."""
     from era5latent.model.config import preset_config
-    from era5latent.variables import group_channels
+    from era5latent.io.variables import group_channels
 
     if opts.target_bpv is None:
         return None

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from era5latent.errors import DataValueError
-from era5latent.masks import check_no_inf
-from era5latent.sources import Source
-from era5latent.variables import Channel
+from era5latent.store.masks import check_no_inf
+from era5latent.io.sources import Source
+from era5latent.io.variables import Channel
 
 
 class RunningMoments:
@@ -34,7 +34,7 @@ class RunningMoments:
 
     def add_slab(self, c: int, x: np.ndarray) -> None:
         """Add the values ``x`` (any shape) of channel ``c``; NaN (missing: a masked field,
-        :mod:`era5latent.masks`) is left out."""
+        :mod:`era5latent.store.masks`) is left out."""
         if x.size and np.isnan(x).any():
             x = x[~np.isnan(x)]
         if x.size == 0:
