@@ -212,8 +212,8 @@ def train_summary(res: Any, out: object) -> str:
                        "learning-rate decay",
            "max-time": "--max-time reached (resume with --resume to go on)",
            "finished": "it had already stopped by patience; nothing to do"}[res.stop_reason]
-    val = f", validation MSE {res.val_mse:.4f} (normalised units: predicting the training mean scores about 1)" \
-        if res.val_mse is not None else ""
+    val = (f", validation MSE {res.val_mse:.4f} (normalised units: predicting the training "
+           "mean scores about 1)") if res.val_mse is not None else ""
     lines = [f"wrote {out} (sha256 {res.sha256[:12]}): {res.steps} steps in {res.seconds:.1f} s "
              f"({res.samples_per_second:.1f} samples/s), train loss {res.train_loss:.4f}{val}",
              f"stopped: {why}"]
