@@ -497,7 +497,8 @@ class Trainer:
                     val_mse, rmse = self.validate()
                     logs.update({"val_mse": val_mse, **rmse})
                 if validate:
-                    logs.update(self._usage_logs())
+                    if opts.log_dir is not None:  # for the log only: one more encode pass
+                        logs.update(self._usage_logs())
                     self.history.append({"step": step, "train_loss": loss_ema,
                                          "val_mse": val_mse})
                 if step % opts.log_every == 0 or last or validate:
