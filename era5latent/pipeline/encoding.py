@@ -333,6 +333,25 @@ def check_time_chunk(source: Source, channels: tuple[Channel, ...], time_chunk: 
             "or leave it out to let encode choose")
 
 
+def _read_first_chunk(source: Source, channels: tuple[Channel, ...], t0: int, t1: int,
+                      time_chunk: int, part: tuple[int, int] | None
+                      ) -> tuple[tuple[int, np.ndarray] | None, dict[str, np.ndarray]]:
+    """The first time chunk a new store's job owns, read and checked before anything is created
+    (a source with bad values, NaN outside masked channels or damaged chunks, leaves no store
+    behind), and the store's static masks (:func:`first_step_masks`), taken from that chunk
+    when it starts the range rather than read again."""
+    owned = part_range(-(-(t1 - t0) // time_chunk), part)
+    if not len(owned):
+        return None, first_step_masks(source, channels, t0, t1)
+    a, b = owned[0] * time_chunk, min((owned[0] + 1) * time_chunk, t1 - t0)
+    x = read_fields(source, channels, t0 + a, t0 + b)
+    static = (static_masks(x[:1], channels) if a == 0
+              else first_step_masks(source, channels, t0, t1))
+    split_masked(x, channels, tuple(static), fields_where(source, t0 + a, t0 + b),
+                 iso(source.times[t0]))
+    return (owned[0], x), static
+
+
 def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str,
                    *, time_range: str | None = None, batch_size: int = 8, device: str = "auto",
                    overwrite: bool = False, time_chunk: int | None = None,
@@ -354,8 +373,6 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
                                             precision=precision)
     residual = residual_spec(source, loaded, channels, max_error, residual_codec)
     t0, t1 = source.time_indices(time_range)
-    static = first_step_masks(source, channels, t0, t1)  # the mask layer, if any
-    spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
     resumed = False
     first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
     wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
@@ -364,20 +381,16 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
             raise StoreError(f"{out} exists and is not a latent store; choose another --out")
         # made differently is said first: waiting for a live writer of another subset or model
         # would not help
+        spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual,
+                          first_step_masks(source, channels, t0, t1))
         store = _open_for_resume(out, spec, wait)
         check_unlocked(out, break_lock, part)
         resumed = True
     else:
         if is_store(out):
             check_unlocked(out, break_lock, part)
-        # the first chunk is read and checked before anything is created: a source with bad
-        # values (NaN, damaged chunks) leaves no store behind
-        owned = part_range(spec.n_chunks, part)
-        if len(owned):
-            a, b = spec.chunk_bounds(owned[0])
-            first = (owned[0], read_fields(source, channels, t0 + a, t0 + b))
-            split_masked(first[1], channels, tuple(static),
-                         fields_where(source, t0 + a, t0 + b), iso(source.times[t0]))
+        first, static = _read_first_chunk(source, channels, t0, t1, time_chunk, part)
+        spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
         try:
             create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
                                 overwrite=overwrite)
