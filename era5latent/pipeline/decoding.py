@@ -130,15 +130,18 @@ def read_group_masks(store: LatentStore, groups: Mapping[str, tuple[Channel, ...
                            allow_corrupt=allow_corrupt)
 
 
-def decode_precision(store_path: str, precision: str, device: Any, residual: bool) -> str:
-    """The precision a decode runs at. A store with a residual layer decodes in fp32 (``auto``
-    means fp32 there): its bound holds for reconstructions within the drift margin of the
-    encoder's fp32 one, and bf16 drifts far more (docs/residuals.md); other precisions are
-    refused unless ``residual`` is False (``--no-residual``)."""
+def decode_precision(store: str | LatentStore, precision: str, device: Any, residual: bool
+                     ) -> str:
+    """The precision a decode of ``store`` (a path, or the store opened) runs at. A store with
+    a residual layer decodes in fp32 (``auto`` means fp32 there): its bound holds for
+    reconstructions within the drift margin of the encoder's fp32 one, and bf16 drifts far more
+    (docs/residuals.md); other precisions are refused unless ``residual`` is False
+    (``--no-residual``)."""
     if not residual:
         return resolve_precision(precision, device)
+    store_path = store if isinstance(store, str) else store.path
     try:
-        has = open_latent_store(store_path).has_residual
+        has = (open_latent_store(store) if isinstance(store, str) else store).has_residual
     except StoreError:  # said better by plan_decode
         has = False
     if not has:
@@ -221,12 +224,14 @@ def check_store_model(store: LatentStore, loaded: LoadedModel) -> None:
 def plan_decode(store_path: str, loaded: LoadedModel, out: str, *,
                 subset: tuple[Channel, ...] | None = None, time_range: str | None = None,
                 overwrite: bool = False, allow_corrupt: bool = False,
-                zarr_format: int = 3, residual: bool = True) -> DecodePlan:
-    """Check the store and the model, select channels and times, lay out the output."""
+                zarr_format: int = 3, residual: bool = True,
+                opened: LatentStore | None = None) -> DecodePlan:
+    """Check the store (``opened``: already opened from ``store_path``) and the model, select
+    channels and times, lay out the output."""
     from era5latent.io import fields  # the ERA5-layout output writer
 
     check_output_name(out, "decoded fields", "Zarr (.zarr, or no extension) or NetCDF (.nc)")
-    store = open_latent_store(store_path)
+    store = opened or open_latent_store(store_path)
     store.require_complete()
     damaged = check_store_metadata(store, allow_corrupt)
     check_same_model(loaded, store.meta["model"]["sha256"], store_path)
@@ -260,10 +265,14 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)  # every option checked before the output is laid out
-    prec = decode_precision(store_path, precision, dev, residual)
+    try:  # opened once for both steps below
+        opened: LatentStore | None = open_latent_store(store_path)
+    except StoreError:  # said by plan_decode, after the options
+        opened = None
+    prec = decode_precision(opened or store_path, precision, dev, residual)
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
                        overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format,
-                       residual=residual)
+                       residual=residual, opened=opened)
     loaded.model.to(dev).eval()
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
