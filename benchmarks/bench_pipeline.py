@@ -1,15 +1,23 @@
 """Encode/decode throughput against its two bounds: reading the source and running the model.
 
-For each configuration (preset, batch size, time-range length) three things are timed in one
-fresh process each, so peak RSS belongs to that measurement alone:
+For each configuration (preset, batch size, time-range length) and verb, one fresh process
+times three things:
 
   read     read (and decompress) every time chunk of the source, nothing else
   compute  the model on batches already in memory (normalise, encode, pack / unpack, decode),
            chunk by chunk as the pipeline cuts the range (one chunk's data, reused)
-  pipeline the real `encode` / `decode` (reader thread, model, writer), to a temporary store
+  pipeline the real `encode` / `decode` (reader thread, model, writer), to a fresh store
 
-efficiency = pipeline throughput / min(read, compute). The last two lines are
-`encode efficiency X.XX` and `decode efficiency X.XX`: the worst over the configurations run.
+The pipeline runs first, once, cold (a user's run: its peak RSS is the process's peak, and
+"first run" is its throughput over the lesser bound's); then read, compute, pipeline, read,
+compute, pipeline, ..., read, compute. Each pipeline run's efficiency = its throughput /
+min(read, compute), each bound the mean of its runs just before and just after; the table gives
+the median over the runs, their spread (min..max) and count. Load from other processes that
+comes and goes, and the machine's drift, move a pipeline run and the bound runs around it
+alike, so the ratio holds where separate processes seconds apart did not. There are at least
+--rounds runs (--long-rounds for the long range), then more until the median's standard error
+is within --target-se, at most --max-rounds, or --budget seconds per configuration. The last two lines are `encode efficiency X.XX` and
+`decode efficiency X.XX`: the worst median over the configurations run.
 
     python benchmarks/bench_pipeline.py            # CPU: tiny and small presets
     python benchmarks/bench_pipeline.py --quick    # a smaller, faster set
@@ -31,8 +39,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 SUBSET = "z500,z850,t500,t850,t2m"
 
@@ -48,7 +57,8 @@ def _rss_mib() -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One measurement in this process; prints one JSON line."""
+    """One configuration and verb in this process: the pipeline once cold, then pipeline runs
+    between runs of the read and compute bounds; prints one JSON line of seconds."""
     import numpy as np
     import torch
 
@@ -64,74 +74,139 @@ def worker(args: argparse.Namespace) -> None:
     tune_malloc()  # as the CLI does, for every measurement alike
     chs = parse_subset(SUBSET)
     src = open_source(args.data)
-    t_range = f"/{np.datetime_as_string(src.times[args.times - 1], unit='s')}"
+    n = args.times
+    t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
     loaded = load_checkpoint(args.model)
     dev = resolve_device(args.device)
     prec = resolve_precision("auto", dev)
     loaded.model.to(dev).eval()
     step = args.time_chunk or auto_time_chunk(src, chs)  # 0: the default encode chooses
-    n = args.times
-    src_bytes = n * len(chs) * src.grid[0] * src.grid[1] * 4
-    out: dict[str, float] = {}
-    # the previous configuration's output: deleting it is not this measurement's work
-    shutil.rmtree(args.out, ignore_errors=True)
-    t0 = time.perf_counter()
-    if args.what == "encode-read":
-        for a in range(0, n, step):
-            x = src.read(chs, a, min(a + step, n))
-            assert np.isfinite(x).all()
-    elif args.what == "encode-compute":
-        x = src.read(chs, 0, min(n, step))  # one time chunk, (nt, *sample, C, H, W)
-        t0 = time.perf_counter()
-        for a in range(0, n, step):  # the pipeline's chunks, the last one maybe partial
-            with autocast(dev, prec):
-                encode_block(loaded, chs, x[:min(step, n - a)].reshape(-1, *x.shape[-3:]),
-                             args.batch_size, dev)
+
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    elif args.what == "encode":
+
+    def encode_read() -> None:
+        for a in range(0, n, step):
+            x = src.read(chs, a, min(a + step, n))
+            if not np.isfinite(x).all():
+                raise SystemExit("the benchmark's source holds non-finite values")
+
+    x0 = src.read(chs, 0, min(n, step))  # one time chunk, (nt, *sample, C, H, W), reused
+
+    def encode_compute() -> None:
+        for a in range(0, n, step):  # the pipeline's chunks, the last one maybe partial
+            with autocast(dev, prec):
+                encode_block(loaded, chs, x0[:min(step, n - a)].reshape(-1, *x0.shape[-3:]),
+                             args.batch_size, dev)
+        sync()
+
+    def encode_pipeline() -> None:
         encode(src, loaded, chs, args.out, time_range=t_range, batch_size=args.batch_size,
                device=args.device, time_chunk=step)
-    elif args.what == "decode-read":
-        store = open_latent_store(args.latent)
+
+    store = open_latent_store(args.latent)
+    groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
+    packed = {g: store.read_chunk(g, 0) for g in store.groups}  # one time chunk, reused
+
+    def decode_read() -> None:
         for g in store.groups:
             for c in range(-(-n // store.time_chunk)):
                 store.read_chunk(g, c)
-    elif args.what == "decode-compute":
-        store = open_latent_store(args.latent)
-        packed = {g: store.read_chunk(g, 0) for g in store.groups}  # one time chunk, reused
-        groups = {g: tuple(parse_channel(c) for c in spec.channels) for g, spec in store.groups.items()}
-        step = store.time_chunk
-        t0 = time.perf_counter()
-        for a in range(0, n, step):  # the pipeline's chunks, the last one maybe partial
+
+    def decode_compute() -> None:
+        for a in range(0, n, store.time_chunk):  # the pipeline's chunks, the last maybe partial
             for g, chs_g in groups.items():
                 with autocast(dev, prec):
-                    p = packed[g][:min(step, n - a)]
+                    p = packed[g][:min(store.time_chunk, n - a)]
                     decode_block(loaded, g, chs_g, p.reshape(-1, *p.shape[-3:]),
                                  store.groups[g].code_bits, args.batch_size, dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-    elif args.what == "decode":
+        sync()
+
+    def decode_pipeline() -> None:
         decode(args.latent, loaded, args.out, time_range=t_range, batch_size=args.batch_size,
                device=args.device)
-    else:
-        raise SystemExit(f"unknown measurement {args.what}")
-    secs = time.perf_counter() - t0
-    out.update(seconds=secs, samples_per_s=n / secs, mb_per_s=src_bytes / secs / 1e6 * n / args.times,
-               peak_rss_mib=_rss_mib())
+
+    run = {"encode": {"read": encode_read, "compute": encode_compute, "pipeline": encode_pipeline},
+           "decode": {"read": decode_read, "compute": decode_compute, "pipeline": decode_pipeline},
+           }[args.verb]
+
+    def timed(what: str) -> float:
+        # the previous output: deleting it is not this measurement's work
+        shutil.rmtree(args.out, ignore_errors=True)
+        t0 = time.perf_counter()
+        run[what]()
+        return time.perf_counter() - t0
+
+    out: dict[str, Any] = {"first": timed("pipeline")}  # first in the process: a user's run
+    out["peak_rss_mib"] = _rss_mib()  # peak of the process so far: that first pipeline run
+    # then read, compute, pipeline, read, compute, ..., pipeline, read, compute: every pipeline
+    # run between two runs of each bound, which its ratio takes the mean of; at least --rounds
+    # pipeline runs, then more until the median's standard error is within --target-se, at
+    # most --max-rounds or --budget seconds
+    rounds = [{"read": timed("read"), "compute": timed("compute")}]
+    start = time.perf_counter()
+    while True:
+        rounds[-1]["pipeline"] = timed("pipeline")
+        rounds.append({"read": timed("read"), "compute": timed("compute")})
+        effs = efficiencies(rounds)
+        if len(effs) >= args.max_rounds or (len(effs) >= args.rounds and (
+                median_se(effs) <= args.target_se or
+                time.perf_counter() - start >= args.budget)):
+            break
+    out["rounds"] = rounds
+    shutil.rmtree(args.out, ignore_errors=True)
     print(json.dumps(out))
 
 
-def run(what: str, cfg: dict[str, object], paths: dict[str, str]) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", what, "--data", paths["data"],
+def run(verb: str, cfg: dict[str, Any], paths: dict[str, str], rounds: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", verb, "--data", paths["data"],
            "--model", paths[f"model_{cfg['preset']}"], "--latent", paths[f"latent_{cfg['preset']}"],
-           "--out", paths["scratch"] + f"/{what}.zarr", "--times", str(cfg["times"]),
+           "--out", paths["scratch"] + f"/{verb}.zarr", "--times", str(cfg["times"]),
            "--batch-size", str(cfg["batch"]), "--time-chunk", str(cfg["chunk"]),
-           "--device", str(cfg["device"]), "--threads", str(cfg["threads"])]
+           "--device", str(cfg["device"]), "--threads", str(cfg["threads"]),
+           "--rounds", str(rounds), "--max-rounds", str(max(rounds, int(cfg["max_rounds"]))),
+           "--target-se", str(cfg["target_se"]), "--budget", str(cfg["budget"])]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{verb} failed:\n{res.stderr[-3000:]}")
+    return cast(dict[str, Any], json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def efficiencies(rounds: list[dict[str, float]]) -> list[float]:
+    """Each pipeline run's throughput over the lesser bound's, each bound the mean of its runs
+    just before and just after the pipeline run (a load that comes and goes, or the machine's
+    drift, moves all three alike)."""
+    return [max((a["read"] + b["read"]) / 2, (a["compute"] + b["compute"]) / 2) / a["pipeline"]
+            for a, b in zip(rounds, rounds[1:])]
+
+
+def median_se(xs: list[float]) -> float:
+    """Standard error of the median of ``xs``, from their median absolute deviation (robust to
+    the odd run a burst of load spoiled): 1.2533 * 1.4826 * MAD / sqrt(n)."""
+    if len(xs) < 2:
+        return float("inf")
+    m = statistics.median(xs)
+    mad = statistics.median(abs(x - m) for x in xs)
+    return float(1.2533 * 1.4826 * mad / len(xs) ** 0.5)
+
+
+def row(verb: str, cfg: dict[str, Any], grid: str, m: dict[str, Any]) -> tuple[Any, ...]:
+    """A table row from one worker's seconds: the efficiency is the median of the pipeline
+    runs' own ratios (:func:`efficiencies`), beside their spread and count; the throughputs
+    are medians."""
+    n = int(cfg["times"])
+    h, w = (int(v) for v in grid.split("x"))
+    src_bytes = n * len(SUBSET.split(",")) * h * w * 4
+    rs = m["rounds"]
+    effs = efficiencies(rs)
+    tp = [r["pipeline"] for r in rs[:-1]]
+    tr, tc = ([r[k] for r in rs] for k in ("read", "compute"))
+    bound = max(statistics.median(tr), statistics.median(tc))  # seconds of the lesser bound
+    return (verb, cfg["preset"], cfg["batch"], n, n / statistics.median(tp),
+            src_bytes / statistics.median(tp) / 1e6, n / statistics.median(tr),
+            n / statistics.median(tc), statistics.median(effs), f"{min(effs):.2f}..{max(effs):.2f}",
+            len(effs), bound / m["first"], m["peak_rss_mib"])
 
 
 def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int, device: str
@@ -161,7 +236,9 @@ def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
 
 
 HEADER = ("| verb | preset | batch | times | samples/s | source MB/s | read bound | compute bound "
-          "| efficiency | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| efficiency | spread | runs | first run | peak RSS MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
 
 
 def run_section(sec: dict[str, Any], args: argparse.Namespace, tmp: str) -> list[tuple[Any, ...]]:
@@ -176,15 +253,11 @@ def run_section(sec: dict[str, Any], args: argparse.Namespace, tmp: str) -> list
     paths = prepare(tmp, sec["grid"], sec["long"], presets, args.time_chunk, sec["device"])
     rows = []
     for c in configs:
-        c.update(chunk=args.time_chunk, device=sec["device"], threads=args.threads)
+        c.update(chunk=args.time_chunk, device=sec["device"], threads=args.threads,
+                 max_rounds=args.max_rounds, target_se=args.target_se, budget=args.budget)
+        rounds = args.rounds if c["times"] <= 100 else args.long_rounds
         for verb in ("encode", "decode"):
-            rd = run(f"{verb}-read", c, paths)
-            cp = run(f"{verb}-compute", c, paths)
-            pl = run(verb, c, paths)
-            eff = pl["samples_per_s"] / min(rd["samples_per_s"], cp["samples_per_s"])
-            rows.append((verb, c["preset"], c["batch"], c["times"], pl["samples_per_s"],
-                         pl["mb_per_s"], rd["samples_per_s"], cp["samples_per_s"], eff,
-                         pl["peak_rss_mib"]))
+            rows.append(row(verb, c, sec["grid"], run(verb, c, paths, rounds)))
             print("| " + " | ".join(_fmt(v) for v in rows[-1]) + " |", flush=True)
     return rows
 
@@ -202,6 +275,18 @@ def main() -> None:
     ap.add_argument("--grid", default="73x144")
     ap.add_argument("--presets", default="tiny,small")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="the fewest pipeline runs per 100-step configuration (default 5, --quick 3)")
+    ap.add_argument("--long-rounds", type=int, default=None,
+                    help="the fewest for the long configuration (default 3, --quick 2)")
+    ap.add_argument("--max-rounds", type=int, default=15,
+                    help="the most pipeline runs per configuration (default 15)")
+    ap.add_argument("--target-se", type=float, default=0.01,
+                    help="more runs until the median efficiency's standard error is at most this "
+                         "(default 0.01)")
+    ap.add_argument("--budget", type=float, default=120.0,
+                    help="no more runs after this many seconds of one configuration's runs, "
+                         "once the fewest are done (default 120)")
     ap.add_argument("--dir", default=None,
                     help="where the source, stores and outputs go (default: the system's temporary "
                          "directory); e.g. /dev/shm to time the pipeline, not a rate-limited disk")
@@ -212,8 +297,12 @@ def main() -> None:
     ap.add_argument("--gpu-grid", default="721x1440")
     ap.add_argument("--gpu-presets", default="small,paper")
     args = ap.parse_args()
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
+    if args.long_rounds is None:
+        args.long_rounds = 2 if args.quick else 3
     if args.worker:
-        args.what = args.worker
+        args.verb = args.worker
         worker(args)
         return
 
@@ -225,7 +314,10 @@ def main() -> None:
                          "presets": args.gpu_presets.split(","), "long": 200 if args.quick else 400})
     print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPU threads, subset {SUBSET}, time chunk "
-          f"{args.time_chunk or 'default'}, files in {args.dir or tempfile.gettempdir()}",
+          f"{args.time_chunk or 'default'}, files in {args.dir or tempfile.gettempdir()}, "
+          f"{args.rounds}-{args.max_rounds} pipeline runs per configuration ({args.long_rounds}-"
+          f"{args.max_rounds} for the long range) within {args.budget:.0f} s, target standard "
+          f"error {args.target_se}",
           flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="era5latent-bench-", dir=args.dir) as tmp:
@@ -238,7 +330,7 @@ def main() -> None:
             print("| " + " | ".join(_fmt(v) for v in r) + " |")
         p0 = sec["presets"][0]
         for verb in ("encode", "decode"):
-            rss = {r[3]: r[9] for r in rows if r[0] == verb and r[2] == 8 and r[1] == p0}
+            rss = {r[3]: r[12] for r in rows if r[0] == verb and r[2] == 8 and r[1] == p0}
             if len(rss) == 2:
                 a, b = sorted(rss)
                 print(f"peak RSS {verb} ({p0}, batch 8): {rss[a]:.0f} MiB at {a} steps, "
