@@ -245,6 +245,41 @@ def test_batched_and_one_by_one_agree(tiny_model):
     torch.testing.assert_close(rs, rb, atol=1e-5, rtol=1e-4)
 
 
+def test_reused_generated_weights_give_the_same_bits_and_fields(tiny_model):
+    """Inside reuse_generated_weights each PVUM generates its weights once per meta tensor (the
+    pipeline's batches share one), with bits and fields equal to generating them per batch; a
+    second meta tensor gets its own; nothing is kept after, and gradients are refused."""
+    x = smooth_fields(4, 4, (32, 64), seed=7)
+    meta2 = torch.tensor([500.0, 850.0])
+    enc, dec = (tiny_model.autoencoders["z"].encoder.pvum, tiny_model.autoencoders["z"].decoder.pvum)
+    calls: list[str] = []
+    for name, pvum in (("enc", enc), ("dec", dec)):
+        pvum.generate = (lambda m, f=pvum.generate, n=name: calls.append(n) or f(m))
+    try:
+        with torch.inference_mode():
+            bits = [tiny_model.encode("z", x[i:i + 2], META4) for i in (0, 2)]
+            fields = [tiny_model.decode("z", b, META4) for b in bits]
+            sub = tiny_model.encode("z", x[:2, [1, 3]], meta2)
+            assert calls.count("enc") == 3 and calls.count("dec") == 2
+            calls.clear()
+            with tiny_model.reuse_generated_weights():
+                bits_r = [tiny_model.encode("z", x[i:i + 2], META4) for i in (0, 2)]
+                fields_r = [tiny_model.decode("z", b, META4) for b in bits_r]
+                sub_r = tiny_model.encode("z", x[:2, [1, 3]], meta2)
+            assert calls.count("enc") == 2 and calls.count("dec") == 1  # META4 once, meta2 once
+            assert enc._reuse is None and dec._reuse is None
+            calls.clear()
+            tiny_model.encode("z", x[:2], META4)
+            assert calls == ["enc"]  # after the block: generated again
+    finally:
+        del enc.generate, dec.generate
+    for a, b in zip(bits + fields + [sub], bits_r + fields_r + [sub_r]):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="inference"):
+        with tiny_model.reuse_generated_weights():
+            pass
+
+
 def test_encode_is_deterministic_and_matches_forward(tiny_model):
     x = smooth_fields(2, 4, (32, 64), seed=5)
     a = tiny_model.encode("z", x, META4)

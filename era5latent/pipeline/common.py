@@ -168,14 +168,16 @@ def encode_block(loaded: LoadedModel, channels: tuple[Channel, ...], x: np.ndarr
         z[missing] = 0.0
     del missing
     out: dict[str, np.ndarray] = {}
-    for g, chs in group_channels(channels).items():
-        idx = [channels.index(c) for c in chs]
-        meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
-        parts = []
-        for s in range(0, z.shape[0], batch_size):
-            xb = to_device(z[s:s + batch_size, idx], device)
-            parts.append(pack_bits(loaded.model.encode(g, xb, meta)).to("cpu", non_blocking=True))
-        out[g] = to_host(parts, device)
+    with loaded.model.reuse_generated_weights():  # one PVUM generation per group, not per batch
+        for g, chs in group_channels(channels).items():
+            idx = [channels.index(c) for c in chs]
+            meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
+            parts = []
+            for s in range(0, z.shape[0], batch_size):
+                xb = to_device(z[s:s + batch_size, idx], device)
+                parts.append(pack_bits(loaded.model.encode(g, xb, meta)).to("cpu",
+                                                                         non_blocking=True))
+            out[g] = to_host(parts, device)
     return out
 
 
@@ -186,9 +188,11 @@ def decode_block(loaded: LoadedModel, group: str, chs: tuple[Channel, ...], pack
     meta = torch.tensor([c.meta for c in chs], dtype=torch.float32, device=device)
     mean, std = normaliser(loaded, chs)
     parts = []
-    for s in range(0, packed.shape[0], batch_size):
-        bits = unpack_bits(to_device(packed[s:s + batch_size], device), code_bits)
-        parts.append(loaded.model.decode(group, bits, meta).float().to("cpu", non_blocking=True))
+    with loaded.model.reuse_generated_weights():  # one PVUM generation, not one per batch
+        for s in range(0, packed.shape[0], batch_size):
+            bits = unpack_bits(to_device(packed[s:s + batch_size], device), code_bits)
+            parts.append(loaded.model.decode(group, bits, meta).float().to("cpu",
+                                                                           non_blocking=True))
     z = to_host(parts, device)
     return np.asarray(z * std + mean, dtype=np.float32)
 
