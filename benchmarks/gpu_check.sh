@@ -24,5 +24,5 @@ fi
 timeout 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_model.py 2>&1 | tee "$OUT/cuda_tests.txt"
 timeout 200 $PY benchmarks/bench_train.py --device cuda --gpu-only 2>&1 | tee "$OUT/bench_train_gpu.txt"
 timeout 200 $PY benchmarks/bench_pipeline.py --device cuda --grid 721x1440 --presets small,paper \
-  --quick --gpu off --dir /dev/shm 2>&1 | tee "$OUT/bench_pipeline_gpu.txt"
+  --quick --gpu off --dir /dev/shm --rounds 2 --long-rounds 2 --max-rounds 3 --budget 20 2>&1 | tee "$OUT/bench_pipeline_gpu.txt"
 echo "done: $(date -u)" | tee -a "$OUT/machine.txt"
