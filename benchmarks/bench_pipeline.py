@@ -248,9 +248,10 @@ def run_section(sec: dict[str, Any], args: argparse.Namespace, tmp: str) -> list
     for p in presets:
         for batch in ((8,) if args.quick else (2, 8, 32)):
             configs.append({"preset": p, "batch": batch, "times": 100})
-        configs.append({"preset": p, "batch": 8, "times": sec["long"]})
+        if sec["long"]:
+            configs.append({"preset": p, "batch": 8, "times": sec["long"]})
     print(f"## device {sec['device']}, grid {sec['grid']}", flush=True)
-    paths = prepare(tmp, sec["grid"], sec["long"], presets, args.time_chunk, sec["device"])
+    paths = prepare(tmp, sec["grid"], max(sec["long"], 100), presets, args.time_chunk, sec["device"])
     rows = []
     for c in configs:
         c.update(chunk=args.time_chunk, device=sec["device"], threads=args.threads,
@@ -275,6 +276,8 @@ def main() -> None:
     ap.add_argument("--grid", default="73x144")
     ap.add_argument("--presets", default="tiny,small")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--long-steps", type=int, default=None,
+                    help="time steps of the long configuration (default 1000, --quick 400; 0: none)")
     ap.add_argument("--rounds", type=int, default=None,
                     help="the fewest pipeline runs per 100-step configuration (default 5, --quick 3)")
     ap.add_argument("--long-rounds", type=int, default=None,
@@ -306,8 +309,9 @@ def main() -> None:
         worker(args)
         return
 
+    long = args.long_steps if args.long_steps is not None else 400 if args.quick else 1000
     sections = [{"device": args.device, "grid": args.grid, "presets": args.presets.split(","),
-                 "long": 400 if args.quick else 1000}]
+                 "long": long}]
     if args.gpu == "on" or (args.gpu == "auto" and args.device == "cpu" and _cuda()):
         # 1,000 steps of five channels at 721 x 1440 would be 21 GB of source
         sections.append({"device": args.gpu_device, "grid": args.gpu_grid,
