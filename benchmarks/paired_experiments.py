@@ -1,0 +1,185 @@
+"""The 2026-12-07 experiments behind docs/benchmarks.md's "Where the tiny encode loses its time",
+reproducible. Unlike pipeline_experiments.py (one fresh process per variant), these alternate
+variants in one process, each pipeline run between two runs of the compute bound, because this
+machine's single-thread speed drifts by +-20% within a minute:
+
+    python benchmarks/paired_experiments.py drift        # the same 100-step encode, back to back
+    python benchmarks/paired_experiments.py timeline     # encode's start, model and end, per run
+    python benchmarks/paired_experiments.py pvum         # encode_block with and without reusing
+                                                         # the PVUM's generated weights
+    python benchmarks/paired_experiments.py switchinterval  # GIL switch interval 5 ms vs 0.5 ms
+    python benchmarks/paired_experiments.py zarrs-threads   # zarrs with all threads vs one
+    python benchmarks/paired_experiments.py no-io        # the real encode vs one that neither
+                                                         # reads the source nor writes the store
+
+tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
+one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pipeline_experiments import SUBSET, _setup  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
+                                     "zarrs-threads", "no-io"])
+    ap.add_argument("--runs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    import zarr
+
+    import era5latent.pipeline.encoding as E
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
+    from era5latent.malloc import tune_malloc
+    from era5latent.model.checkpoint import load_checkpoint
+    from era5latent.pipeline import encode_block
+
+    torch.set_num_threads(1)
+    tune_malloc()
+    with tempfile.TemporaryDirectory(prefix="era5latent-paired-", dir=args.dir) as tmp:
+        data, model = _setup(tmp, max(args.steps, 32), "73x144")
+        n, bs, out = args.steps, args.batch, f"{tmp}/out.zarr"
+        src = open_source(data)
+        chs = parse_subset(SUBSET)
+        loaded = load_checkpoint(model)
+        t_range = f"/{np.datetime_as_string(src.times[n - 1], unit='s')}"
+        x0 = src.read(chs, 0, 32)
+
+        def compute() -> float:  # the pipeline's chunks from memory, as bench_pipeline times them
+            t = time.perf_counter()
+            for a in range(0, n, 32):
+                encode_block(loaded, chs, x0[:min(32, n - a)].reshape(-1, *x0.shape[-3:]), bs,
+                             torch.device("cpu"))
+            return time.perf_counter() - t
+
+        def pipeline(source: Any = src) -> float:
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            E.encode(source, loaded, chs, out, time_range=t_range, batch_size=bs, device="cpu")
+            return time.perf_counter() - t
+
+        if args.what == "drift":
+            for _ in range(args.runs):
+                t, c = time.perf_counter(), time.process_time()
+                compute()
+                print(f"wall {time.perf_counter() - t:.2f} s  cpu {time.process_time() - c:.2f} s")
+        elif args.what == "timeline":
+            _timeline(E, pipeline, compute, args.runs)
+        elif args.what == "pvum":
+            wla: Any = type(loaded.model)  # patched: the PVUM weights made again for every batch
+            real = wla.reuse_generated_weights
+            ratios = []
+            for i in range(args.runs):
+                secs = {}
+                for k in (("reuse", "fresh") if i % 2 else ("fresh", "reuse")):
+                    wla.reuse_generated_weights = (
+                        real if k == "reuse" else lambda self: contextlib.nullcontext())
+                    secs[k] = compute()
+                ratios.append(secs["reuse"] / secs["fresh"])
+            wla.reuse_generated_weights = real
+            print(f"time with reuse / without: median {statistics.median(ratios):.3f}, runs "
+                  + " ".join(f"{r:.2f}" for r in ratios))
+        else:
+            _paired(args.what, pipeline, compute, args.runs, src, data, E, x0, zarr)
+
+
+def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float],
+              runs: int) -> None:
+    """Seconds in prepare_encode, the jobs' encode_chunk calls and finish, and encode_chunk's
+    total over the same chunks computed alone (the mean of a run before and after)."""
+    spent: dict[str, float] = {}
+
+    def timed(owner: Any, name: str) -> None:
+        f = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t
+        setattr(owner, name, wrapper)
+
+    timed(E, "prepare_encode")
+    timed(E.EncodeJob, "encode_chunk")
+    timed(E.EncodeJob, "finish")
+    before = compute()
+    for _ in range(runs):
+        spent.clear()
+        total = pipeline()
+        after = compute()
+        alone = (before + after) / 2
+        print(f"total {total:.3f} s  start {spent['prepare_encode']:.3f}  model "
+              f"{spent['encode_chunk']:.3f} ({spent['encode_chunk'] / alone:.2f}x alone)  end "
+              f"{spent['finish']:.3f}  efficiency {alone / total:.3f}")
+        before = after
+
+
+def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], float], runs: int,
+            src: Any, data: str, E: Any, x0: Any, zarr: Any) -> None:
+    """The default pipeline and a variant, alternated; each run's efficiency against the mean
+    of the compute runs around it."""
+    from era5latent.io.sources import open_source
+
+    @contextlib.contextmanager
+    def variant() -> Iterator[Any]:
+        if what == "switchinterval":
+            old = sys.getswitchinterval()
+            sys.setswitchinterval(0.0005)
+            try:
+                yield src
+            finally:
+                sys.setswitchinterval(old)
+        elif what == "zarrs-threads":
+            with zarr.config.set({"threading.max_workers": 1}):
+                one = open_source(data)  # zarrs takes its thread count when arrays open
+            yield one
+        else:  # no-io: the first chunk's data for every read, no writes, no sealing
+            saved = E.read_fields, E.EncodeJob.write_chunk, E.EncodeJob.finish
+            E.read_fields = lambda s, c, a, b: x0[:b - a].copy()
+            E.EncodeJob.write_chunk = lambda self, i, chunk: None
+            E.EncodeJob.finish = lambda self: None
+            try:
+                yield src
+            finally:
+                E.read_fields, E.EncodeJob.write_chunk, E.EncodeJob.finish = saved
+
+    effs: dict[str, list[float]] = {"default": [], what: []}
+    before = compute()
+    for i in range(runs):
+        for k in (("default", what) if i % 2 == 0 else (what, "default")):
+            if k == "default":
+                secs = pipeline()
+            else:
+                with variant() as source:
+                    secs = pipeline(source)
+            after = compute()
+            effs[k].append((before + after) / 2 / secs)
+            before = after
+    for k, v in effs.items():
+        print(f"{k}: median efficiency {statistics.median(v):.3f}, runs "
+              + " ".join(f"{e:.2f}" for e in v))
+
+
+if __name__ == "__main__":
+    main()
