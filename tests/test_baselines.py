@@ -167,6 +167,33 @@ def test_bitround_picks_the_closest_keepbits(field):
     assert m.codec.keepbits == 10 and m.relative_size_error == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("method, most", [("bitround", 9), pytest.param("sz3", 22, marks=needs_sz3),
+                                          pytest.param("zfp-accuracy", 22, marks=needs_zfp)])
+def test_size_search_compresses_few_settings_and_decompresses_one(field, method, most,
+                                                                   monkeypatch):
+    """The searches are most of evaluate's time: each probe compresses the whole first chunk.
+    Bit-rounding gallops and bisects over its 24 keepbits (a scan from 0 took up to 24 probes);
+    the error-bounded codecs bisect the log bound (2 + at most 20 probes); only the kept setting
+    is decompressed."""
+    calls = {"encode": 0, "decode": 0}
+    for cls in (B.BitRoundZstd, B.SZ3, B.ZFPFixedAccuracy):
+        for name in ("encode", "decode"):
+            orig = getattr(cls, name)
+
+            def counted(self, *a, _orig=orig, _name=name):
+                calls[_name] += 1
+                return _orig(self, *a)
+            monkeypatch.setattr(cls, name, counted)
+    for target in (0.05, 0.2, 0.6, 1.5):  # SZ3 at 1.5 ends 3.5% off: its sizes jump there
+        calls.update(encode=0, decode=0)
+        m = S.match_size(method, field, target)
+        assert m.reached, (target, m)
+        if method == "sz3":  # bitround and zfp-accuracy have steps in size
+            assert abs(m.relative_size_error) <= 0.05, (target, m)
+        assert calls["decode"] == 1
+        assert 1 <= calls["encode"] <= most, (target, calls)
+
+
 @needs_zfp
 def test_unreachable_targets_are_flagged_not_errors(field):
     m = S.match_size("bitround", field, 1e-5)

@@ -461,17 +461,28 @@ def rewrap(like: Any, data: np.ndarray) -> Any:
     return data
 
 
-def roundtrip_stack(codec: Codec, stack: np.ndarray, per_field: bool) -> tuple[np.ndarray, int]:
+def encode_stack(codec: Codec, stack: np.ndarray, per_field: bool) -> list[bytes]:
+    """The compressed stream(s) of a (n, lat, lon) stack: one per field, or one for the cube."""
     if per_field:
-        recon = np.empty_like(stack)
-        nbytes = 0
-        for i in range(stack.shape[0]):
-            buf = codec.encode(stack[i])
-            nbytes += len(buf)
-            recon[i] = codec.decode(buf, stack.shape[1:])
-        return recon, nbytes
-    buf = codec.encode(stack)
-    return codec.decode(buf, stack.shape), len(buf)
+        return [codec.encode(stack[i]) for i in range(stack.shape[0])]
+    return [codec.encode(stack)]
+
+
+def decode_stack(codec: Codec, bufs: list[bytes], shape: tuple[int, ...], per_field: bool
+                 ) -> np.ndarray:
+    """The (n, lat, lon) stack of ``shape`` back from :func:`encode_stack`'s streams."""
+    if not per_field:
+        return codec.decode(bufs[0], shape)
+    recon = np.empty(shape, dtype=np.float32)
+    for i, buf in enumerate(bufs):
+        recon[i] = codec.decode(buf, shape[1:])
+    return recon
+
+
+def roundtrip_stack(codec: Codec, stack: np.ndarray, per_field: bool) -> tuple[np.ndarray, int]:
+    """Compress a stack for real and decompress it: ``(recon, nbytes)``."""
+    bufs = encode_stack(codec, stack, per_field)
+    return decode_stack(codec, bufs, stack.shape, per_field), sum(len(b) for b in bufs)
 
 
 def compress_roundtrip(codec: Codec, array: Any, *, per_field: bool = False) -> tuple[Any, int]:

@@ -81,7 +81,7 @@ def plot_maps(truth: Any, recon: Any, channel_name: str, lat: Any, lon: Any,
     rmse = float(np.sqrt(np.nanmean(err**2)))
     unit = f" [{units}]" if units else ""
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.0), constrained_layout=True)
     panels = [
         (t, f"truth {channel_name}{note}", "viridis", vmin, vmax, "neither"),
         (r, f"reconstruction {channel_name}", "viridis", vmin, vmax, "neither"),
@@ -100,7 +100,7 @@ def plot_maps(truth: Any, recon: Any, channel_name: str, lat: Any, lon: Any,
         cb = fig.colorbar(m, ax=ax, orientation="horizontal", shrink=0.85, pad=0.02,
                           extend=extend)
         cb.set_label(f"{channel_name}{unit}" if cmap != "RdBu_r" else f"error{unit}")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
 

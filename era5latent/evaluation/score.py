@@ -211,7 +211,9 @@ def evaluate(truth: Source, recon: Source, *, subset: tuple[Channel, ...] | None
             targets = sweep if sweep is not None else [bpv * f for f in SWEEP_FACTORS]
             sweep_records.append({**rec, "sweep": True})
             for m in methods:
-                for sr in sizematch.rate_distortion(m, t0, targets, metrics=score):
+                # setting[m] was matched on this same first chunk: the sweep's 1x point
+                for sr in sizematch.rate_distortion(m, t0, targets, metrics=score,
+                                                    known={bpv: setting[m]}):
                     sweep_records.append({**sr, "channel": ch.code, "region": reg.name,
                                           "sweep": True,
                                           **_sizes(sr["bytes_per_value"], src_bpv)})
