@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV     := $(VENV)/.installed-dev
 DEMO_DIR ?= demo-out
 
 .PHONY: install test demo bench docs typecheck clean fuzz
@@ -13,51 +14,58 @@ DEMO_DIR ?= demo-out
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, so a CPU machine never pulls multi-GB CUDA wheels: a local wheel if pip's
-# find-links has one (installed alone, then its own dependencies from the index, torch pinned),
-# else the CUDA build where an NVIDIA driver is present, else the PyTorch CPU index.
-$(STAMP): pyproject.toml | $(PY)
-	@$(PY) -c "import torch" 2>/dev/null || \
+# What the tool needs to run (make demo, make install). torch first, so a CPU machine never
+# pulls multi-GB CUDA wheels: a local wheel if pip's find-links has one (installed alone, then
+# pinned in the one pip call that brings its dependencies and ours), else the CUDA build where
+# an NVIDIA driver is present, else the PyTorch CPU index.
+$(RUNTIME): pyproject.toml | $(PY)
+	@pin=""; $(PY) -c "import torch" 2>/dev/null || \
 	if $(PIP) install -q --no-index --no-deps "torch>=2.2" 2>/dev/null; then \
-	  $(PIP) install -q "torch==$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
+	  pin="torch==$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
-	else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi
+	else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi; \
+	echo "$(PIP) install -q $$pin -e ."; $(PIP) install -q $$pin -e .
+	@touch $@
+
+# What the tests, the benchmark's check and mypy need besides (kept out of make demo's install,
+# which it would lengthen by about 40 s)
+$(DEV): $(RUNTIME)
 	$(PIP) install -q -e ".[dev]"
 	# xbitinfo, for the one test that checks our keepbits against its own: beside the venv, not
 	# in it (it pins numpy < 2.4 and numcodecs < 0.16.4; its Python implementation runs fine)
 	$(PIP) install -q --no-deps --target $(VENV)/xbitinfo "xbitinfo==0.0.7" "tqdm>=4"
-	@touch $(STAMP)
+	@touch $@
 
-install: $(STAMP)
+install: $(RUNTIME)
 
 # one OpenMP thread per process: the suite runs subprocesses and Dask workers side by side, and
 # spinning OpenMP threads on an oversubscribed 2-core machine made model steps ~20x slower
-test: $(STAMP)
+test: $(DEV)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} ERA5LATENT_XBITINFO_PATH=$(VENV)/xbitinfo $(PY) -m pytest -q
 
 # generated malformed sources, stores, parquet files and command lines through every verb
 # (tests/test_fuzz.py; make test runs 200 of them), printing the counts by verb and exit code;
 # then encode and decode SIGKILLed at KILLS random times each (tests/test_kills.py).
 # FUZZ_CASES=N for another count, FUZZ_SEED=S for other cases
-fuzz: $(STAMP)
+fuzz: $(DEV)
 	ERA5LATENT_FUZZ_CASES=$${FUZZ_CASES:-10000} ERA5LATENT_FUZZ_SEED=$${FUZZ_SEED:-0} \
 	ERA5LATENT_KILLS=$${KILLS:-20} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} \
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz.py tests/test_kills.py
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(PY) -m era5latent.cli.demo --out $(DEMO_DIR)
 
 # the bench script's own end-to-end test first (about a minute; kept out of make test), then
 # the benchmark
-bench: $(STAMP)
+bench: $(DEV)
 	ERA5LATENT_BENCH_TESTS=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q \
 	  -p no:cacheprovider tests/test_performance.py -k make_bench_script
 	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(PY) -m mypy
 
-docs: $(STAMP)
+docs: $(RUNTIME)
 	$(PY) -m era5latent.cli.docs > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 clean:
