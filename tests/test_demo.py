@@ -36,7 +36,7 @@ def test_the_summary_names_sz3_at_equal_bytes_and_marks_what_it_shows() -> None:
     from era5latent.cli.demo import BASELINES, steps, summary_lines
 
     assert "sz3" in BASELINES
-    evaluate = dict(steps(Path("out"), quick=True))["evaluate"]
+    evaluate = next(cmd for _, cmd in steps(Path("out"), quick=True) if cmd[0] == "evaluate")
     assert evaluate[evaluate.index("--baselines") + 1].split(",") == list(BASELINES)
 
     def rec(method: str, rmse: float, matched: bool | None = True) -> dict[str, object]:
@@ -47,3 +47,25 @@ def test_the_summary_names_sz3_at_equal_bytes_and_marks_what_it_shows() -> None:
                            {**rec("zfp", 7287.0), "size_flags": ["all_zero"]}, rec("sz3", 109.0)])
     assert lines == ["  z500   (250x vs float32): WLA 399, bitround 900 (size not matched: "
                      "0.016 B/value), zfp 7287 (all zero), SZ3 109 (best)"]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_demo_evaluates_only_the_times_training_held_out(quick: bool) -> None:
+    """Scored on fields the model never learned from: evaluate's --time starts at the first time
+    train's validation split keeps out, computed from the sample's own start and step."""
+    import numpy as np
+
+    from era5latent.cli.demo import held_out, steps
+    from era5latent.training.loop import split_index
+
+    cmds = {cmd[0]: cmd for _, cmd in steps(Path("out"), quick=quick)}
+    sample, train, evaluate = cmds["sample"], cmds["train"], cmds["evaluate"]
+    assert "--val-fraction" not in train  # the default split, as held_out assumes
+    n = int(sample[sample.index("--times") + 1])
+    start = np.datetime64(sample[sample.index("--start") + 1])
+    step = np.timedelta64(int(sample[sample.index("--freq") + 1].rstrip("h")), "h")
+    times = start + step * np.arange(n)
+    k = split_index(n, 0.1)
+    first = evaluate[evaluate.index("--time") + 1]
+    assert first == f"{str(times[k].astype('datetime64[h]'))}/"
+    assert held_out(n) == (first[:-1], n - k) and 0 < n - k < n
