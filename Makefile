@@ -17,14 +17,18 @@ $(PY):
 # What the tool needs to run (make demo, make install). torch first, so a CPU machine never
 # pulls multi-GB CUDA wheels: a local wheel if pip's find-links has one (installed alone, then
 # pinned in the one pip call that brings its dependencies and ours), else the CUDA build where
-# an NVIDIA driver is present, else the PyTorch CPU index.
+# an NVIDIA driver is present, else the PyTorch CPU index. pip compiles every module to bytecode
+# on one core; compileall does it on all of them afterwards (failures are files pip would skip
+# too, such as Python 2 test data inside packages).
+INSTALL := $(PIP) install -q --no-compile
 $(RUNTIME): pyproject.toml | $(PY)
 	@pin=""; $(PY) -c "import torch" 2>/dev/null || \
-	if $(PIP) install -q --no-index --no-deps "torch>=2.2" 2>/dev/null; then \
+	if $(INSTALL) --no-index --no-deps "torch>=2.2" 2>/dev/null; then \
 	  pin="torch==$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
-	elif command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.2"; \
-	else $(PIP) install -q "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi; \
-	echo "$(PIP) install -q $$pin -e ."; $(PIP) install -q $$pin -e .
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(INSTALL) "torch>=2.2"; \
+	else $(INSTALL) "torch>=2.2" --index-url https://download.pytorch.org/whl/cpu; fi; \
+	echo "$(INSTALL) $$pin -e ."; $(INSTALL) $$pin -e .
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
 	@touch $@
 
 # What the tests, the benchmark's check and mypy need besides (kept out of make demo's install,
