@@ -154,9 +154,9 @@ def _match_tolerance(make: Callable[[float], Codec], stack: np.ndarray, target_b
     """Bisect an absolute error bound (log scale) for the size closest to the target (stopping
     within ``stop`` of it).
 
-    (False position on log size against log bound was tried: on the demo's fields and a smooth
-    z500-like one it needed more probes in all, 597 against 546 over 36 searches, since SZ3's
-    size curve has kinks and zfp's is a staircase.)"""
+    (False position on log size against log bound was tried, one-off on 2026-12-07: on the
+    demo's fields and a smooth z500-like one it needed more probes in all, 597 against 546 over
+    36 searches, since SZ3's size curve has kinks and zfp's is a staircase.)"""
     scale = max(float(stack.max() - stack.min()), float(np.abs(stack).max()), 1e-30)
     lo_t, hi_t = scale * 1e-9, scale * 4  # small tolerance = big output
     cache: dict[float, Probe] = {}
@@ -194,9 +194,10 @@ def match_size(method_name: str, array: Any, target_bytes_per_value: float, *,
       clamped to zfp's range; no search.
     - ``zfp-accuracy``, ``sz3``: the absolute error bound is bisected on a log scale until the
       size is within 0.2% of the target (or the search runs out); ``ebcc`` likewise, to 5%.
-    Settings are only compressed while searching; the one kept is decompressed once.
     - ``xbitinfo-99``, ``xbitinfo-99.9``, ``pcodec``: one setting (keepbits from the channel's
       bit information; lossless), whatever the target: flagged ``fixed_size``.
+
+    Settings are only compressed while searching; the one kept is decompressed once.
 
     A target outside the codec's range is no error: the closest end is returned with
     ``reached=False``. Returns a :class:`SizeMatch` (``codec, recon, nbytes = match_size(...)``).
