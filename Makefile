@@ -22,7 +22,7 @@ $(PY):
 # too, such as Python 2 test data inside packages).
 INSTALL := $(PIP) install -q --no-compile
 $(RUNTIME): pyproject.toml | $(PY)
-	@pin=""; $(PY) -c "import torch" 2>/dev/null || \
+	@set -e; pin=""; $(PY) -c "import torch" 2>/dev/null || \
 	if $(INSTALL) --no-index --no-deps "torch>=2.2" 2>/dev/null; then \
 	  pin="torch==$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(INSTALL) "torch>=2.2"; \
