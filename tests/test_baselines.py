@@ -167,7 +167,7 @@ def test_bitround_picks_the_closest_keepbits(field):
     assert m.codec.keepbits == 10 and m.relative_size_error == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("method, most", [("bitround", 9), pytest.param("sz3", 22, marks=needs_sz3),
+@pytest.mark.parametrize("method, most", [("bitround", 10), pytest.param("sz3", 22, marks=needs_sz3),
                                           pytest.param("zfp-accuracy", 22, marks=needs_zfp)])
 def test_size_search_compresses_few_settings_and_decompresses_one(field, method, most,
                                                                    monkeypatch):

@@ -109,7 +109,7 @@ def _match_bitround(stack: np.ndarray, target_bytes: float, per_field: bool, lev
                     ) -> tuple[Probe, bool]:
     """Sizes grow with keepbits: gallop up from 0 (0, 1, 2, 4, 8, 16, 23) to the first size at or
     above the target, then bisect down to the first keepbits that reaches it; the closer of it
-    and the one below wins (what a scan of all 24 would give, in at most 9 probes)."""
+    and the one below wins (what a scan of all 24 would give, in at most 10 probes)."""
     cache: dict[int, Probe] = {}
 
     def run(k: int) -> Probe:
