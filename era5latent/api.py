@@ -33,7 +33,7 @@ from era5latent.errors import CheckpointError, OptionError, StoreError
 from era5latent.evaluation.score import EvalReport
 from era5latent.io.fields import FieldWriter, field_coord_attrs
 from era5latent.model.checkpoint import LoadedModel, check_same_model, load_checkpoint
-from era5latent.model.devices import resolve_device, resolve_precision
+from era5latent.model.devices import place_for_inference, resolve_device, resolve_precision
 from era5latent.pipeline import (
     DecodeResult,
     EncodeResult,
@@ -390,7 +390,7 @@ def decode(latent: xr.Dataset | str | os.PathLike[str], model: ModelLike, *,
     rstore = _residual_store(latent, residual)
     prec = decode_precision(rstore.path, precision, dev, True) if rstore is not None else \
         resolve_precision(precision, dev)
-    loaded.model.to(dev).eval()
+    place_for_inference(loaded.model, dev)
     layout = SourceLayout.from_dict(meta["source"]["layout"])
     times = np.asarray(latent["time"].values).astype("datetime64[ns]")
     sample_coords = {d: np.asarray(latent[d].values) for d in meta.get("sample_dims", [])}

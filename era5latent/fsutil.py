@@ -297,7 +297,9 @@ def umask() -> int:
     return mask
 
 
-def _parent(path: str) -> str:
+def parent_dir(path: str) -> str:
+    """The existing directory a local output ``path`` will be created in (a one-line
+    :class:`StoreError` when it is missing, or ``path`` is a URL)."""
     if is_url(path):
         raise StoreError(f"cannot write {path}: this output must be a local path (object storage "
                          "has no atomic rename); write it locally and copy it up")
@@ -314,7 +316,7 @@ def commit_dir(src: str, dst: str, replace: bool) -> None:
     rename fails on a non-empty directory, never replacing one."""
     old = None
     if replace and os.path.lexists(dst):
-        old = tempfile.mkdtemp(dir=_parent(dst), prefix=f".{os.path.basename(dst)}.old-")
+        old = tempfile.mkdtemp(dir=parent_dir(dst), prefix=f".{os.path.basename(dst)}.old-")
         os.rename(dst, os.path.join(old, "old"))
     try:
         os.rename(src, dst)
@@ -338,7 +340,7 @@ def atomic_dir(path: str, overwrite: bool, kind: str | None = None) -> Iterator[
     era5latent output of ``kind`` (when given; see :func:`check_replaceable`), and only after
     the new one is complete.
     """
-    parent = _parent(path)
+    parent = parent_dir(path)
     if kind is not None:  # not ours: --overwrite would not help either, so say that first
         check_replaceable(path, kind)
     if os.path.exists(path) and not overwrite:
@@ -360,7 +362,7 @@ def atomic_dir(path: str, overwrite: bool, kind: str | None = None) -> Iterator[
 def atomic_file(path: str, overwrite: bool = True, kind: str | None = None) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on success, move it to ``path`` (an existing
     one only if it is an era5latent output of ``kind``, when given)."""
-    parent = _parent(path)
+    parent = parent_dir(path)
     if kind is not None:
         check_replaceable(path, kind)
     if os.path.exists(path) and not overwrite:

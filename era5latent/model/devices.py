@@ -54,3 +54,13 @@ def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def place_for_inference(model: torch.nn.Module, device: torch.device) -> None:
+    """``model.to(device).eval()``, skipped where every tensor is already on ``device`` and
+    every module in eval mode: walking the modules took 13 ms a call on the tiny preset, a
+    tenth of a 100-step encode's fixed cost, though a process encodes with one model many
+    times (the Python API, Dask workers)."""
+    if any(m.training for m in model.modules()) or any(
+            t.device != device for t in (*model.parameters(), *model.buffers())):
+        model.to(device).eval()

@@ -111,11 +111,23 @@ class Writer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="era5latent-writer")
         self._pending: list[Future[None]] = []
         self._depth = depth
+        self._failed = False  # set on the writer thread: later writes are skipped
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         while len(self._pending) >= self._depth:
             self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(fn, *args))
+        self._pending.append(self._pool.submit(self._call, fn, *args))
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """One write, unless an earlier one failed (e.g. laying the store out): a write must
+        not land after one that did not."""
+        if self._failed:
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
 
     def drain(self) -> None:
         try:

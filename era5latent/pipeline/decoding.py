@@ -14,7 +14,8 @@ from era5latent.errors import OptionError, StoreError, SubsetError
 from era5latent.fsutil import check_output_name, full_path
 from era5latent.store.masks import read_mask_range
 from era5latent.model.checkpoint import LoadedModel, check_same_model
-from era5latent.model.devices import resolve_device, resolve_precision, strict_fp32
+from era5latent.model.devices import (place_for_inference, resolve_device, resolve_precision,
+                                      strict_fp32)
 from era5latent.pipeline.common import Progress, Writer, decode_fields, prefetch
 from era5latent.io.sources import SourceLayout, iso, time_index_range
 from era5latent.store.residual import residual_name
@@ -273,7 +274,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     plan = plan_decode(store_path, loaded, out, subset=subset, time_range=time_range,
                        overwrite=overwrite, allow_corrupt=allow_corrupt, zarr_format=zarr_format,
                        residual=residual, opened=opened)
-    loaded.model.to(dev).eval()
+    place_for_inference(loaded.model, dev)
     store, groups, lo, hi, writer = plan.store, plan.groups, plan.lo, plan.hi, plan.writer
     sample_coords, lat, lon = plan.sample_coords, plan.lat, plan.lon
     specs = store.groups

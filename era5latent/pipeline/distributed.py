@@ -46,7 +46,7 @@ from era5latent.errors import (CheckpointError, Era5LatentError, OptionError, So
 from era5latent.fsutil import full_path
 from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
-from era5latent.model.devices import resolve_device, resolve_precision
+from era5latent.model.devices import place_for_inference, resolve_device, resolve_precision
 from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, prefetch,
                                  store_spec, decode_fields, decode_precision, plan_decode,
                                  prepare_encode, read_codes, read_group_masks, read_residuals)
@@ -375,7 +375,7 @@ class EncodeTask:
         channels = tuple(parse_channel(c) for c in self.channels)
         dev = resolve_device(self.device)
         prec = resolve_precision(self.precision, dev)
-        loaded.model.to(dev).eval()
+        place_for_inference(loaded.model, dev)
         residual = ResidualSpec.from_dict(self.residual) if self.residual else None
         spec = store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk,
                            residual)
@@ -530,7 +530,7 @@ class DecodeTask:
         adopt_store_levels(store.meta, loaded)  # levels encoded with --allow-unseen-levels
         dev = resolve_device(self.device)
         prec = decode_precision(self.store, self.precision, dev, self.residual)
-        loaded.model.to(dev).eval()
+        place_for_inference(loaded.model, dev)
         groups = {g: tuple(parse_channel(c) for c in chs) for g, chs in self.groups}
         writer = None
         if self.writer is not None:

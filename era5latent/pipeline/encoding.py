@@ -23,9 +23,11 @@ import torch
 
 from era5latent import faults
 from era5latent.errors import Era5LatentError, OptionError, StoreError, StoreExistsError
-from era5latent.fsutil import check_output_name, exists, is_url, remove_partial_writes
+from era5latent.fsutil import (LATENT, check_output_name, check_replaceable, exists, is_url,
+                               parent_dir, remove_partial_writes)
 from era5latent.model.checkpoint import LoadedModel
-from era5latent.model.devices import resolve_device, resolve_precision, strict_fp32
+from era5latent.model.devices import (place_for_inference, resolve_device, resolve_precision,
+                                      strict_fp32)
 from era5latent.pipeline.common import (Progress, Writer, check_grid, check_model_channels,
                                         decode_fields, encode_fields, fields_where, prefetch,
                                         read_fields)
@@ -195,7 +197,9 @@ class EncodeJob:
     loaded: LoadedModel
     channels: tuple[Channel, ...]
     spec: StoreSpec
-    store: LatentStore
+    #: None until :meth:`lay_out` creates it: ``encode`` lays a new local store out on the
+    #: writer thread while the model encodes the first time chunk
+    store: LatentStore | None
     t0: int
     batch_size: int
     device: torch.device
@@ -220,9 +224,32 @@ class EncodeJob:
     def total_samples(self) -> int:
         return sum(self.chunk_samples(i) for i in self.chunk_range())
 
+    @property
+    def mask_channels(self) -> tuple[str, ...]:
+        """The masked channels: the store's, or before it is laid out the spec's."""
+        if self.store is not None:
+            return self.store.mask_channels
+        return tuple(self.spec.mask["channels"]) if self.spec.mask else ()
+
     def todo(self) -> list[int]:
+        if self.store is None:  # not laid out yet: nothing is done
+            return list(self.chunk_range())
         done = self.store.done()
         return [i for i in self.chunk_range() if not done[i]]
+
+    def lay_out(self, out: str, overwrite: bool) -> None:
+        """Create the planned store at ``out`` and open it. When another process (a concurrent
+        part) created it first, open that one to resume; its time chunking wins."""
+        wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
+        try:
+            create_latent_store(out, dataclasses.replace(self.spec, parts=self.part and self.part[1]),
+                                overwrite=overwrite)
+            self.store = open_latent_store(out, mode="r+")
+        except StoreExistsError:
+            self.store, self.resumed = _open_for_resume(out, self.spec, wait), True
+            if self.store.time_chunk != self.spec.time_chunk:
+                self.spec = dataclasses.replace(self.spec, time_chunk=self.store.time_chunk)
+                self.first = None  # read in our chunking, not the store's
 
     def chunk_samples(self, i: int) -> int:
         a, b = self.spec.chunk_bounds(i)
@@ -237,13 +264,13 @@ class EncodeJob:
         a, b = self.spec.chunk_bounds(i)
         x = read_fields(self.source, self.channels, self.t0 + a, self.t0 + b)
         # a NaN outside the masked channels is said here, where the times are known
-        split_masked(x, self.channels, self.store.mask_channels,
+        split_masked(x, self.channels, self.mask_channels,
                      fields_where(self.source, self.t0 + a, self.t0 + b),
                      iso(self.source.times[self.t0]))
         return x
 
     def encode_chunk(self, x: np.ndarray) -> EncodedChunk:
-        masks = split_masked(x, self.channels, self.store.mask_channels, self.source.path,
+        masks = split_masked(x, self.channels, self.mask_channels, self.source.path,
                              iso(self.source.times[self.t0]))
         codes = encode_fields(self.loaded, self.channels, x, self.batch_size, self.device,
                               self.precision)
@@ -255,6 +282,7 @@ class EncodeJob:
                             masks)
 
     def write_chunk(self, i: int, chunk: EncodedChunk) -> None:
+        assert self.store is not None, "write_chunk before lay_out"
         self.store.write_chunk(i, chunk.codes, chunk.residuals, chunk.masks)
 
     def run_chunk(self, i: int) -> int:
@@ -266,6 +294,7 @@ class EncodeJob:
 
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
+        assert self.store is not None, "finish before lay_out"
         if self.part is None and not self.store.finished:
             for key, value in self.root_attrs.items():
                 self.store.root.attrs[key] = jsonable(value)
@@ -311,7 +340,7 @@ def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel
         check_time_chunk(source, channels, time_chunk)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    loaded.model.to(dev).eval()
+    place_for_inference(loaded.model, dev)
     return dev, prec, time_chunk or auto_time_chunk(source, channels)
 
 
@@ -357,12 +386,14 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
                    overwrite: bool = False, time_chunk: int | None = None,
                    precision: str = "auto", break_lock: bool = False,
                    part: tuple[int, int] | None = None, max_error: str | None = None,
-                   residual_codec: str = "sz3") -> EncodeJob:
+                   residual_codec: str = "sz3", lay_out: bool = True) -> EncodeJob:
     """Check everything, then create the store (or open it to resume): a job ready to run.
 
     With ``part`` ``(I, N)`` the job owns only the I-th of N contiguous shares of the time chunks
     (``store.part_range``) and never marks the store complete. Processes that create the same
     store at once are safe: the one that loses the race opens the winner's store and resumes.
+    With ``lay_out`` False, a new local store is checked but not created: the caller calls
+    :meth:`EncodeJob.lay_out` (``encode`` does so on its writer thread, under the writer lock).
     """
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
@@ -373,9 +404,6 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
                                             precision=precision)
     residual = residual_spec(source, loaded, channels, max_error, residual_codec)
     t0, t1 = source.time_indices(time_range)
-    resumed = False
-    first: tuple[int, np.ndarray] | None = None  # the first chunk, read to check the source
-    wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
     if exists(out) and not overwrite:
         if not is_store(out):
             raise StoreError(f"{out} exists and is not a latent store; choose another --out")
@@ -383,25 +411,25 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
         # would not help
         spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual,
                           first_step_masks(source, channels, t0, t1))
-        store = _open_for_resume(out, spec, wait)
+        store = _open_for_resume(out, spec, 60.0 if is_url(out) else 0.0)
         check_unlocked(out, break_lock, part)
-        resumed = True
-    else:
-        if is_store(out):
-            check_unlocked(out, break_lock, part)
-        first, static = _read_first_chunk(source, channels, t0, t1, time_chunk, part)
-        spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
-        try:
-            create_latent_store(out, dataclasses.replace(spec, parts=part and part[1]),
-                                overwrite=overwrite)
-            store = open_latent_store(out, mode="r+")
-        except StoreExistsError:  # another process (e.g. a concurrent part) created it first
-            store = _open_for_resume(out, spec, wait)
-            resumed = True
-    if resumed:
         spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
-    return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, resumed,
-                     part, first, residual)
+        return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, True,
+                         part, None, residual)
+    if is_store(out):
+        check_unlocked(out, break_lock, part)
+    if not is_url(out):  # what laying it out would refuse, said before any work
+        parent_dir(out)
+        if overwrite:
+            check_replaceable(out, LATENT)
+    # the first chunk, read to check the source before anything is created
+    first, static = _read_first_chunk(source, channels, t0, t1, time_chunk, part)
+    spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual, static)
+    job = EncodeJob(source, loaded, channels, spec, None, t0, batch_size, dev, prec, False,
+                    part, first, residual)
+    if lay_out or is_url(out):
+        job.lay_out(out, overwrite)
+    return job
 
 
 def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], out: str, *,
@@ -423,13 +451,14 @@ def encode(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...], o
     job = prepare_encode(source, loaded, channels, out, time_range=time_range,
                          batch_size=batch_size, device=device, overwrite=overwrite,
                          time_chunk=time_chunk, precision=precision, break_lock=break_lock,
-                         part=part, max_error=max_error, residual_codec=residual_codec)
+                         part=part, max_error=max_error, residual_codec=residual_codec,
+                         lay_out=False)
     job.root_attrs = dict(root_attrs or {})
     with writer_lock(out, break_lock, part):
         if job.resumed and part is None:  # the whole store is ours: nobody else is writing
             remove_partial_writes(out)  # chunk files a killed writer left half-written
         try:
-            return _run(job, out, progress)
+            return _run(job, out, progress, overwrite)
         except BaseException as err:
             kept = _forget_if_empty(job, out)
             if kept and isinstance(err, Era5LatentError) and len(err.args) == 1 and \
@@ -445,7 +474,7 @@ def _forget_if_empty(job: EncodeJob, out: str) -> int:
     number of time chunks kept (0: nothing, or a store this run did not create)."""
     from era5latent.fsutil import remove_tree
 
-    if job.resumed or job.part is not None:
+    if job.resumed or job.part is not None or job.store is None:
         return 0
     try:
         done = int(job.store.done().sum())
@@ -456,7 +485,8 @@ def _forget_if_empty(job: EncodeJob, out: str) -> int:
     return done
 
 
-def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
+def _run(job: EncodeJob, out: str, progress: Progress | None, overwrite: bool = False
+         ) -> EncodeResult:
     todo = job.todo()
     total = job.total_samples()
     finished = total - sum(job.chunk_samples(i) for i in todo)
@@ -465,6 +495,8 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
     start = time.perf_counter()
     writer = Writer()  # reading, computing and writing overlap
     try:
+        if job.store is None:  # a new store is laid out while the first chunk is encoded
+            writer.submit(_lay_out_first, job, out, overwrite)
         for i, x in prefetch((i, job.read_chunk(i)) for i in todo):
             faults.point("encode.chunk-read")
             writer.submit(job.write_chunk, i, job.encode_chunk(x))
@@ -484,3 +516,12 @@ def _run(job: EncodeJob, out: str, progress: Progress | None) -> EncodeResult:
                         owned - len(todo), seconds, job.resumed)
 
 
+def _lay_out_first(job: EncodeJob, out: str, overwrite: bool) -> None:
+    """The writer's first task for a new store: lay it out. On a tiny model that took as long
+    as 5% of a 100-step encode; here it overlaps the first chunk's compute."""
+    planned = job.spec.time_chunk
+    job.lay_out(out, overwrite)
+    if job.spec.time_chunk != planned:  # chunks are being encoded in our chunking: stop them
+        raise StoreError(
+            f"{out} was created meanwhile by another encode, with {job.spec.time_chunk}-step "
+            f"time chunks, not {planned}; run the same command again to resume it")

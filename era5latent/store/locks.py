@@ -143,6 +143,9 @@ def writer_lock(path: str, break_lock: bool = False,
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             continue  # raced with another writer: look again (it raises if that one is live)
+        except OSError as err:  # taken before a new store is laid out: its directory's faults
+            raise StoreError(f"cannot take the writer lock {lock}: {err.strerror or err}; "
+                             "choose a writable --out") from None
         break
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
