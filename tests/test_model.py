@@ -451,3 +451,24 @@ def test_config_from_dict_errors():
 def test_paper_preset_with_bad_stride_override_raises_option_error():
     with pytest.raises(OptionError, match="patch_stride"):
         preset_config("paper", (721, 1440), ("z",), patch_stride=0)
+
+
+def test_place_for_inference_moves_only_a_model_not_yet_placed(monkeypatch):
+    from era5latent.model.devices import place_for_inference
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5),
+                                torch.nn.BatchNorm1d(4))
+    cpu = torch.device("cpu")
+    place_for_inference(model, cpu)  # in training mode: put in eval mode
+    assert not any(m.training for m in model.modules())
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to",
+                        lambda self, *a, **k: moved.append(a) or real_to(self, *a, **k))
+    place_for_inference(model, cpu)  # already there: not walked again
+    assert moved == []
+    model[1].train()  # one submodule back in training mode is seen
+    place_for_inference(model, cpu)
+    assert moved == [(cpu,)] and not model[1].training
+    out = model(torch.ones(2, 4))
+    assert torch.equal(out, model(torch.ones(2, 4)))  # eval: dropout off, batch-norm frozen

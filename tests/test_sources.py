@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -174,3 +175,27 @@ def test_new_catalogue_variables_open_by_any_name(tmp_path: Path) -> None:
     x = src.read(parse_subset("sp,tp,w500,r_850,100u,lsm,zs"), 0, 1)
     np.testing.assert_allclose(x[0, [1, 2, 3, 5, 6]].mean(axis=(1, 2)), [1e-3, 0.1, 50.0, 1.0, 500.0],
                                rtol=1e-6)
+
+
+def test_a_grid_already_in_longitude_order_is_read_with_slices_not_an_index_array(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sortby`` on a grid already in order gave every read an index array along longitude,
+    which zarr reads as a fancy selection, twice as slow; a rolled grid still reads right."""
+    import zarr
+
+    calls: list[tuple[Any, ...]] = []
+    real = zarr.Array.get_orthogonal_selection
+
+    def spy(self: Any, selection: Any, *a: Any, **k: Any) -> Any:
+        calls.append(tuple(selection) if isinstance(selection, tuple) else (selection,))
+        return real(self, selection, *a, **k)
+
+    monkeypatch.setattr(zarr.Array, "get_orthogonal_selection", spy)
+    ref = wb2_dataset()
+    src = open_source(_write_zarr(ref, tmp_path / "in-order.zarr"))
+    x = src.read(parse_subset("z500,t2m"), 0, 2)
+    assert not any(isinstance(s, np.ndarray) for sel in calls for s in sel), calls
+    rolled = ref.assign_coords(longitude=((ref.longitude + 180) % 360) - 180).sortby("longitude")
+    y = open_source(_write_zarr(rolled, tmp_path / "rolled.zarr")).read(
+        parse_subset("z500,t2m"), 0, 2)
+    np.testing.assert_array_equal(x, y)
