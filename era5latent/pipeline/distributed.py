@@ -389,7 +389,7 @@ def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
     samples."""
     try:
         job: EncodeJob = _run_state(task.run_id, task.job)
-        done = job.store.done(chunks[0], chunks[-1] + 1)  # only this task's flags
+        done = job.laid_out.done(chunks[0], chunks[-1] + 1)  # only this task's flags
         for i, x in prefetch((i, job.read_chunk(i)) for i in chunks
                               if not done[i - chunks[0]]):
             _fault_once(i)

@@ -231,6 +231,13 @@ class EncodeJob:
             return self.store.mask_channels
         return tuple(self.spec.mask["channels"]) if self.spec.mask else ()
 
+    @property
+    def laid_out(self) -> LatentStore:
+        """The store, once :meth:`lay_out` has run (asking before is a bug, not bad input)."""
+        if self.store is None:
+            raise RuntimeError("the latent store is not laid out yet")
+        return self.store
+
     def todo(self) -> list[int]:
         if self.store is None:  # not laid out yet: nothing is done
             return list(self.chunk_range())
@@ -282,8 +289,7 @@ class EncodeJob:
                             masks)
 
     def write_chunk(self, i: int, chunk: EncodedChunk) -> None:
-        assert self.store is not None, "write_chunk before lay_out"
-        self.store.write_chunk(i, chunk.codes, chunk.residuals, chunk.masks)
+        self.laid_out.write_chunk(i, chunk.codes, chunk.residuals, chunk.masks)
 
     def run_chunk(self, i: int) -> int:
         """Encode and write chunk ``i``; returns the number of samples it held."""
@@ -294,11 +300,11 @@ class EncodeJob:
 
     def finish(self) -> None:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
-        assert self.store is not None, "finish before lay_out"
-        if self.part is None and not self.store.finished:
+        store = self.laid_out
+        if self.part is None and not store.finished:
             for key, value in self.root_attrs.items():
-                self.store.root.attrs[key] = jsonable(value)
-            self.store.mark_complete()  # also repairs a kill between marking and consolidating
+                store.root.attrs[key] = jsonable(value)
+            store.mark_complete()  # also repairs a kill between marking and consolidating
 
 
 #: with ``--time-chunk`` left to choose: at most this many steps per store chunk ...
