@@ -11,6 +11,8 @@ machine's single-thread speed drifts by +-20% within a minute:
     python benchmarks/paired_experiments.py zarrs-threads   # zarrs with all threads vs one
     python benchmarks/paired_experiments.py no-io        # the real encode vs one that neither
                                                          # reads the source nor writes the store
+    python benchmarks/paired_experiments.py stalls       # how long each background step keeps
+                                                         # the GIL from a thread that wants it
 
 tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
 one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
@@ -36,7 +38,7 @@ from pipeline_experiments import SUBSET, _setup  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
-                                     "zarrs-threads", "no-io"])
+                                     "zarrs-threads", "no-io", "stalls"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
@@ -85,6 +87,8 @@ def main() -> None:
                 print(f"wall {time.perf_counter() - t:.2f} s  cpu {time.process_time() - c:.2f} s")
         elif args.what == "timeline":
             _timeline(E, pipeline, compute, args.runs)
+        elif args.what == "stalls":
+            _stalls(E, src, loaded, chs, x0, tmp, args.runs)
         elif args.what == "pvum":
             wla: Any = type(loaded.model)  # patched: the PVUM weights made again for every batch
             real = wla.reuse_generated_weights
@@ -133,6 +137,60 @@ def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float
               f"{spent['encode_chunk']:.3f} ({spent['encode_chunk'] / alone:.2f}x alone)  end "
               f"{spent['finish']:.3f}  efficiency {alone / total:.3f}")
         before = after
+
+
+def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: int) -> None:
+    """Per call of each step the encode's reader and writer threads run beside the model: its
+    wall time, and how long a ticker thread (a stand-in for the model thread, which takes the
+    GIL back after every torch op) waited for the GIL in gaps over 1 ms. Median of ``runs``."""
+    import threading
+
+    import numpy as np
+
+    from era5latent.store import core
+
+    job = E.prepare_encode(src, loaded, chs, f"{tmp}/stalls.zarr", batch_size=2, device="cpu")
+    chunk = job.encode_chunk(x0)
+    made = iter(range(10**6))
+
+    def lay_out(files: bool) -> None:
+        out = f"{tmp}/lay-{next(made)}.zarr"
+        if files:
+            os.makedirs(out)
+            core._create(out, job.spec)  # zarr-python, file by file (before 2026-12-07)
+        else:
+            core.create_latent_store(out, job.spec)  # in memory, then the files
+
+    steps = {"source read (32 steps, 5 channels)": lambda: job.read_chunk(1),
+             "chunk write (codes, sha256, done flag)": lambda: job.write_chunk(1, chunk),
+             "lay out the store, file by file": lambda: lay_out(True),
+             "lay out the store, in memory": lambda: lay_out(False)}
+    for name, fn in steps.items():
+        walls, stalls = [], []
+        for _ in range(runs):
+            gaps: list[float] = []
+            stop = threading.Event()
+
+            def tick() -> None:
+                last = time.perf_counter()
+                while not stop.is_set():
+                    time.sleep(0.0002)  # lets go of the GIL, as a torch op does
+                    now = time.perf_counter()
+                    gaps.append(now - last)
+                    last = now
+
+            th = threading.Thread(target=tick)
+            th.start()
+            time.sleep(0.02)
+            gaps.clear()
+            t = time.perf_counter()
+            fn()
+            walls.append(time.perf_counter() - t)
+            stop.set()
+            th.join()
+            stalls.append(sum(g for g in gaps if g > 0.001))
+        print(f"{name:40s} wall {1e3 * float(np.median(walls)):5.1f} ms, GIL kept from the "
+              f"ticker {1e3 * float(np.median(stalls)):5.1f} ms")
 
 
 def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], float], runs: int,
