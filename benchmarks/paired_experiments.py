@@ -143,6 +143,7 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
     """Per call of each step the encode's reader and writer threads run beside the model: its
     wall time, and how long a ticker thread (a stand-in for the model thread, which takes the
     GIL back after every torch op) waited for the GIL in gaps over 1 ms. Median of ``runs``."""
+    import itertools
     import threading
 
     import numpy as np
@@ -151,7 +152,7 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
 
     job = E.prepare_encode(src, loaded, chs, f"{tmp}/stalls.zarr", batch_size=2, device="cpu")
     chunk = job.encode_chunk(x0)
-    made = iter(range(10**6))
+    made = itertools.count()
 
     def lay_out(files: bool) -> None:
         out = f"{tmp}/lay-{next(made)}.zarr"

@@ -119,9 +119,10 @@ def store_spec(source: Source, loaded: LoadedModel, channels: tuple[Channel, ...
     )
 
 
-def _open_for_resume(out: str, spec: StoreSpec, wait: float = 0.0) -> LatentStore:
-    deadline = time.monotonic() + wait
-    while True:  # ``wait``: another process may still be laying the store out in place (URLs)
+def _open_for_resume(out: str, spec: StoreSpec) -> LatentStore:
+    # on object storage another process may still be laying the store out in place (not atomic)
+    deadline = time.monotonic() + (60.0 if is_url(out) else 0.0)
+    while True:
         try:
             store = open_latent_store(out, mode="r+")
             break
@@ -247,13 +248,12 @@ class EncodeJob:
     def lay_out(self, out: str, overwrite: bool) -> None:
         """Create the planned store at ``out`` and open it. When another process (a concurrent
         part) created it first, open that one to resume; its time chunking wins."""
-        wait = 60.0 if is_url(out) else 0.0  # in-place creation on object storage is not atomic
         try:
             create_latent_store(out, dataclasses.replace(self.spec, parts=self.part and self.part[1]),
                                 overwrite=overwrite)
             self.store = open_latent_store(out, mode="r+")
         except StoreExistsError:
-            self.store, self.resumed = _open_for_resume(out, self.spec, wait), True
+            self.store, self.resumed = _open_for_resume(out, self.spec), True
             if self.store.time_chunk != self.spec.time_chunk:
                 self.spec = dataclasses.replace(self.spec, time_chunk=self.store.time_chunk)
                 self.first = None  # read in our chunking, not the store's
@@ -417,7 +417,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
         # would not help
         spec = store_spec(source, loaded, channels, t0, t1, time_chunk, residual,
                           first_step_masks(source, channels, t0, t1))
-        store = _open_for_resume(out, spec, 60.0 if is_url(out) else 0.0)
+        store = _open_for_resume(out, spec)
         check_unlocked(out, break_lock, part)
         spec = dataclasses.replace(spec, time_chunk=store.time_chunk)  # the store's chunking wins
         return EncodeJob(source, loaded, channels, spec, store, t0, batch_size, dev, prec, True,

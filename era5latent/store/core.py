@@ -161,7 +161,8 @@ def _create_files(tmp: str, spec: StoreSpec) -> None:
     """Lay the store out in memory, then write its documents and coordinate chunks as files
     into the fresh directory ``tmp``: the same bytes as laying it out in ``tmp`` through
     zarr-python, in about half the time (its every call crossed to its event-loop thread for
-    one small file). Encode does this beside its first chunk's compute, which needs the GIL."""
+    one small file). The Python work, and the GIL it holds, stay the same
+    (``benchmarks/paired_experiments.py stalls``)."""
     from zarr.storage import MemoryStore
 
     files: dict[str, Any] = {}
