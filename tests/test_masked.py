@@ -358,3 +358,37 @@ def test_a_store_laid_out_in_memory_has_the_bytes_zarr_writes_file_by_file(
     a, b = tree_bytes(tmp_path / "zarr"), tree_bytes(tmp_path / "files.zarr")
     assert sorted(a) == sorted(b) and len(a) > 20
     assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_chunks_written_as_files_have_the_bytes_zarr_python_writes(
+        masked_zarr: Path, masked_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """encode writes whole chunks of codes, checksums, residual rows, masks and done flags as
+    files itself (``zarrio.write_rows``): the store is byte for byte the one zarr-python writes,
+    with the residual and mask layers and a partial last time chunk (8 steps in chunks of 3)."""
+    from era5latent.io import zarrio
+
+    real = zarrio._chunk_file
+    direct: list[str] = []
+
+    def counted(arr, a, b):  # type: ignore[no-untyped-def]
+        path = real(arr, a, b)
+        if path is not None:
+            direct.append(arr.path)
+        return path
+
+    args = ("--time-chunk", "3", "--max-error", "t2m=0.5")
+    monkeypatch.setattr(zarrio, "_chunk_file", counted)
+    res = run_cli(*encode_args(masked_zarr, masked_model, tmp_path / "files.zarr", *args))
+    assert res.exit_code == 0, res.stderr
+    monkeypatch.setattr(zarrio, "_chunk_file", lambda arr, a, b: None)
+    res = run_cli(*encode_args(masked_zarr, masked_model, tmp_path / "zarr.zarr", *args))
+    assert res.exit_code == 0, res.stderr
+
+    written = set(direct)
+    for kind in ("codes_", "_era5latent/sha256_", "build_done", "mask/steps_", "mask/state",
+                 "resid"):
+        assert any(kind in p for p in written), (kind, sorted(written))
+    a, b = tree_bytes(tmp_path / "zarr.zarr"), tree_bytes(tmp_path / "files.zarr")
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []

@@ -1,12 +1,16 @@
 """Zarr helpers every era5latent writer shares (latent stores and decoded fields): the crc32c
 codec that ends each array's codec chain, the CF time units, an array looked up with a one-line
-error, what zarr opens for a local path or a URL, and metadata consolidation."""
+error, whole-chunk writes that skip zarr-python's event loop, what zarr opens for a local path or
+a URL, and metadata consolidation."""
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+import uuid
+from typing import Any, cast
 
+import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
@@ -36,6 +40,117 @@ def array(group: zarr.Group, name: str) -> zarr.Array[Any]:
         raise StoreError(f"{group.store}: {name!r} is a group where an array was expected; the "
                          "store is damaged or not an era5latent store")
     return node
+
+
+def write_rows(arr: zarr.Array[Any], a: int, b: int, value: np.ndarray) -> None:
+    """``arr[a:b] = value``, written as one chunk file when ``a:b`` is exactly one whole chunk of
+    a local Zarr v3 array of integers or bools, chunked along its first axis only, whose codecs
+    are bytes, zstd and crc32c (the bookkeeping and code arrays of a latent store).
+
+    The file holds zarr-python's bytes (the same numcodecs zstd, the same crc32c, an all-fill
+    chunk deleted as ``write_empty_chunks=False`` does; ``tests/test_zarrio.py`` compares them)
+    and is renamed into place as zarr-python's LocalStore does. What it skips is zarr-python's
+    round trip through its event-loop thread: about 2 ms of Python, holding the GIL, per write,
+    seven writes per time chunk of a three-group encode (``benchmarks/paired_experiments.py
+    stalls``). Anything else (a URL, a partial last chunk, other codecs or dtypes) goes through
+    zarr-python."""
+    path = _chunk_file(arr, a, b)
+    if path is None:
+        arr[a:b] = np.asarray(value).reshape((b - a, *arr.shape[1:]))
+        return
+    value = np.asarray(value).reshape(arr.chunks)
+    if not arr.config.write_empty_chunks and bool((value == arr.metadata.fill_value).all()):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    data = np.ascontiguousarray(value, dtype=arr.dtype.newbyteorder("<")).view(np.uint8).ravel()
+    for spec in _codecs(arr)[1:]:  # after the bytes codec: zstd and/or crc32c
+        if spec["name"] == "zstd":
+            data = np.frombuffer(_zstd(**spec["configuration"]).encode(data), dtype=np.uint8)
+        else:
+            import google_crc32c
+
+            crc = np.array([google_crc32c.value(data.tobytes())], dtype="<u4").view(np.uint8)
+            data = np.concatenate([data, crc])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"  # zarr-python's own temporary name
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_rows(arr: zarr.Array[Any], a: int, b: int) -> np.ndarray:
+    """``arr[a:b]``, read from its one chunk file where :func:`write_rows` would write it: a
+    missing file is fill values, a crc32c that does not match raises a ``ValueError`` saying
+    "checksum" (zarr-python's word, which :func:`era5latent.store.arrays.why_unreadable`
+    reads), as does a chunk that decodes to the wrong size. Anything else goes through
+    zarr-python."""
+    path = _chunk_file(arr, a, b)
+    if path is None:
+        return np.asarray(arr[a:b])
+    try:
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except FileNotFoundError:
+        return np.full(arr.chunks, arr.metadata.fill_value, dtype=arr.dtype)
+    for spec in reversed(_codecs(arr)[1:]):
+        if spec["name"] == "zstd":
+            data = np.frombuffer(_zstd(**spec["configuration"]).decode(data), dtype=np.uint8)
+            continue
+        import google_crc32c
+
+        stored = data[-4:].tobytes()
+        data = data[:-4]
+        if len(stored) < 4 or google_crc32c.value(data) != int.from_bytes(stored, "little"):
+            raise ValueError(f"{path}: stored and computed checksum do not match")
+    dtype = np.dtype(arr.dtype)
+    if data.size != int(np.prod(arr.chunks)) * dtype.itemsize:
+        raise ValueError(f"{path}: the chunk decodes to {data.size} bytes, not the "
+                         f"{int(np.prod(arr.chunks)) * dtype.itemsize} its shape holds")
+    out: np.ndarray = data.view(dtype.newbyteorder("<")).reshape(arr.chunks).astype(dtype)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _zstd(level: int, checksum: bool) -> Any:
+    """The numcodecs compressor zarr-python's ZstdCodec encodes with, for the same bytes."""
+    from numcodecs import Zstd
+
+    return Zstd(level=level, checksum=checksum)
+
+
+#: the codec chains :func:`write_rows` writes itself (after the bytes codec)
+_DIRECT_CODECS = {("zstd", "crc32c"), ("crc32c",), ("zstd",), ()}
+
+
+def _codecs(arr: zarr.Array[Any]) -> list[dict[str, Any]]:
+    """The codec chain of a Zarr v3 array, each as its metadata document says it."""
+    return [dict(cast(Any, c).to_dict()) for c in getattr(arr.metadata, "codecs", ())]
+
+
+def _chunk_file(arr: zarr.Array[Any], a: int, b: int) -> str | None:
+    """The file of chunk ``a:b`` of ``arr`` when :func:`write_rows` can write it itself."""
+    from zarr.storage import LocalStore
+
+    meta = arr.metadata
+    if meta.zarr_format != 3 or not isinstance(arr.store, LocalStore) or \
+            np.dtype(arr.dtype).kind not in "biu" or tuple(arr.chunks[1:]) != arr.shape[1:]:
+        return None
+    step = arr.chunks[0]
+    if b - a != step or a % step or b > arr.shape[0]:
+        return None
+    names = [c["name"] for c in _codecs(arr)]
+    if not names or names[0] != "bytes" or tuple(names[1:]) not in _DIRECT_CODECS:
+        return None
+    key = meta.chunk_key_encoding.encode_chunk_key((a // step,) + (0,) * (len(arr.shape) - 1))
+    return os.path.join(str(arr.store.root), *arr.path.split("/"), *key.split("/"))
 
 
 def zarr_store(path: str, read_only: bool = False) -> Any:

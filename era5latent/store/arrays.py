@@ -9,6 +9,7 @@ import zarr
 
 from era5latent.errors import StoreError
 from era5latent.fsutil import os_error_of
+from era5latent.io.zarrio import read_rows
 from era5latent.store.layout import codes_name
 
 
@@ -16,7 +17,7 @@ def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
     """``arr[sel]``; a chunk that fails its crc32c or cannot be decoded is a
     :class:`CorruptArrayError` naming the array (and chunk, when ``sel`` is one index)."""
     try:
-        return np.asarray(arr[sel])
+        return _read(arr, sel)
     except (OSError, MemoryError):
         raise
     except Exception as err:
@@ -25,6 +26,21 @@ def read_array(arr: zarr.Array[Any], sel: Any, where: str) -> np.ndarray:
             raise os_err from None
         chunk = f"chunk {sel // arr.chunks[0]}" if isinstance(sel, int) else _bad_chunk(arr, sel)
         raise CorruptArrayError(where, arr.path or "?", chunk, why_unreadable(err)) from None
+
+
+def _read(arr: zarr.Array[Any], sel: Any) -> np.ndarray:
+    """``arr[sel]``; one index of an array chunked row by row, or a slice that is one whole
+    chunk, read from its file (:func:`era5latent.io.zarrio.read_rows`)."""
+    if arr.ndim and isinstance(sel, (int, np.integer)) and arr.chunks[0] == 1 and \
+            0 <= sel < arr.shape[0]:
+        row: np.ndarray = read_rows(arr, int(sel), int(sel) + 1)[0]
+        return row
+    if arr.ndim and isinstance(sel, slice) and sel.step in (None, 1):
+        lo, hi, _ = sel.indices(arr.shape[0])
+        if hi - lo == arr.chunks[0] and lo % arr.chunks[0] == 0:
+            return read_rows(arr, lo, hi)
+    out: np.ndarray = np.asarray(arr[sel])
+    return out
 
 
 def _bad_chunk(arr: zarr.Array[Any], sel: Any) -> str:

@@ -37,7 +37,16 @@ from era5latent.fsutil import (
     os_error_of,
     remove_tree,
 )
-from era5latent.io.zarrio import CRC, TIME_UNITS, array, consolidate, is_store, zarr_store
+from era5latent.io.zarrio import (
+    CRC,
+    TIME_UNITS,
+    array,
+    consolidate,
+    is_store,
+    read_rows,
+    write_rows,
+    zarr_store,
+)
 from era5latent.store.arrays import (
     CorruptArrayError,
     CorruptChunkError,
@@ -396,8 +405,9 @@ class LatentStore:
         try:
             for g, packed in codes.items():
                 packed = np.ascontiguousarray(packed, dtype=np.uint8)
-                self.codes(g)[a:b] = packed
-                self.array(checksum_name(g))[i] = np.frombuffer(_sha256(packed), dtype=np.uint8)
+                write_rows(self.codes(g), a, b, packed)
+                write_rows(self.array(checksum_name(g)), i, i + 1,
+                           np.frombuffer(_sha256(packed), dtype=np.uint8))
             faults.point("encode.codes-written")
             if self.has_residual:
                 for g, spec in self.groups.items():
@@ -406,7 +416,7 @@ class LatentStore:
             if self.has_mask:
                 write_masks(self, i, masks or {})
                 faults.point("encode.mask-written")
-            self.array(DONE)[i] = True
+            write_rows(self.array(DONE), i, i + 1, np.ones(1, dtype=bool))
         except (OSError, RuntimeError) as err:
             os_err = os_error_of(err)  # RuntimeError: zarrs's way, should it be in use
             if os_err is None:
@@ -425,7 +435,7 @@ class LatentStore:
         """The packed codes of time chunk ``i``; with ``check``, verified against its checksum."""
         a, b = self.chunk_bounds(i)
         try:
-            packed = np.ascontiguousarray(self.codes(group)[a:b], dtype=np.uint8)
+            packed = np.ascontiguousarray(read_rows(self.codes(group), a, b), dtype=np.uint8)
         except Exception as err:  # a damaged chunk can fail to decompress
             raise CorruptChunkError(self.path, group, i, why_unreadable(err)) from None
         if check:

@@ -34,7 +34,7 @@ from zarr.codecs import ZstdCodec
 
 from era5latent.errors import DataValueError, StoreError
 from era5latent.io.sources import iso
-from era5latent.io.zarrio import CRC
+from era5latent.io.zarrio import CRC, write_rows
 from era5latent.store.arrays import CorruptArrayError, read_array
 from era5latent.store.layout import MASK
 from era5latent.store.spec import StoreView
@@ -195,9 +195,10 @@ def write_masks(store: StoreView, i: int, masks: Mapping[str, np.ndarray]) -> No
     state, own = chunk_record(masks, {c: store.static_mask(c) for c in codes}, codes)
     a, b = store.chunk_bounds(i)
     for c, m in own.items():
-        store.array(steps_name(c))[a:b] = m
-    store.array(STATE)[i] = state
-    store.array(SUMS)[i] = np.frombuffer(chunk_digest(state, own, codes), dtype=np.uint8)
+        write_rows(store.array(steps_name(c)), a, b, m)
+    write_rows(store.array(STATE), i, i + 1, state)
+    write_rows(store.array(SUMS), i, i + 1,
+               np.frombuffer(chunk_digest(state, own, codes), dtype=np.uint8))
 
 
 class CorruptMaskError(StoreError):

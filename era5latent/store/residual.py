@@ -18,7 +18,7 @@ import numpy as np
 from zarr.codecs import ZstdCodec
 
 from era5latent.errors import StoreError
-from era5latent.io.zarrio import CRC
+from era5latent.io.zarrio import CRC, write_rows
 from era5latent.store.arrays import CorruptArrayError, CorruptChunkError, read_array
 from era5latent.store.layout import RESIDUAL
 from era5latent.store.spec import StoreSpec, StoreView
@@ -105,9 +105,10 @@ def write_residual(store: StoreView, g: str, channels: tuple[str, ...], i: int,
     row = np.zeros(cap, dtype=np.uint8)
     data = b"".join(streams.get(c, b"") for c in channels)
     row[:len(data)] = np.frombuffer(data, dtype=np.uint8)
-    arr[i] = row
-    store.array(LENGTHS + g)[i] = lengths
-    store.array(SUMS + g)[i] = np.frombuffer(residual_digest(lengths, row), dtype=np.uint8)
+    write_rows(arr, i, i + 1, row)
+    write_rows(store.array(LENGTHS + g), i, i + 1, lengths)
+    write_rows(store.array(SUMS + g), i, i + 1,
+               np.frombuffer(residual_digest(lengths, row), dtype=np.uint8))
 
 
 def read_residual(store: StoreView, group: str, i: int) -> dict[str, bytes]:
