@@ -103,6 +103,10 @@ class Source:
     sample_dims: tuple[str, ...] = field(default=())
     #: how it was opened (``time_axis``, ``step``): workers that reopen the path pass them again
     open_options: dict[str, Any] = field(default_factory=dict)
+    #: (variable, levels) -> the variable with those levels selected and its dims in read order,
+    #: made once: xarray's level selection and transpose were a third of the GIL every read held
+    _views: dict[tuple[str, tuple[Any, ...]], xr.DataArray] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -177,6 +181,18 @@ class Source:
             return slice(pos[0], pos[0] + len(pos))
         return pos
 
+    def _view(self, name: str, levels: tuple[Any, ...]) -> xr.DataArray:
+        """Variable ``name`` at ``levels`` (``(None,)``: a single-level variable) with its dims
+        in the order :meth:`read` returns them; lazily indexed, made once per level set."""
+        view = self._views.get((name, levels))
+        if view is None:
+            view = self.ds[name]
+            if levels[0] is not None:
+                view = view.isel(level=self._level_selection(list(levels))).transpose(
+                    "time", *self.sample_dims, "level", "latitude", "longitude")
+            self._views[(name, levels)] = view
+        return view
+
     def read(self, channels: tuple[Channel, ...], start: int, stop: int) -> np.ndarray:
         """Values for ``channels`` over time indices ``[start, stop)``.
 
@@ -189,11 +205,8 @@ class Source:
             by_var.setdefault(ch.name, []).append(k)
         out: np.ndarray | None = None
         for name, ks in by_var.items():
-            da = self.ds[name].isel(time=slice(start, stop))
-            if channels[ks[0]].level is not None:
-                da = da.isel(level=self._level_selection([channels[k].level for k in ks])
-                             ).transpose("time", *self.sample_dims, "level", "latitude",
-                                         "longitude")
+            da = self._view(name, tuple(channels[k].level for k in ks)
+                            ).isel(time=slice(start, stop))
             try:  # (xarray's expand_dims would read the values outside this try)
                 vals = np.asarray(da.values, dtype=np.float32)
                 if channels[ks[0]].level is None:
