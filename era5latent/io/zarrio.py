@@ -50,10 +50,10 @@ def write_rows(arr: zarr.Array[Any], a: int, b: int, value: np.ndarray) -> None:
     The file holds zarr-python's bytes (the same numcodecs zstd, the same crc32c, an all-fill
     chunk deleted as ``write_empty_chunks=False`` does; ``tests/test_zarrio.py`` compares them)
     and is renamed into place as zarr-python's LocalStore does. What it skips is zarr-python's
-    round trip through its event-loop thread: about 2 ms of Python, holding the GIL, per write,
-    seven writes per time chunk of a three-group encode (``benchmarks/paired_experiments.py
-    stalls``). Anything else (a URL, a partial last chunk, other codecs or dtypes) goes through
-    zarr-python."""
+    round trip through its event-loop thread, about 2 ms of CPU per write, most of it Python
+    that holds the GIL: the seven writes per time chunk of a three-group encode took 13 ms and
+    now take 3.3 ms (``benchmarks/paired_experiments.py stalls`` shows the GIL wait). Anything
+    else (a URL, a partial last chunk, other codecs or dtypes) goes through zarr-python."""
     path = _chunk_file(arr, a, b)
     if path is None:
         arr[a:b] = np.asarray(value).reshape((b - a, *arr.shape[1:]))
@@ -136,7 +136,8 @@ def _codecs(arr: zarr.Array[Any]) -> list[dict[str, Any]]:
 
 
 def _chunk_file(arr: zarr.Array[Any], a: int, b: int) -> str | None:
-    """The file of chunk ``a:b`` of ``arr`` when :func:`write_rows` can write it itself."""
+    """The file of chunk ``a:b`` of ``arr`` when :func:`write_rows` and :func:`read_rows` can
+    write and read it themselves; None where zarr-python must."""
     from zarr.storage import LocalStore
 
     meta = arr.metadata
