@@ -141,8 +141,9 @@ def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float
 
 def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: int) -> None:
     """Per call of each step the encode's reader and writer threads run beside the model: its
-    wall time, and how long a ticker thread (a stand-in for the model thread, which takes the
-    GIL back after every torch op) waited for the GIL in gaps over 1 ms. Median of ``runs``."""
+    wall time; its CPU (all threads, and the calling thread's own), timed without the ticker;
+    and how long a ticker thread (a stand-in for the model thread, which takes the GIL back after
+    every torch op) waited for the GIL in gaps over 1 ms. Median of ``runs``."""
     import itertools
     import threading
 
@@ -167,7 +168,8 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
              "lay out the store, file by file": lambda: lay_out(True),
              "lay out the store, in memory": lambda: lay_out(False)}
     for name, fn in steps.items():
-        walls, stalls = [], []
+        walls: list[float] = []
+        stalls: list[float] = []
         for _ in range(runs):
             gaps: list[float] = []
             stop = threading.Event()
@@ -190,8 +192,17 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
             stop.set()
             th.join()
             stalls.append(sum(g for g in gaps if g > 0.001))
-        print(f"{name:40s} wall {1e3 * float(np.median(walls)):5.1f} ms, GIL kept from the "
-              f"ticker {1e3 * float(np.median(stalls)):5.1f} ms")
+        cpus: list[float] = []
+        own: list[float] = []  # without the ticker: the process's CPU, and the calling thread's
+        for _ in range(runs):
+            c, o = time.process_time(), time.thread_time()
+            fn()
+            cpus.append(time.process_time() - c)
+            own.append(time.thread_time() - o)
+        print(f"{name:40s} wall {1e3 * float(np.median(walls)):5.1f} ms, CPU "
+              f"{1e3 * float(np.median(cpus)):5.1f} ms (its own thread "
+              f"{1e3 * float(np.median(own)):4.1f}), GIL kept from the ticker "
+              f"{1e3 * float(np.median(stalls)):5.1f} ms")
 
 
 def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], float], runs: int,

@@ -51,8 +51,8 @@ def write_rows(arr: zarr.Array[Any], a: int, b: int, value: np.ndarray) -> None:
     chunk deleted as ``write_empty_chunks=False`` does; ``tests/test_zarrio.py`` compares them)
     and is renamed into place as zarr-python's LocalStore does. What it skips is zarr-python's
     round trip through its event-loop thread, about 2 ms of CPU per write, most of it Python
-    that holds the GIL: the seven writes per time chunk of a three-group encode took 13 ms and
-    now take 3.3 ms (``benchmarks/paired_experiments.py stalls`` shows the GIL wait). Anything
+    that holds the GIL: the seven writes per time chunk of a three-group encode took 16-17 ms of
+    CPU and now take 4-5 ms (``benchmarks/paired_experiments.py stalls``). Anything
     else (a URL, a partial last chunk, other codecs or dtypes) goes through zarr-python."""
     path = _chunk_file(arr, a, b)
     if path is None:
