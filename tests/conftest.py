@@ -33,6 +33,12 @@ class CliResult:
     stderr: str
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by its relative path: for byte-for-byte comparisons of stores."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
 def run_cli(*args: str) -> CliResult:
     """Run the CLI in-process, as a user would (errors -> exit code and stderr)."""
     from typer.testing import CliRunner

@@ -10,11 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB, assert_clean_error, run_cli
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+from .conftest import ENSEMBLE_GRIB, UK_T2M_GRIB, assert_clean_error, run_cli, tree_bytes
 
 
 def encode_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:

@@ -27,6 +27,8 @@ from era5latent.cli import app
 from era5latent.errors import EmbedMapError, Era5LatentError
 from era5latent.fsutil import NPZ_MARKER
 
+from tests.conftest import tree_bytes
+
 D = 8
 REAL = {"0295191_177.75_-39.00": (-39.0, 177.75), "0772176_-96.00_44.00": (44.0, -96.0)}
 
@@ -93,10 +95,6 @@ def ok(*args: object):
     res = cli(*args)
     assert res.exit_code == 0, res.output
     return res
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def leftovers(directory: Path, keep: set[str]) -> list[str]:

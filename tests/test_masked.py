@@ -17,16 +17,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tests.conftest import assert_clean_error, cli_subprocess, run_cli
+from tests.conftest import assert_clean_error, cli_subprocess, run_cli, tree_bytes
 
 DATA = Path(__file__).parent / "data"
 SUBSET = "t2m,msl,sst"
 SST = "sea_surface_temperature"
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def encode_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:

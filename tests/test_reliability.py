@@ -16,13 +16,9 @@ from hypothesis import strategies as st
 from era5latent.errors import OptionError
 from era5latent.io.sources import open_source, parse_time_range
 
-from .conftest import assert_clean_error, cli_subprocess, run_cli
+from .conftest import assert_clean_error, cli_subprocess, run_cli, tree_bytes
 from .test_embedmap import fmt, sample, write_parquet
 from .test_sources import wb2_dataset
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def encode_args(data: Path, model: Path, out: Path) -> list[str]:

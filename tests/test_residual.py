@@ -18,15 +18,10 @@ from era5latent.pipeline.residual import ResidualSpec, parse_max_error
 from era5latent.pipeline.residual.core import apply_residual, make_residuals, max_abs_error
 from era5latent.pipeline.residual.spec import ChannelBound
 
-from .conftest import assert_clean_error, cli_subprocess, run_cli
+from .conftest import assert_clean_error, cli_subprocess, run_cli, tree_bytes
 
 SUBSET = "z500,z850,t850,t2m"
 SPEC = "*=1%,t2m=0.5"
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def encode_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:

@@ -12,10 +12,7 @@ from zarr.codecs import ZstdCodec
 
 from era5latent.io.zarrio import CRC, _chunk_file, read_rows, write_rows
 
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+from tests.conftest import tree_bytes
 
 
 CASES = [  # dtype, chunks along the first axis, compressors
