@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -106,6 +106,13 @@ class Source:
     #: (variable, levels) -> the variable with those levels selected and its dims in read order,
     #: made once: xarray's level selection and transpose cost the reader thread 1.5-2 ms a read
     _views: dict[tuple[str, tuple[Any, ...]], xr.DataArray] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    #: whether every variable is its file's array in the file's own index order (latitude not
+    #: flipped, longitude not sorted), up to dimension names and order: set by :func:`normalise`;
+    #: only then may a Zarr source's chunk files be read directly (:mod:`era5latent.io.chunkread`)
+    in_file_order: bool = False
+    #: (variable, levels) -> its direct reader, or None where xarray reads it
+    _direct: dict[tuple[str, tuple[Any, ...]], Callable[[int, int], np.ndarray] | None] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     # -- shape ---------------------------------------------------------------------------
@@ -193,6 +200,61 @@ class Source:
             self._views[(name, levels)] = view
         return view
 
+    def _direct_reader(self, name: str, levels: tuple[Any, ...]
+                       ) -> Callable[[int, int], np.ndarray] | None:
+        """``start, stop -> values`` of :meth:`_view` read from its chunk files by
+        :mod:`era5latent.io.chunkread`, or None where xarray must read it: not a local Zarr
+        source in its files' order, chunks that module does not read, CF packing or a fill
+        value xarray masks, ``ERA5LATENT_DIRECT_READS=0``, or a first read that differs from
+        xarray's. Made once per variable and level set."""
+        key = (name, levels)
+        if key not in self._direct:
+            try:
+                self._direct[key] = self._make_direct_reader(name, levels)
+            except Exception:  # a damaged array or coordinate: xarray's read says what is wrong
+                self._direct[key] = None
+        return self._direct[key]
+
+    def _make_direct_reader(self, name: str, levels: tuple[Any, ...]
+                            ) -> Callable[[int, int], np.ndarray] | None:
+        from era5latent.io.chunkread import open_array
+
+        if not self.in_file_order or self.layout.format != "zarr" or is_url(self.path) or \
+                os.environ.get("ERA5LATENT_DIRECT_READS", "1") == "0":
+            return None
+        var = self.ds[name]
+        enc = var.encoding
+        fill = enc.get("_FillValue")
+        if any(k in enc for k in ("scale_factor", "add_offset", "missing_value")) or (
+                fill is not None and not (isinstance(fill, (float, np.floating))
+                                          and np.isnan(fill))):
+            return None  # xarray unpacks or masks: its read, not the file's values
+        arr = open_array(os.path.join(self.path, self.layout.names[name]))
+        if arr is None:
+            return None
+        canonical = {source: canon for canon, source in self.layout.dims.items()}
+        dims = tuple(canonical.get(d, d) for d in arr.dims)
+        if sorted(dims) != sorted(map(str, var.dims)) or \
+                any(var.sizes[d] != n for d, n in zip(dims, arr.shape)):
+            return None  # a dimension added, stacked or selected on opening
+        view = self._view(name, levels)
+        order = [dims.index(str(d)) for d in view.dims]
+        at = None if levels[0] is None else self._level_selection(list(levels))
+        lev: slice | np.ndarray = slice(None) if at is None else \
+            at if isinstance(at, slice) else np.asarray(at, dtype=np.int64)
+
+        def read(start: int, stop: int) -> np.ndarray:
+            sel = [slice(start, stop) if d == "time" else lev if d == "level" else slice(None)
+                   for d in dims]
+            box: np.ndarray = arr.read(sel).transpose(order)
+            return box
+
+        mine = read(0, 1)
+        theirs = np.asarray(view.isel(time=slice(0, 1)).values, dtype=np.float32)
+        if mine.shape != theirs.shape or not np.array_equal(mine, theirs, equal_nan=True):
+            return None
+        return read
+
     def read(self, channels: tuple[Channel, ...], start: int, stop: int) -> np.ndarray:
         """Values for ``channels`` over time indices ``[start, stop)``.
 
@@ -205,10 +267,12 @@ class Source:
             by_var.setdefault(ch.name, []).append(k)
         out: np.ndarray | None = None
         for name, ks in by_var.items():
-            da = self._view(name, tuple(channels[k].level for k in ks)
-                            ).isel(time=slice(start, stop))
+            levels = tuple(channels[k].level for k in ks)
+            view = self._view(name, levels)
             try:  # (xarray's expand_dims would read the values outside this try)
-                vals = np.asarray(da.values, dtype=np.float32)
+                direct = self._direct_reader(name, levels)
+                vals = direct(start, stop) if direct is not None else \
+                    np.asarray(view.isel(time=slice(start, stop)).values, dtype=np.float32)
                 if channels[ks[0]].level is None:
                     vals = vals[..., None, :, :]  # a level axis of one
             except MemoryError:
@@ -641,7 +705,7 @@ def normalise(raw: xr.Dataset, path: str, fmt: str, *, time_axis: str = "valid",
     lat_desc = bool(lat.size < 2 or lat[0] > lat[-1])
     if not lat_desc:
         ds = ds.isel(latitude=slice(None, None, -1))
-    ds = _normalise_longitude(ds, lon)
+    ds, lon_sorted = _normalise_longitude(ds, lon)
     dims = {"time": time_name} if time_name != "time" else {}
     dims.update({dim: found for found, dim in renames.items()})
     layout = SourceLayout(fmt, names, units, lat_desc, float(lon.min()) if lon.size else 0.0,
@@ -654,12 +718,15 @@ def normalise(raw: xr.Dataset, path: str, fmt: str, *, time_axis: str = "valid",
     order = ("time", *sample_dims, "level", "latitude", "longitude")
     ds = ds.transpose(*[d for d in order if d in ds.dims])
     return Source(path=path, ds=ds, layout=layout, sample_dims=sample_dims,
-                  open_options={"time_axis": axis, "step": step})
+                  open_options={"time_axis": axis, "step": step},
+                  in_file_order=lat_desc and not lon_sorted)
 
 
-def _normalise_longitude(ds: xr.Dataset, lon: np.ndarray) -> xr.Dataset:
+def _normalise_longitude(ds: xr.Dataset, lon: np.ndarray) -> tuple[xr.Dataset, bool]:
+    """Longitudes in the source's convention made global (0..360) or contiguous; returns the
+    dataset and whether it had to be sorted along longitude."""
     if lon.size < 2:
-        return ds
+        return ds, False
     step = float(np.median(np.abs(np.diff(lon))))
     is_global = abs(lon.size * step - 360.0) < step / 2
     if is_global:
@@ -670,9 +737,9 @@ def _normalise_longitude(ds: xr.Dataset, lon: np.ndarray) -> xr.Dataset:
         new = lon
     ds = ds.assign_coords(longitude=new)
     if np.all(np.diff(new) > 0):  # already in order (WeatherBench 2, CDS): no sortby, whose
-        return ds  # index array made every read a fancy selection, twice as slow as a slice
+        return ds, False  # index array made every read a fancy selection, twice as slow as a slice
     out: xr.Dataset = ds.sortby("longitude")
-    return out
+    return out, True
 
 
 def _check_time(path: str, ds: xr.Dataset) -> None:
