@@ -12,7 +12,7 @@ The pipeline runs first, once, cold (a user's run: its peak RSS is the process's
 "first run" is its throughput over the lesser bound's); then read, compute, pipeline, read,
 compute, pipeline, ..., read, compute. Each pipeline run's efficiency = its throughput /
 min(read, compute), each bound the mean of its runs just before and just after; the table gives
-the median over the runs, their spread (min..max) and count. Load from other processes that
+the median over the runs, its standard error, their spread (min..max) and count. Load from other processes that
 comes and goes, and the machine's drift, move a pipeline run and the bound runs around it
 alike, so the ratio holds where separate processes seconds apart did not. There are at least
 --rounds runs (--long-rounds for the long range), then more until the median's standard error
@@ -193,8 +193,9 @@ def median_se(xs: list[float]) -> float:
 
 def row(verb: str, cfg: dict[str, Any], grid: str, m: dict[str, Any]) -> tuple[Any, ...]:
     """A table row from one worker's seconds: the efficiency is the median of the pipeline
-    runs' own ratios (:func:`efficiencies`), beside their spread and count; the throughputs
-    are medians."""
+    runs' own ratios (:func:`efficiencies`), beside its standard error (:func:`median_se`:
+    two sittings whose medians differ by less than about twice theirs do not differ), their
+    spread and count; the throughputs are medians."""
     n = int(cfg["times"])
     h, w = (int(v) for v in grid.split("x"))
     src_bytes = n * len(SUBSET.split(",")) * h * w * 4
@@ -205,8 +206,8 @@ def row(verb: str, cfg: dict[str, Any], grid: str, m: dict[str, Any]) -> tuple[A
     bound = max(statistics.median(tr), statistics.median(tc))  # seconds of the lesser bound
     return (verb, cfg["preset"], cfg["batch"], n, n / statistics.median(tp),
             src_bytes / statistics.median(tp) / 1e6, n / statistics.median(tr),
-            n / statistics.median(tc), statistics.median(effs), f"{min(effs):.2f}..{max(effs):.2f}",
-            len(effs), bound / m["first"], m["peak_rss_mib"])
+            n / statistics.median(tc), statistics.median(effs), f"{median_se(effs):.3f}",
+            f"{min(effs):.2f}..{max(effs):.2f}", len(effs), bound / m["first"], m["peak_rss_mib"])
 
 
 def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int, device: str
@@ -236,8 +237,8 @@ def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
 
 
 HEADER = ("| verb | preset | batch | times | samples/s | source MB/s | read bound | compute bound "
-          "| efficiency | spread | runs | first run | peak RSS MiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| efficiency | its s.e. | spread | runs | first run | peak RSS MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 
@@ -334,7 +335,7 @@ def main() -> None:
             print("| " + " | ".join(_fmt(v) for v in r) + " |")
         p0 = sec["presets"][0]
         for verb in ("encode", "decode"):
-            rss = {r[3]: r[12] for r in rows if r[0] == verb and r[2] == 8 and r[1] == p0}
+            rss = {r[3]: r[13] for r in rows if r[0] == verb and r[2] == 8 and r[1] == p0}
             if len(rss) == 2:
                 a, b = sorted(rss)
                 print(f"peak RSS {verb} ({p0}, batch 8): {rss[a]:.0f} MiB at {a} steps, "

@@ -11,6 +11,8 @@ machine's single-thread speed drifts by +-20% within a minute:
     python benchmarks/paired_experiments.py zarrs-threads   # zarrs with all threads vs one
     python benchmarks/paired_experiments.py no-io        # the real encode vs one that neither
                                                          # reads the source nor writes the store
+    python benchmarks/paired_experiments.py xarray-reads # the source's chunk files read directly
+                                                         # (io/chunkread) vs through xarray/zarrs
     python benchmarks/paired_experiments.py stalls       # how long each background step keeps
                                                          # the GIL from a thread that wants it
 
@@ -38,7 +40,7 @@ from pipeline_experiments import SUBSET, _setup  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
-                                     "zarrs-threads", "no-io", "stalls"])
+                                     "zarrs-threads", "no-io", "stalls", "xarray-reads"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
@@ -220,6 +222,12 @@ def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], flo
                 yield src
             finally:
                 sys.setswitchinterval(old)
+        elif what == "xarray-reads":  # the source read through xarray and zarrs, as before
+            os.environ["ERA5LATENT_DIRECT_READS"] = "0"  # io/chunkread (its first read decides)
+            try:
+                yield via_xarray
+            finally:
+                del os.environ["ERA5LATENT_DIRECT_READS"]
         elif what == "zarrs-threads":
             with zarr.config.set({"threading.max_workers": 1}):
                 one = open_source(data)  # zarrs takes its thread count when arrays open
@@ -234,6 +242,7 @@ def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], flo
             finally:
                 E.read_fields, E.EncodeJob.write_chunk, E.EncodeJob.finish = saved
 
+    via_xarray = open_source(data)
     effs: dict[str, list[float]] = {"default": [], what: []}
     before = compute()
     for i in range(runs):

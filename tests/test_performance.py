@@ -237,10 +237,11 @@ def test_make_bench_script_prints_its_tables_and_the_two_efficiency_lines(tmp_pa
     assert [(r[0], r[3]) for r in rows] == [("encode", "100"), ("decode", "100"),
                                             ("encode", "400"), ("decode", "400")]
     for r in rows:  # the median of 2-3 pipeline runs' ratios lies within their spread
-        lo, hi = (float(v) for v in r[9].split(".."))
-        assert 2 <= int(r[10]) <= 3
+        lo, hi = (float(v) for v in r[10].split(".."))
+        assert 2 <= int(r[11]) <= 3
         assert lo - 0.005 <= float(r[8]) <= hi + 0.005
-        assert float(r[4]) > 0 and float(r[11]) > 0 and float(r[12]) > 0
+        assert 0 <= float(r[9]) <= 1.2533 * 1.4826 * (hi - lo) + 0.0005  # its standard error
+        assert float(r[4]) > 0 and float(r[12]) > 0 and float(r[13]) > 0
     assert re.fullmatch(r"encode efficiency \d+\.\d\d", lines[-2])
     assert re.fullmatch(r"decode efficiency \d+\.\d\d", lines[-1])
     for verb, line in zip(("encode", "decode"), lines[-2:]):

@@ -2,8 +2,11 @@
 
 A WeatherBench 2 store holds one time step per chunk, so a 32-step read of three variables is
 96 chunks. zarr-python spends Python on each chunk (its indexers and its event loop), which
-holds the GIL: on a 73 x 144 grid that was half of the read and stalled the model thread beside
-it (docs/benchmarks.md). :func:`open_array` reads an array's own metadata (Zarr v2 or v3) and,
+holds the GIL and stalls the model thread beside the reader. On the tiny benchmark's 73 x 144
+source, a 32-step read of five channels took 24-26 ms of CPU and kept the GIL from another
+thread for 11-13 ms; read here, 16.5 ms and none (``benchmarks/paired_experiments.py stalls``
+with ``ERA5LATENT_DIRECT_READS`` 0 and 1). :func:`open_array` reads an array's own metadata
+(Zarr v2 or v3) and,
 where its chunks are plain (floating point, one of the common compressors, no sharding or
 array-to-array codecs, chunks of at most :data:`MAX_CHUNK_BYTES`), :meth:`ArrayFiles.read`
 reads a box of it with one ``open``/``read``/``decode`` per chunk: numcodecs decompresses
