@@ -63,7 +63,8 @@ def fast_zarr(path: str) -> Iterator[bool]:
     the block and no global setting is left changed. zarrs reads, writes and (de)compresses
     chunks in Rust without holding the GIL: reading a time chunk of the source took a third of
     the time and stalled the model thread beside it less (zarr-python's and xarray's own Python
-    still holds the GIL for about half of a read: docs/benchmarks.md). Used for the
+    still holds the GIL for about half of a read, which is why a source's small chunks are read
+    by :mod:`era5latent.io.chunkread` instead: docs/benchmarks.md). Used for the
     source and for decoded outputs; latent stores keep zarr-python, whose bytes are the same on
     local disks and object storage. zarrs reports I/O errors as RuntimeError: see
     :func:`os_error_of`. Yields whether zarrs is used: not for URLs (zarrs supports only some
