@@ -87,6 +87,34 @@ def test_direct_reads_are_what_xarray_reads(tmp_path: Path, layout: str,
         np.testing.assert_array_equal(got[s], want[s], err_msg=s)
 
 
+def test_direct_reads_can_be_turned_off_and_on(tmp_path: Path) -> None:
+    """What encode does beside a GPU (off: zarrs decompresses on every core) and beside the
+    CPU (on): the same values either way."""
+    src = open_source(write(dataset(), tmp_path / "s.zarr", 3, {"time": 1}))
+    chs = parse_subset("z500,t2m")
+    x = src.read(chs, 0, 8)
+    assert src._direct and all(src._direct.values())
+    src.use_direct_reads(False)
+    np.testing.assert_array_equal(src.read(chs, 0, 8), x)
+    assert src._direct and not any(src._direct.values())
+    src.use_direct_reads(True)
+    np.testing.assert_array_equal(src.read(chs, 0, 8), x)
+    assert all(src._direct.values())
+
+
+def test_encode_on_the_cpu_reads_directly(sample_zarr: Path, tiny_model: Path) -> None:
+    from era5latent.model.checkpoint import load_checkpoint
+    from era5latent.pipeline.encoding import ready_to_encode
+
+    src = open_source(sample_zarr)
+    src.use_direct_reads(False)
+    ready_to_encode(src, load_checkpoint(tiny_model), parse_subset("z500,t2m"), batch_size=2,
+                    time_chunk=None, device="cpu", precision="auto")
+    assert src.direct_reads
+    src.read(parse_subset("z500,t2m"), 0, 2)
+    assert src._direct and all(src._direct.values())
+
+
 @pytest.mark.parametrize("fmt", [2, 3])
 def test_direct_reads_permute_dims_and_keep_sample_dims(tmp_path: Path, fmt: int,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,11 @@ with ``ERA5LATENT_DIRECT_READS`` 0 and 1). :func:`open_array` reads an array's o
 where its chunks are plain (floating point, one of the common compressors, no sharding or
 array-to-array codecs, chunks of at most :data:`MAX_CHUNK_BYTES`), :meth:`ArrayFiles.read`
 reads a box of it with one ``open``/``read``/``decode`` per chunk: numcodecs decompresses
-without the GIL, and nothing else runs per chunk. A missing chunk file is the array's fill
+without the GIL, and nothing else runs per chunk. It runs in the calling thread: it is for a
+reader beside a model on the CPU, where the read's CPU and GIL time are what count. Where its
+wall time counts instead (a model on a GPU waiting for data), zarrs' decompression on every
+core is faster (a 1-degree read: 53-55 ms against 71 ms on two cores, docs/benchmarks.md), and
+the pipeline turns this path off (:meth:`era5latent.io.sources.Source.use_direct_reads`). A missing chunk file is the array's fill
 value, as in zarr. Anything else is None, and the caller reads through xarray and zarr-python
 (with zarrs), whose parallel decompression suits large chunks better.
 
@@ -30,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-#: the largest decoded chunk read here; larger chunks are zarrs' (it decompresses them in
-#: parallel, where per-chunk Python is negligible beside the decompression)
-MAX_CHUNK_BYTES = 4 << 20
+#: the largest decoded chunk read here. zarr-python's Python costs about 0.1 ms a chunk (24-26
+#: against 16.5 ms of CPU for 96 chunks): as much as decompressing a 73 x 144 chunk, a
+#: twentieth of a 1 MiB one (zstd, about 0.6 GB/s here). Larger chunks (a 721 x 1440 field is
+#: 4 MB) stay with zarrs, which decompresses them in Rust on every core
+MAX_CHUNK_BYTES = 1 << 20
 
 #: Zarr v2 compressors (numcodecs ids) and Zarr v3 bytes-to-bytes codecs read here
 _V2_COMPRESSORS = ("zstd", "blosc", "lz4", "zlib", "gzip")

@@ -111,6 +111,8 @@ class Source:
     #: flipped, longitude not sorted), up to dimension names and order: set by :func:`normalise`;
     #: only then may a Zarr source's chunk files be read directly (:mod:`era5latent.io.chunkread`)
     in_file_order: bool = False
+    #: whether :meth:`read` may read chunk files directly at all (:meth:`use_direct_reads`)
+    direct_reads: bool = True
     #: (variable, levels) -> its direct reader, or None where xarray reads it
     _direct: dict[tuple[str, tuple[Any, ...]], Callable[[int, int], np.ndarray] | None] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -200,6 +202,14 @@ class Source:
             self._views[(name, levels)] = view
         return view
 
+    def use_direct_reads(self, on: bool) -> None:
+        """Let :meth:`read` read a local Zarr source's small chunk files itself
+        (:mod:`era5latent.io.chunkread`: less CPU and GIL time, for a reader beside a model on
+        the CPU), or not (zarrs, faster where nothing else needs the cores: a model on a GPU)."""
+        if on != self.direct_reads:
+            self.direct_reads = on
+            self._direct.clear()
+
     def _direct_reader(self, name: str, levels: tuple[Any, ...]
                        ) -> Callable[[int, int], np.ndarray] | None:
         """``start, stop -> values`` of :meth:`_view` read from its chunk files by
@@ -219,7 +229,8 @@ class Source:
                             ) -> Callable[[int, int], np.ndarray] | None:
         from era5latent.io.chunkread import open_array
 
-        if not self.in_file_order or self.layout.format != "zarr" or is_url(self.path) or \
+        if not (self.direct_reads and self.in_file_order) or self.layout.format != "zarr" or \
+                is_url(self.path) or \
                 os.environ.get("ERA5LATENT_DIRECT_READS", "1") == "0":
             return None
         var = self.ds[name]

@@ -347,6 +347,8 @@ def ready_to_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     place_for_inference(loaded.model, dev)
+    # beside a model on the CPU the reader's CPU and GIL time count; beside a GPU, its speed
+    source.use_direct_reads(dev.type == "cpu")
     return dev, prec, time_chunk or auto_time_chunk(source, channels)
 
 
