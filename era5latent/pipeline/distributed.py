@@ -376,6 +376,7 @@ class EncodeTask:
         dev = resolve_device(self.device)
         prec = resolve_precision(self.precision, dev)
         place_for_inference(loaded.model, dev)
+        source.use_direct_reads(dev.type == "cpu")  # as ready_to_encode: zarrs beside a GPU
         residual = ResidualSpec.from_dict(self.residual) if self.residual else None
         spec = store_spec(source, loaded, channels, self.t0, self.t1, self.time_chunk,
                            residual)
