@@ -5,18 +5,20 @@ A WeatherBench 2 store holds one time step per chunk, so a 32-step read of three
 holds the GIL and stalls the model thread beside the reader. On the tiny benchmark's 73 x 144
 source, a 32-step read of five channels took 24-26 ms of CPU and kept the GIL from another
 thread for 11-13 ms; read here, 16.5 ms and none (``benchmarks/paired_experiments.py stalls``
-with ``ERA5LATENT_DIRECT_READS`` 0 and 1). :func:`open_array` reads an array's own metadata
-(Zarr v2 or v3) and,
-where its chunks are plain (floating point, one of the common compressors, no sharding or
-array-to-array codecs, chunks of at most :data:`MAX_CHUNK_BYTES`), :meth:`ArrayFiles.read`
-reads a box of it with one ``open``/``read``/``decode`` per chunk: numcodecs decompresses
-without the GIL, and nothing else runs per chunk. It runs in the calling thread: it is for a
-reader beside a model on the CPU, where the read's CPU and GIL time are what count. Where its
-wall time counts instead (a model on a GPU waiting for data), zarrs' decompression on every
-core is faster (a 1-degree read: 53-55 ms against 71 ms on two cores, docs/benchmarks.md), and
-the pipeline turns this path off (:meth:`era5latent.io.sources.Source.use_direct_reads`). A missing chunk file is the array's fill
-value, as in zarr. Anything else is None, and the caller reads through xarray and zarr-python
-(with zarrs), whose parallel decompression suits large chunks better.
+with ``ERA5LATENT_DIRECT_READS`` 0 and 1).
+
+:func:`open_array` reads an array's own metadata (Zarr v2 or v3). Where its chunks are plain
+(floating point, one of the common compressors, no sharding or array-to-array codecs, at most
+:data:`MAX_CHUNK_BYTES`), :meth:`ArrayFiles.read` reads a box of it with one
+``open``/``read``/``decode`` per chunk: numcodecs decompresses without the GIL, and nothing else
+runs per chunk. A missing chunk file is the array's fill value, as in zarr. Anything else is
+None, and the caller reads through xarray and zarr-python (with zarrs).
+
+It runs in the calling thread: it is for a reader beside a model on the CPU, where the read's
+CPU and GIL time are what count. Where its wall time counts instead (a model on a GPU waiting
+for data), zarrs' decompression on every core is faster (a 1-degree read: 53-55 ms against
+71 ms on two cores, docs/benchmarks.md), and the pipeline turns this path off
+(:meth:`era5latent.io.sources.Source.use_direct_reads`).
 
 What the box holds is the caller's to check (:meth:`era5latent.io.sources.Source.read` compares
 its first direct read with xarray's before it relies on this path).
