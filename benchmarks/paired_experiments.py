@@ -15,6 +15,9 @@ machine's single-thread speed drifts by +-20% within a minute:
                                                          # (io/chunkread) vs through xarray/zarrs
     python benchmarks/paired_experiments.py stalls       # how long each background step keeps
                                                          # the GIL from a thread that wants it
+    python benchmarks/paired_experiments.py read-paths --grid 181x360 --steps 40
+                                                         # a 32-step source read, its wall and CPU
+                                                         # time through xarray/zarrs and directly
 
 tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
 one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
@@ -40,10 +43,12 @@ from pipeline_experiments import SUBSET, _setup  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
-                                     "zarrs-threads", "no-io", "stalls", "xarray-reads"])
+                                     "zarrs-threads", "no-io", "stalls", "xarray-reads",
+                                     "read-paths"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--grid", default="73x144")
     ap.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     args = ap.parse_args()
 
@@ -61,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tune_malloc()
     with tempfile.TemporaryDirectory(prefix="era5latent-paired-", dir=args.dir) as tmp:
-        data, model = _setup(tmp, max(args.steps, 32), "73x144")
+        data, model = _setup(tmp, max(args.steps, 32), args.grid)
         n, bs, out = args.steps, args.batch, f"{tmp}/out.zarr"
         src = open_source(data)
         chs = parse_subset(SUBSET)
@@ -89,6 +94,8 @@ def main() -> None:
                 print(f"wall {time.perf_counter() - t:.2f} s  cpu {time.process_time() - c:.2f} s")
         elif args.what == "timeline":
             _timeline(E, pipeline, compute, args.runs)
+        elif args.what == "read-paths":
+            _read_paths(data, chs, args.runs)
         elif args.what == "stalls":
             _stalls(E, src, loaded, chs, x0, tmp, args.runs)
         elif args.what == "pvum":
@@ -139,6 +146,27 @@ def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float
               f"{spent['encode_chunk']:.3f} ({spent['encode_chunk'] / alone:.2f}x alone)  end "
               f"{spent['finish']:.3f}  efficiency {alone / total:.3f}")
         before = after
+
+
+def _read_paths(data: str, chs: Any, runs: int) -> None:
+    """Source.read of 32 steps through xarray and zarrs, then read directly (io/chunkread), two
+    rounds of ``runs`` reads each: medians of wall and CPU time (all threads)."""
+    from era5latent.io.sources import open_source
+
+    for _ in range(2):
+        for way, env in (("xarray and zarrs", "0"), ("directly", "1")):
+            os.environ["ERA5LATENT_DIRECT_READS"] = env  # each new Source's first read decides
+            src = open_source(data)
+            src.read(chs, 0, 1)
+            walls, cpus = [], []
+            for _ in range(runs):
+                w, c = time.perf_counter(), time.process_time()
+                src.read(chs, 0, 32)
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+            print(f"{way:18s} wall {1e3 * statistics.median(walls):6.1f} ms, CPU "
+                  f"{1e3 * statistics.median(cpus):6.1f} ms")
+    del os.environ["ERA5LATENT_DIRECT_READS"]
 
 
 def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: int) -> None:

@@ -16,8 +16,9 @@ None, and the caller reads through xarray and zarr-python (with zarrs).
 
 It runs in the calling thread: it is for a reader beside a model on the CPU, where the read's
 CPU and GIL time are what count. Where its wall time counts instead (a model on a GPU waiting
-for data), zarrs' decompression on every core is faster (a 1-degree read: 53-55 ms against
-71 ms on two cores, docs/benchmarks.md), and the pipeline turns this path off
+for data), zarrs' decompression on every core is faster (a 32-step 1-degree read: 42-52 ms
+against 62-64 ms on two cores, ``paired_experiments.py read-paths --grid 181x360``), and the
+pipeline turns this path off
 (:meth:`era5latent.io.sources.Source.use_direct_reads`).
 
 What the box holds is the caller's to check (:meth:`era5latent.io.sources.Source.read` compares
@@ -86,12 +87,7 @@ class ArrayFiles:
         except FileNotFoundError:
             return np.full(self.chunks, self.fill_value, dtype=np.float32)
         if self.crc32c:
-            import google_crc32c
-
-            body, stored = data[:-4], data[-4:]
-            if len(stored) < 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
-                raise ValueError(f"{path}: a chunk's stored and computed checksum do not match")
-            data = body
+            data = strip_crc32c(data, path)
         if self.compressor is not None:
             data = self.compressor.decode(data)
         got, want = memoryview(data).nbytes, self.nbytes
@@ -104,6 +100,18 @@ class ArrayFiles:
     def nbytes(self) -> int:
         """The bytes of one decoded chunk."""
         return int(np.prod(self.chunks)) * self.dtype.itemsize
+
+
+def strip_crc32c(data: Any, path: str) -> Any:
+    """A chunk's bytes (``bytes`` or a uint8 array) without the CRC-32C that Zarr v3's crc32c
+    codec appends, checked; a ``ValueError`` saying "checksum" (zarr-python's word, which
+    :func:`era5latent.store.arrays.why_unreadable` reads) where it does not match."""
+    import google_crc32c
+
+    body, stored = data[:-4], bytes(data[-4:])
+    if len(stored) < 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
+        raise ValueError(f"{path}: stored and computed checksum do not match")
+    return body
 
 
 def _chunk_spans(sel: Selection, size: int) -> list[tuple[int, Selection, Selection]]:

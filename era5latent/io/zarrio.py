@@ -15,6 +15,7 @@ import zarr
 from zarr.codecs import Crc32cCodec
 
 from era5latent.errors import StoreError
+from era5latent.io.chunkread import strip_crc32c
 from era5latent.fsutil import is_url, url_fs
 
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
@@ -104,12 +105,7 @@ def read_rows(arr: zarr.Array[Any], a: int, b: int) -> np.ndarray:
         if spec["name"] == "zstd":
             data = np.frombuffer(_zstd(**spec["configuration"]).decode(data), dtype=np.uint8)
             continue
-        import google_crc32c
-
-        stored = data[-4:].tobytes()
-        data = data[:-4]
-        if len(stored) < 4 or google_crc32c.value(data) != int.from_bytes(stored, "little"):
-            raise ValueError(f"{path}: stored and computed checksum do not match")
+        data = strip_crc32c(data, path)
     dtype = np.dtype(arr.dtype)
     if data.size != int(np.prod(arr.chunks)) * dtype.itemsize:
         raise ValueError(f"{path}: the chunk decodes to {data.size} bytes, not the "
