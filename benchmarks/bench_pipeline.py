@@ -27,6 +27,10 @@ is within --target-se, at most --max-rounds, or --budget seconds per configurati
 Where CUDA is available, a run with the default --device cpu adds a GPU section (small and paper
 at 721 x 1440, 100 and 400 steps) after the CPU one; --gpu off leaves it out. Each section prints
 its table; the two efficiency lines stay the worst of the CPU configurations.
+
+The source is a synthetic sample (`era5latent sample`) stored as WeatherBench 2 stores ERA5:
+Zarr v2, Blosc LZ4 with byte shuffle. --source-codec zstd keeps the sample as written (Zarr v3,
+Zstandard), which takes about twice the CPU to decompress (the figures before 2026-12-07 15:00).
 """
 
 from __future__ import annotations
@@ -210,8 +214,29 @@ def row(verb: str, cfg: dict[str, Any], grid: str, m: dict[str, Any]) -> tuple[A
             f"{min(effs):.2f}..{max(effs):.2f}", len(effs), bound / m["first"], m["peak_rss_mib"])
 
 
-def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int, device: str
-            ) -> dict[str, str]:
+#: how the benchmark's source is compressed: ``wb2`` as WeatherBench 2 stores ERA5 (Zarr v2,
+#: zarr-python 2's default Blosc LZ4 with byte shuffle), ``zstd`` as ``era5latent sample`` writes
+#: it (Zarr v3's default, Zstandard level 0; the figures before 2026-12-07 15:00 UTC)
+SOURCE_CODECS = ("wb2", "zstd")
+
+
+def as_wb2(path: str, out: str) -> None:
+    """Copy the Zarr source at ``path`` to ``out`` as WeatherBench 2 stores its ERA5 fields: the
+    same chunks, Zarr v2, Blosc LZ4 with byte shuffle at level 5."""
+    import xarray as xr
+    from numcodecs import Blosc
+
+    ds = xr.open_zarr(path)
+    keep = ("chunks", "units", "calendar", "dtype", "_FillValue")
+    for v in ds.variables.values():
+        v.encoding = {k: x for k, x in v.encoding.items() if k in keep}
+    lz4 = Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+    ds.to_zarr(out, zarr_format=2, consolidated=True,
+               encoding={name: {"compressors": lz4} for name in ds.data_vars})
+
+
+def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int, device: str,
+            source_codec: str = "wb2") -> dict[str, str]:
     from typer.testing import CliRunner
 
     from era5latent.cli import app
@@ -222,8 +247,12 @@ def prepare(tmp: str, grid: str, times: int, presets: list[str], time_chunk: int
             raise SystemExit(r.stderr)
 
     paths = {"data": f"{tmp}/data.zarr", "scratch": tmp}
-    cli("sample", paths["data"], "--grid", grid, "--times", str(times), "--variables", "z,t,t2m",
+    sample = paths["data"] if source_codec == "zstd" else f"{tmp}/sample.zarr"
+    cli("sample", sample, "--grid", grid, "--times", str(times), "--variables", "z,t,t2m",
         "--levels", "500,850")
+    if sample != paths["data"]:
+        as_wb2(sample, paths["data"])
+        shutil.rmtree(sample)
     for p in presets:
         paths[f"model_{p}"] = f"{tmp}/{p}.safetensors"
         paths[f"latent_{p}"] = f"{tmp}/{p}-latent.zarr"
@@ -252,7 +281,8 @@ def run_section(sec: dict[str, Any], args: argparse.Namespace, tmp: str) -> list
         if sec["long"]:
             configs.append({"preset": p, "batch": 8, "times": sec["long"]})
     print(f"## device {sec['device']}, grid {sec['grid']}", flush=True)
-    paths = prepare(tmp, sec["grid"], max(sec["long"], 100), presets, args.time_chunk, sec["device"])
+    paths = prepare(tmp, sec["grid"], max(sec["long"], 100), presets, args.time_chunk, sec["device"],
+                    args.source_codec)
     rows = []
     for c in configs:
         c.update(chunk=args.time_chunk, device=sec["device"], threads=args.threads,
@@ -275,6 +305,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--grid", default="73x144")
+    ap.add_argument("--source-codec", choices=SOURCE_CODECS, default="wb2",
+                    help="the source's compression: wb2 (default) as WeatherBench 2 stores ERA5, "
+                         "Zarr v2 with Blosc LZ4; zstd as 'era5latent sample' writes it, Zarr v3 "
+                         "with Zstandard")
     ap.add_argument("--presets", default="tiny,small")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--long-steps", type=int, default=None,
@@ -319,7 +353,8 @@ def main() -> None:
                          "presets": args.gpu_presets.split(","), "long": 200 if args.quick else 400})
     print(f"# era5latent pipeline benchmark, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPU threads, subset {SUBSET}, time chunk "
-          f"{args.time_chunk or 'default'}, files in {args.dir or tempfile.gettempdir()}, "
+          f"{args.time_chunk or 'default'}, source {args.source_codec}, files in "
+          f"{args.dir or tempfile.gettempdir()}, "
           f"{args.rounds}-{args.max_rounds} pipeline runs per configuration ({args.long_rounds}-"
           f"{args.max_rounds} for the long range) within {args.budget:.0f} s, target standard "
           f"error {args.target_se}",

@@ -216,6 +216,27 @@ def test_bench_sets_each_pipeline_run_against_the_bound_runs_around_it() -> None
     assert bench.median_se([0.8, 0.9, 1.0]) > bench.median_se([0.8, 0.9, 1.0] * 4) > 0
 
 
+def test_bench_source_is_stored_as_weatherbench2_stores_era5(sample_zarr: Path,
+                                                             tmp_path: Path) -> None:
+    """The benchmark's source: the sample's fields, unchanged, in Zarr v2 with Blosc LZ4 and byte
+    shuffle (WeatherBench 2's compressor), which the encode reader reads from its chunk files."""
+    from era5latent.io.sources import open_source
+    from era5latent.io.variables import parse_subset
+
+    bench: Any = _bench()
+    out = tmp_path / "wb2.zarr"
+    bench.as_wb2(str(sample_zarr), str(out))
+    meta = json.loads((out / "geopotential" / ".zarray").read_text())
+    assert meta["zarr_format"] == 2
+    assert meta["compressor"] == {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1,
+                                  "blocksize": 0}
+    chs = parse_subset("z500,t850,t2m")
+    a, b = open_source(str(sample_zarr)), open_source(str(out))
+    assert (b.times == a.times).all()
+    np.testing.assert_array_equal(b.read(chs, 0, 24), a.read(chs, 0, 24))
+    assert [r is not None for r in b._direct.values()] == [True] * 3  # each variable direct
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ERA5LATENT_BENCH_TESTS"),
                     reason="about a minute: runs under 'make bench' (ERA5LATENT_BENCH_TESTS=1)")
