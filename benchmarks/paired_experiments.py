@@ -15,9 +15,14 @@ machine's single-thread speed drifts by +-20% within a minute:
                                                          # (io/chunkread) vs through xarray/zarrs
     python benchmarks/paired_experiments.py stalls       # how long each background step keeps
                                                          # the GIL from a thread that wants it
+    python benchmarks/paired_experiments.py wb2-source   # the source as `era5latent sample` writes
+                                                         # it (Zarr v3, Zstandard) vs the same
+                                                         # fields as WeatherBench 2 stores them
+                                                         # (Zarr v2, Blosc LZ4; bench_pipeline's)
     python benchmarks/paired_experiments.py read-paths --grid 181x360 --steps 40
                                                          # a 32-step source read, its wall and CPU
-                                                         # time through xarray/zarrs and directly
+                                                         # time through xarray/zarrs and directly,
+                                                         # and directly from WB2's Blosc LZ4
 
 tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
 one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
@@ -44,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
                                      "zarrs-threads", "no-io", "stalls", "xarray-reads",
-                                     "read-paths"])
+                                     "read-paths", "wb2-source"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
@@ -149,14 +154,21 @@ def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float
 
 
 def _read_paths(data: str, chs: Any, runs: int) -> None:
-    """Source.read of 32 steps through xarray and zarrs, then read directly (io/chunkread), two
-    rounds of ``runs`` reads each: medians of wall and CPU time (all threads)."""
+    """Source.read of 32 steps through xarray and zarrs, then read directly (io/chunkread), then
+    read directly from the same fields as WeatherBench 2 stores them (Zarr v2, Blosc LZ4:
+    bench_pipeline's source), two rounds of ``runs`` reads each: medians of wall and CPU time
+    (all threads)."""
+    from bench_pipeline import as_wb2
+
     from era5latent.io.sources import open_source
 
+    wb2 = data.removesuffix(".zarr") + "-wb2.zarr"
+    as_wb2(data, wb2)
     for _ in range(2):
-        for way, env in (("xarray and zarrs", "0"), ("directly", "1")):
+        for way, env, path in (("xarray and zarrs", "0", data), ("directly", "1", data),
+                               ("directly, WB2 LZ4", "1", wb2)):
             os.environ["ERA5LATENT_DIRECT_READS"] = env  # each new Source's first read decides
-            src = open_source(data)
+            src = open_source(path)
             src.read(chs, 0, 1)
             walls, cpus = [], []
             for _ in range(runs):
@@ -256,6 +268,8 @@ def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], flo
                 yield via_xarray
             finally:
                 del os.environ["ERA5LATENT_DIRECT_READS"]
+        elif what == "wb2-source":
+            yield wb2
         elif what == "zarrs-threads":
             with zarr.config.set({"threading.max_workers": 1}):
                 one = open_source(data)  # zarrs takes its thread count when arrays open
@@ -271,6 +285,12 @@ def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], flo
                 E.read_fields, E.EncodeJob.write_chunk, E.EncodeJob.finish = saved
 
     via_xarray = open_source(data)
+    if what == "wb2-source":
+        from bench_pipeline import as_wb2
+
+        copy = data.removesuffix(".zarr") + "-wb2.zarr"
+        as_wb2(data, copy)
+        wb2 = open_source(copy)
     effs: dict[str, list[float]] = {"default": [], what: []}
     before = compute()
     for i in range(runs):
