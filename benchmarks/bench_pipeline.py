@@ -12,12 +12,13 @@ The pipeline runs first, once, cold (a user's run: its peak RSS is the process's
 "first run" is its throughput over the lesser bound's); then read, compute, pipeline, read,
 compute, pipeline, ..., read, compute. Each pipeline run's efficiency = its throughput /
 min(read, compute), each bound the mean of its runs just before and just after; the table gives
-the median over the runs, its standard error, their spread (min..max) and count. Load from other processes that
-comes and goes, and the machine's drift, move a pipeline run and the bound runs around it
-alike, so the ratio holds where separate processes seconds apart did not. There are at least
---rounds runs (--long-rounds for the long range), then more until the median's standard error
-is within --target-se, at most --max-rounds, or --budget seconds per configuration. The last two lines are `encode efficiency X.XX` and
-`decode efficiency X.XX`: the worst median over the configurations run.
+the median over the runs, its standard error, their spread (min..max) and count. Load from other
+processes that comes and goes, and the machine's drift, move a pipeline run and the bound runs
+around it alike, so the ratio holds where separate processes seconds apart did not. There are at
+least --rounds runs (--long-rounds for the long range), then more until the median's standard
+error is within --target-se, at most --max-rounds, or --budget seconds per configuration. The
+last two lines are `encode efficiency X.XX` and `decode efficiency X.XX`: the worst median over
+the configurations run.
 
     python benchmarks/bench_pipeline.py            # CPU: tiny and small presets
     python benchmarks/bench_pipeline.py --quick    # a smaller, faster set
@@ -214,9 +215,7 @@ def row(verb: str, cfg: dict[str, Any], grid: str, m: dict[str, Any]) -> tuple[A
             f"{min(effs):.2f}..{max(effs):.2f}", len(effs), bound / m["first"], m["peak_rss_mib"])
 
 
-#: how the benchmark's source is compressed: ``wb2`` as WeatherBench 2 stores ERA5 (Zarr v2,
-#: zarr-python 2's default Blosc LZ4 with byte shuffle), ``zstd`` as ``era5latent sample`` writes
-#: it (Zarr v3's default, Zstandard level 0; the figures before 2026-12-07 15:00 UTC)
+#: the source's compression (--source-codec; the module's docstring says which is which)
 SOURCE_CODECS = ("wb2", "zstd")
 
 

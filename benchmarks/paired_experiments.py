@@ -23,6 +23,8 @@ machine's single-thread speed drifts by +-20% within a minute:
                                                          # a 32-step source read, its wall and CPU
                                                          # time through xarray/zarrs and directly,
                                                          # and directly from WB2's Blosc LZ4
+    python benchmarks/paired_experiments.py seal         # LatentStore.mark_complete on fresh
+                                                         # stores, and its zarr-python parts
 
 tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
 one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
@@ -49,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
                                      "zarrs-threads", "no-io", "stalls", "xarray-reads",
-                                     "read-paths", "wb2-source"])
+                                     "read-paths", "wb2-source", "seal"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
@@ -103,6 +105,8 @@ def main() -> None:
             _read_paths(data, chs, args.runs)
         elif args.what == "stalls":
             _stalls(E, src, loaded, chs, x0, tmp, args.runs)
+        elif args.what == "seal":
+            _seal(E, src, loaded, chs, tmp, args.runs)
         elif args.what == "pvum":
             wla: Any = type(loaded.model)  # patched: the PVUM weights made again for every batch
             real = wla.reuse_generated_weights
@@ -153,17 +157,59 @@ def _timeline(E: Any, pipeline: Callable[[], float], compute: Callable[[], float
         before = after
 
 
+def _wb2_copy(data: str) -> str:
+    """The path of a copy of the source ``data`` as WeatherBench 2 stores ERA5 (Zarr v2, Blosc
+    LZ4: bench_pipeline's source), made beside it."""
+    from bench_pipeline import as_wb2
+
+    copy = data.removesuffix(".zarr") + "-wb2.zarr"
+    as_wb2(data, copy)
+    return copy
+
+
+def _seal(E: Any, src: Any, loaded: Any, chs: Any, tmp: str, runs: int) -> None:
+    """``LatentStore.mark_complete`` (root attributes, metadata digests, consolidation) on
+    ``runs`` fresh, fully written stores of the whole range, timed; then on ``runs`` more under
+    cProfile, the part of it in ``zarr.consolidate_metadata`` and in zarr-python's root
+    attribute writes. Medians."""
+    import cProfile
+    import pstats
+
+    def written(k: int) -> Any:
+        job = E.prepare_encode(src, loaded, chs, f"{tmp}/seal-{k}.zarr", batch_size=8,
+                               device="cpu")
+        for i in job.todo():
+            job.write_chunk(i, job.encode_chunk(job.read_chunk(i)))
+        return job.laid_out
+
+    walls, consolidation, attrs = [], [], []
+    for k in range(runs):
+        store = written(k)
+        t = time.perf_counter()
+        store.mark_complete()
+        walls.append(time.perf_counter() - t)
+    for k in range(runs, 2 * runs):
+        store = written(k)
+        prof = cProfile.Profile()
+        prof.runcall(store.mark_complete)
+        st: Any = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+        consolidation.append(sum(v[3] for f, v in st.items() if f[2] == "consolidate_metadata"))
+        attrs.append(sum(v[3] for f, v in st.items()
+                         if f[2] == "__setitem__" and f[0].endswith("attributes.py")))
+    print(f"mark_complete {1e3 * statistics.median(walls):.1f} ms (runs "
+          + " ".join(f"{1e3 * w:.1f}" for w in walls) + "); under cProfile, "
+          f"zarr.consolidate_metadata {1e3 * statistics.median(consolidation):.1f} ms, root "
+          f"attribute writes {1e3 * statistics.median(attrs):.1f} ms")
+
+
 def _read_paths(data: str, chs: Any, runs: int) -> None:
     """Source.read of 32 steps through xarray and zarrs, then read directly (io/chunkread), then
     read directly from the same fields as WeatherBench 2 stores them (Zarr v2, Blosc LZ4:
     bench_pipeline's source), two rounds of ``runs`` reads each: medians of wall and CPU time
     (all threads)."""
-    from bench_pipeline import as_wb2
-
     from era5latent.io.sources import open_source
 
-    wb2 = data.removesuffix(".zarr") + "-wb2.zarr"
-    as_wb2(data, wb2)
+    wb2 = _wb2_copy(data)
     for _ in range(2):
         for way, env, path in (("xarray and zarrs", "0", data), ("directly", "1", data),
                                ("directly, WB2 LZ4", "1", wb2)):
@@ -286,11 +332,7 @@ def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], flo
 
     via_xarray = open_source(data)
     if what == "wb2-source":
-        from bench_pipeline import as_wb2
-
-        copy = data.removesuffix(".zarr") + "-wb2.zarr"
-        as_wb2(data, copy)
-        wb2 = open_source(copy)
+        wb2 = open_source(_wb2_copy(data))
     effs: dict[str, list[float]] = {"default": [], what: []}
     before = compute()
     for i in range(runs):
