@@ -242,19 +242,38 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
     job = E.prepare_encode(src, loaded, chs, f"{tmp}/stalls.zarr", batch_size=2, device="cpu")
     chunk = job.encode_chunk(x0)
     made = itertools.count()
+    sealed = E.prepare_encode(src, loaded, chs, f"{tmp}/sealed.zarr", batch_size=8,
+                              device="cpu")
+    for i in sealed.todo():
+        sealed.write_chunk(i, sealed.encode_chunk(sealed.read_chunk(i)))
 
-    def lay_out(files: bool) -> None:
+    def seal() -> None:  # again and again: each time the same work, the same bytes
+        sealed.laid_out.mark_complete()
+
+    def lay_out(how: str) -> None:
         out = f"{tmp}/lay-{next(made)}.zarr"
-        if files:
+        if how == "files":
             os.makedirs(out)
             core._create(out, job.spec)  # zarr-python, file by file (before 2026-12-07)
+        elif how == "memory":  # zarr-python in memory, then the files (2026-12-07 morning)
+            from zarr.storage import MemoryStore
+
+            files: dict[str, Any] = {}
+            core._create(MemoryStore(files), job.spec)
+            for key, buf in files.items():
+                dest = os.path.join(out, *key.split("/"))
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                with open(dest, "wb") as f:
+                    f.write(buf.to_bytes())
         else:
-            core.create_latent_store(out, job.spec)  # in memory, then the files
+            core.create_latent_store(out, job.spec)  # era5latent's bytes (io/zarrbytes)
 
     steps = {"source read (32 steps, 5 channels)": lambda: job.read_chunk(1),
              "chunk write (codes, sha256, done flag)": lambda: job.write_chunk(1, chunk),
-             "lay out the store, file by file": lambda: lay_out(True),
-             "lay out the store, in memory": lambda: lay_out(False)}
+             "lay out, zarr-python file by file": lambda: lay_out("files"),
+             "lay out, zarr-python in memory": lambda: lay_out("memory"),
+             "lay out, io/zarrbytes (encode's)": lambda: lay_out("ours"),
+             "seal (mark_complete)": lambda: seal()}
     for name, fn in steps.items():
         walls: list[float] = []
         stalls: list[float] = []
@@ -287,7 +306,7 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
             fn()
             cpus.append(time.process_time() - c)
             own.append(time.thread_time() - o)
-        print(f"{name:40s} wall {1e3 * float(np.median(walls)):5.1f} ms, CPU "
+        print(f"{name:38s} wall {1e3 * float(np.median(walls)):5.1f} ms, CPU "
               f"{1e3 * float(np.median(cpus)):5.1f} ms (its own thread "
               f"{1e3 * float(np.median(own)):4.1f}), GIL kept from the ticker "
               f"{1e3 * float(np.median(stalls)):5.1f} ms")

@@ -94,3 +94,4 @@ def test_chunks_read_from_their_files_are_what_zarr_python_reads(tmp_path: Path)
             with pytest.raises(Exception) as theirs:
                 x[:step]
             assert why_unreadable(theirs.value) == "crc32c mismatch"
+

@@ -5,7 +5,6 @@ a URL, and metadata consolidation."""
 
 from __future__ import annotations
 
-import functools
 import os
 import uuid
 from typing import Any, cast
@@ -16,6 +15,7 @@ from zarr.codecs import Crc32cCodec
 
 from era5latent.errors import StoreError
 from era5latent.io.chunkread import strip_crc32c
+from era5latent.io.zarrbytes import zstd_codec, encode_chunk
 from era5latent.fsutil import is_url, url_fs
 
 TIME_UNITS = "seconds since 1970-01-01T00:00:00"
@@ -66,20 +66,19 @@ def write_rows(arr: zarr.Array[Any], a: int, b: int, value: np.ndarray) -> None:
         except FileNotFoundError:
             pass
         return
-    data = np.ascontiguousarray(value, dtype=arr.dtype.newbyteorder("<")).view(np.uint8).ravel()
-    for spec in _codecs(arr)[1:]:  # after the bytes codec: zstd and/or crc32c
-        if spec["name"] == "zstd":
-            data = np.frombuffer(_zstd(**spec["configuration"]).encode(data), dtype=np.uint8)
-        else:
-            import google_crc32c
-
-            crc = np.array([google_crc32c.value(data.tobytes())], dtype="<u4").view(np.uint8)
-            data = np.concatenate([data, crc])
+    data = encode_chunk(value, np.dtype(arr.dtype), _codecs(arr))
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    replace_file(path, data)
+
+
+def replace_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` as zarr-python's LocalStore does: to a temporary name beside it
+    (``*.partial``, which a resumed encode clears), then renamed into place, so a reader sees
+    the old file or the new one, never part of one."""
     tmp = f"{path}.{uuid.uuid4().hex}.partial"  # zarr-python's own temporary name
     try:
         with open(tmp, "wb") as f:
-            f.write(data.tobytes())
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -103,7 +102,7 @@ def read_rows(arr: zarr.Array[Any], a: int, b: int) -> np.ndarray:
         return np.full(arr.chunks, arr.metadata.fill_value, dtype=arr.dtype)
     for spec in reversed(_codecs(arr)[1:]):
         if spec["name"] == "zstd":
-            data = np.frombuffer(_zstd(**spec["configuration"]).decode(data), dtype=np.uint8)
+            data = np.frombuffer(zstd_codec(**spec["configuration"]).decode(data), dtype=np.uint8)
             continue
         data = strip_crc32c(data, path)
     dtype = np.dtype(arr.dtype)
@@ -112,14 +111,6 @@ def read_rows(arr: zarr.Array[Any], a: int, b: int) -> np.ndarray:
                          f"{int(np.prod(arr.chunks)) * dtype.itemsize} its shape holds")
     out: np.ndarray = data.view(dtype.newbyteorder("<")).reshape(arr.chunks).astype(dtype)
     return out
-
-
-@functools.lru_cache(maxsize=None)
-def _zstd(level: int, checksum: bool) -> Any:
-    """The numcodecs compressor zarr-python's ZstdCodec encodes with, for the same bytes."""
-    from numcodecs import Zstd
-
-    return Zstd(level=level, checksum=checksum)
 
 
 #: the codec chains :func:`write_rows` writes itself (after the bytes codec)
@@ -160,7 +151,8 @@ def zarr_store(path: str, read_only: bool = False) -> Any:
 
 
 def consolidate(path: str) -> None:
-    """Consolidate metadata so readers open the finished store with one request."""
+    """Consolidate metadata so readers open the finished store with one request (through
+    zarr-python; a local latent store is sealed with ``zarrbytes.consolidated_root`` instead)."""
     import warnings
 
     with warnings.catch_warnings():  # zarr notes that v3 consolidation is not in the spec yet
@@ -174,3 +166,4 @@ def is_store(path: str) -> bool:
         fs, p = url_fs(path)
         return bool(fs.isfile(p.rstrip("/") + "/zarr.json"))
     return os.path.isfile(os.path.join(path, "zarr.json"))
+

@@ -302,9 +302,9 @@ class EncodeJob:
         """Mark the store complete (whole-store jobs; a part leaves that to ``finalize``)."""
         store = self.laid_out
         if self.part is None and not store.finished:
-            for key, value in self.root_attrs.items():
-                store.root.attrs[key] = jsonable(value)
-            store.mark_complete()  # also repairs a kill between marking and consolidating
+            # root_attrs are sealed with the rest; also repairs a store left complete but not
+            # consolidated
+            store.mark_complete(self.root_attrs)
 
 
 #: with ``--time-chunk`` left to choose: at most this many steps per store chunk ...

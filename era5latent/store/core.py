@@ -44,9 +44,11 @@ from era5latent.io.zarrio import (
     consolidate,
     is_store,
     read_rows,
+    replace_file,
     write_rows,
     zarr_store,
 )
+from era5latent.io.zarrbytes import NewArray, NewTree, consolidated_root
 from era5latent.store.arrays import (
     CorruptArrayError,
     CorruptChunkError,
@@ -83,6 +85,8 @@ from era5latent.store.meta import (
     DIGEST_KEY,
     ROOT_DOC,
     check_metadata,
+    child_docs,
+    digests_of,
     is_consolidated,
     metadata_digests,
     read_doc,
@@ -115,7 +119,7 @@ def _sha256(a: np.ndarray) -> bytes:
 
 # -- creation --------------------------------------------------------------------------------
 
-def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str,
+def _coord(group: zarr.Group | NewTree, name: str, values: np.ndarray, dim: str,
            attrs: dict[str, Any] | None = None, *, exist_ok: bool = False) -> None:
     from zarr.errors import ContainsArrayError
 
@@ -126,11 +130,12 @@ def _coord(group: zarr.Group, name: str, values: np.ndarray, dim: str,
     except ContainsArrayError:  # in-place creation racing another creator of the same store
         if not exist_ok:
             raise
-        arr = group[name]  # type: ignore[assignment]
+        arr = group[name]  # type: ignore[index,assignment]
     arr[...] = values
 
 
-def write_time_coord(group: zarr.Group, times: np.ndarray, *, exist_ok: bool = False) -> None:
+def write_time_coord(group: zarr.Group | NewTree, times: np.ndarray, *,
+                     exist_ok: bool = False) -> None:
     secs = times.astype("datetime64[s]").astype(np.int64)
     _coord(group, "time", secs, "time",
            {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"},
@@ -168,22 +173,18 @@ def create_latent_store(path: str, spec: StoreSpec, overwrite: bool = False) -> 
 
 def _create_files(tmp: str, spec: StoreSpec) -> None:
     """Lay the store out in memory, then write its documents and coordinate chunks as files
-    into the fresh directory ``tmp``: the same bytes as laying it out in ``tmp`` through
-    zarr-python, in about half the time (its every call crossed to its event-loop thread for
-    one small file). The Python work, and the GIL it holds, stay the same
-    (``benchmarks/paired_experiments.py stalls``)."""
-    from zarr.storage import MemoryStore
-
-    files: dict[str, Any] = {}
-    _create(MemoryStore(files), spec)
-    for key, buf in files.items():
-        dest = os.path.join(tmp, *key.split("/"))
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with open(dest, "wb") as f:
-            f.write(buf.to_bytes())
+    into the fresh directory ``tmp``: the bytes zarr-python would write (:class:`NewTree`,
+    ``tests/test_zarrbytes.py``), made without its event loop. Through zarr-python the layout
+    took 21-28 ms of CPU and kept the GIL from the model thread, which encodes the first time
+    chunk meanwhile, for 19 ms; made here, 2-3 ms (``benchmarks/paired_experiments.py
+    stalls``)."""
+    tree = NewTree()
+    _lay_out(tree, spec)
+    tree.write(tmp)
 
 
 def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
+    """Lay the store out through zarr-python at ``where`` (a store at a URL, in place)."""
     from zarr.errors import ContainsGroupError
 
     try:
@@ -192,14 +193,22 @@ def _create(where: Any, spec: StoreSpec, in_place: bool = False) -> None:
         if not in_place:        # look and our write (mode "a" is check-then-create)
             raise
         root = zarr.open_group(where, mode="r+", zarr_format=3)
+    _lay_out(root, spec, in_place)
 
-    def create_array(name: str, **kw: Any) -> zarr.Array[Any]:
+
+def _lay_out(root: zarr.Group | NewTree, spec: StoreSpec, in_place: bool = False) -> None:
+    """Every group, array and coordinate of the store ``spec`` fixes, its root attributes last,
+    in ``root``: a zarr group (in place: tolerating nodes a concurrent creator made) or a
+    :class:`NewTree`."""
+    from zarr.errors import ContainsGroupError
+
+    def create_array(name: str, **kw: Any) -> zarr.Array[Any] | NewArray:
         from zarr.errors import ContainsArrayError
 
         try:
             return root.create_array(name, **kw)
         except ContainsArrayError:  # in place: a concurrent creator made it (same spec)
-            if not in_place:
+            if not in_place or isinstance(root, NewTree):
                 raise
             return array(root, name)
 
@@ -464,11 +473,15 @@ class LatentStore:
             return False
         return (self.version < 2 or DIGEST_KEY in self.meta) and is_consolidated(self.path)
 
-    def mark_complete(self) -> None:
-        """Mark the store complete, seal its metadata (version 2) and consolidate it.
+    def mark_complete(self, attrs: dict[str, Any] | None = None) -> None:
+        """Mark the store complete, seal its metadata (version 2) and consolidate it. ``attrs``
+        are more root attributes (e.g. the build recipe), written with it and sealed with it.
 
-        Idempotent: run again on a complete store it rewrites the same bytes, which is how a
-        resumed run repairs a kill between these steps.
+        A local store takes one write, of its root document (:meth:`_seal_file`): until it
+        lands the store is unfinished, after it finished. A store at a URL goes through
+        zarr-python, three writes (:meth:`_seal_in_place`); a kill between them leaves it complete
+        but not consolidated, which :attr:`finished` tells and the next run repairs. Idempotent:
+        run again on a complete store it writes the same bytes.
         """
         done = self.done()
         if not done.all():
@@ -477,18 +490,49 @@ class LatentStore:
         faults.point("encode.before-complete")
         meta = {k: v for k, v in self.meta.items() if k != DIGEST_KEY} | {"complete": True}
         meta.pop("parts", None)  # build state only: a finished store is the same however built
+        extra = {k: jsonable(v) for k, v in (attrs or {}).items()}
         try:
-            if self.version >= 2:
-                # the root's digest is taken over its document as written, so write it first
-                self.root.attrs[ATTR] = meta
-                meta = meta | {DIGEST_KEY: metadata_digests(self.path)}
-            self.root.attrs[ATTR] = meta
-            faults.point("encode.before-consolidate")
-            consolidate(self.path)
+            self.meta = (self._seal_in_place if is_url(self.path) else self._seal_file)(meta, extra)
         except OSError as err:
             raise StoreError(f"cannot finish {self.path}: {err.strerror or err}; free space and "
                              "re-run the same command") from None
-        self.meta = meta
+
+    def _seal_file(self, meta: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`mark_complete` of a local store: the root document with ``extra`` and ``meta``
+        as its attributes, the digests (version 2) and the consolidated metadata, made in memory
+        from the documents on disk (:func:`consolidated_root`: zarr-python's bytes) and written
+        once, renamed into place. zarr-python's three writes and its walk of the store took
+        25-29 ms; a tiny 100-step encode takes about 1 s (``benchmarks/paired_experiments.py
+        seal``). Returns the attribute as sealed."""
+        import json
+
+        root = json.loads(read_doc(self.path, ROOT_DOC))
+        attrs = {**(root.get("attributes") or {}), **extra, ATTR: meta}
+        root["attributes"] = json.loads(json.dumps(attrs, allow_nan=True))  # as it reads back
+        children = {rel: read_doc(self.path, rel) for rel in child_docs(self.path)}
+        if self.version >= 2:  # the root's digest is of the document without it
+            meta = root["attributes"][ATTR] | {DIGEST_KEY: digests_of(root, children)}
+            root["attributes"][ATTR] = meta
+        doc = consolidated_root(root, {rel.rsplit("/", 1)[0]: json.loads(data)
+                                       for rel, data in children.items()})
+        replace_file(os.path.join(self.path, ROOT_DOC), doc)
+        self._root_doc = doc  # sealed by this process, not replaced by another
+        # the group as it now is (without reading the consolidated metadata back, which this
+        # process has no use for)
+        self.root = zarr.open_group(self.path, mode="r+", zarr_format=3, use_consolidated=False)
+        return meta
+
+    def _seal_in_place(self, meta: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`mark_complete` through zarr-python (a store at a URL)."""
+        for key, value in extra.items():
+            self.root.attrs[key] = value
+        if self.version >= 2:
+            # the root's digest is taken over its document as written, so write it first
+            self.root.attrs[ATTR] = meta
+            meta = meta | {DIGEST_KEY: metadata_digests(self.path)}
+        self.root.attrs[ATTR] = meta
+        consolidate(self.path)
+        return meta
 
     def nbytes_on_disk(self) -> dict[str, int]:
         """Bytes on disk per codes array (local stores) or stored bytes reported by zarr."""

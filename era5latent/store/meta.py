@@ -107,8 +107,16 @@ def _load(data: bytes, rel: str) -> dict[str, Any]:
 
 def metadata_digests(path: str) -> dict[str, str]:
     """The digests a finished store records: one per array document and one for the root."""
-    out = {rel: _sha(read_doc(path, rel)) for rel in child_docs(path)}
-    out[ROOT_DOC] = _sha(canonical_root(_load(read_doc(path, ROOT_DOC), ROOT_DOC)))
+    return digests_of(_load(read_doc(path, ROOT_DOC), ROOT_DOC),
+                      {rel: read_doc(path, rel) for rel in child_docs(path)})
+
+
+def digests_of(root: dict[str, Any], children: dict[str, bytes]) -> dict[str, str]:
+    """:func:`metadata_digests` of a store whose root document (parsed, as written or as it
+    will be written) is ``root`` and whose other documents are ``children`` (their bytes by
+    :func:`child_docs` path, in its order)."""
+    out = {rel: _sha(data) for rel, data in children.items()}
+    out[ROOT_DOC] = _sha(canonical_root(root))
     return out
 
 
