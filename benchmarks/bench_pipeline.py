@@ -313,11 +313,11 @@ def main() -> None:
     ap.add_argument("--long-steps", type=int, default=None,
                     help="time steps of the long configuration (default 1000, --quick 400; 0: none)")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="the fewest pipeline runs per 100-step configuration (default 5, --quick 3)")
+                    help="the fewest pipeline runs per 100-step configuration (default 9, --quick 3)")
     ap.add_argument("--long-rounds", type=int, default=None,
-                    help="the fewest for the long configuration (default 3, --quick 2)")
-    ap.add_argument("--max-rounds", type=int, default=15,
-                    help="the most pipeline runs per configuration (default 15)")
+                    help="the fewest for the long configuration (default 5, --quick 2)")
+    ap.add_argument("--max-rounds", type=int, default=21,
+                    help="the most pipeline runs per configuration (default 21)")
     ap.add_argument("--target-se", type=float, default=0.01,
                     help="more runs until the median efficiency's standard error is at most this "
                          "(default 0.01)")
@@ -335,9 +335,9 @@ def main() -> None:
     ap.add_argument("--gpu-presets", default="small,paper")
     args = ap.parse_args()
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 5
+        args.rounds = 3 if args.quick else 9
     if args.long_rounds is None:
-        args.long_rounds = 2 if args.quick else 3
+        args.long_rounds = 2 if args.quick else 5
     if args.worker:
         args.verb = args.worker
         worker(args)
