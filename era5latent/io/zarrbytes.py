@@ -3,8 +3,9 @@
 zarr-python runs each call on its event-loop thread, and the Python that runs there holds the
 GIL. An encode does two such things beside a model thread that wants the GIL back after every
 torch op: it lays out the new store while the first time chunk is encoded, and it seals the
-store after the last. Through zarr-python they took about 20 and 25 ms of one core; made here,
-2-3 and 6 ms (``benchmarks/paired_experiments.py stalls`` and ``seal``). Three things are made:
+store after the last. Through zarr-python they took about 24 and 25-29 ms of one core; made
+here, about 4 and 5-9 ms (``benchmarks/paired_experiments.py stalls`` and ``seal``). Three things
+are made:
 
 * :func:`encode_chunk`: a chunk's bytes through the codecs era5latent uses (bytes, zstd,
   crc32c), the encoding ``zarrio.write_rows`` writes and the layout's coordinates use;
@@ -13,8 +14,8 @@ store after the last. Through zarr-python they took about 20 and 25 ms of one co
 * :func:`consolidated_root`: the root document ``zarr.consolidate_metadata`` writes.
 
 Only what era5latent writes is supported (integer, bool and float arrays; finite fill values;
-the codecs above); anything else is a ``ValueError``, a bug in era5latent. ``tests/test_zarrio.py``
-and ``tests/test_seal.py`` compare every byte with zarr-python's.
+the codecs above); anything else is a ``ValueError``, a bug in era5latent.
+``tests/test_zarrbytes.py`` compares every byte with zarr-python's.
 """
 
 from __future__ import annotations

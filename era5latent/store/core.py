@@ -502,8 +502,8 @@ class LatentStore:
         as its attributes, the digests (version 2) and the consolidated metadata, made in memory
         from the documents on disk (:func:`consolidated_root`: zarr-python's bytes) and written
         once, renamed into place. zarr-python's three writes and its walk of the store took
-        25-29 ms; a tiny 100-step encode takes about 1 s (``benchmarks/paired_experiments.py
-        seal``). Returns the attribute as sealed."""
+        25-29 ms of a tiny 100-step encode's 1-1.5 s; this takes 5-9 ms
+        (``benchmarks/paired_experiments.py seal``). Returns the attribute as sealed."""
         import json
 
         root = json.loads(read_doc(self.path, ROOT_DOC))
