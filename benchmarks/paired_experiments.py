@@ -25,6 +25,11 @@ machine's single-thread speed drifts by +-20% within a minute:
                                                          # and directly from WB2's Blosc LZ4
     python benchmarks/paired_experiments.py seal         # LatentStore.mark_complete on fresh
                                                          # stores, and its zarr-python parts
+    python benchmarks/paired_experiments.py io-threads --batch 8
+                                                         # reads and writes on one background
+                                                         # thread (encode's default beside a CPU
+                                                         # model) vs a reader and a writer; with
+                                                         # the model thread's CPU and wall time
 
 tiny preset, batch 2 (--batch), 100 steps (--steps), 73 x 144, five channels in three groups,
 one torch thread; --runs pairs (default 8). Files go to --dir (default /dev/shm if it exists).
@@ -51,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("what", choices=["drift", "timeline", "pvum", "switchinterval",
                                      "zarrs-threads", "no-io", "stalls", "xarray-reads",
-                                     "read-paths", "wb2-source", "seal"])
+                                     "read-paths", "wb2-source", "seal", "io-threads"])
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100)
@@ -107,6 +112,8 @@ def main() -> None:
             _stalls(E, src, loaded, chs, x0, tmp, args.runs)
         elif args.what == "seal":
             _seal(E, src, loaded, chs, tmp, args.runs)
+        elif args.what == "io-threads":
+            _io_threads(E, pipeline, compute, args.runs)
         elif args.what == "pvum":
             wla: Any = type(loaded.model)  # patched: the PVUM weights made again for every batch
             real = wla.reuse_generated_weights
@@ -310,6 +317,54 @@ def _stalls(E: Any, src: Any, loaded: Any, chs: Any, x0: Any, tmp: str, runs: in
               f"{1e3 * float(np.median(cpus)):5.1f} ms (its own thread "
               f"{1e3 * float(np.median(own)):4.1f}), GIL kept from the ticker "
               f"{1e3 * float(np.median(stalls)):5.1f} ms")
+
+
+def _io_threads(E: Any, pipeline: Callable[[], float], compute: Callable[[], float],
+                runs: int) -> None:
+    """Encode with its reads and writes on one background thread (the default beside a CPU
+    model) and on two (a reader and a writer, as beside a GPU), alternated, each run between two
+    runs of the compute bound. Beside the efficiency, two ratios that this VM's drifting speed
+    moves far less, since each divides times of the same thread taken within a second: the
+    model thread's CPU time in ``encode_chunk`` over the compute bound's CPU time (the model
+    slowed by the threads beside it), and its wall time over its CPU time (waiting for the GIL
+    or for a core)."""
+    real_chunk, real_choice = E.EncodeJob.encode_chunk, E.one_io_thread
+    spent = {"cpu": 0.0, "wall": 0.0}
+
+    def encode_chunk(self: Any, x: Any) -> Any:
+        c, w = time.thread_time(), time.perf_counter()
+        try:
+            return real_chunk(self, x)
+        finally:
+            spent["cpu"] += time.thread_time() - c
+            spent["wall"] += time.perf_counter() - w
+
+    def compute_cpu() -> tuple[float, float]:
+        c = time.thread_time()
+        return compute(), time.thread_time() - c
+
+    E.EncodeJob.encode_chunk = encode_chunk
+    rows: dict[str, list[tuple[float, float, float]]] = {"one": [], "two": []}
+    try:
+        before = compute_cpu()
+        for i in range(runs):
+            for k in (("one", "two") if i % 2 == 0 else ("two", "one")):
+                E.one_io_thread = real_choice if k == "one" else lambda *a: False
+                spent.update(cpu=0.0, wall=0.0)
+                secs = pipeline()
+                after = compute_cpu()
+                rows[k].append(((before[0] + after[0]) / 2 / secs,
+                                spent["cpu"] / ((before[1] + after[1]) / 2),
+                                spent["wall"] / spent["cpu"]))
+                before = after
+    finally:
+        E.EncodeJob.encode_chunk, E.one_io_thread = real_chunk, real_choice
+    names = {"one": "one background thread", "two": "a reader and a writer"}
+    for k, v in rows.items():
+        eff, cpu, wait = (statistics.median(x) for x in zip(*v))
+        print(f"{names[k]:22s}: median efficiency {eff:.3f}, model CPU / compute CPU {cpu:.3f}, "
+              f"model wall / CPU {wait:.3f} ({len(v)} runs; efficiencies "
+              + " ".join(f"{r[0]:.2f}" for r in v) + ")")
 
 
 def _paired(what: str, pipeline: Callable[..., float], compute: Callable[[], float], runs: int,

@@ -1,4 +1,4 @@
-"""A new store is laid out on the writer thread, under the writer lock, while the model encodes
+"""A new store is laid out in the background, under the writer lock, while the model encodes
 the first time chunk (``pipeline.encoding``); what happens when laying it out fails or races."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from era5latent.errors import StoreError
 from era5latent.io.sources import open_source
 from era5latent.io.variables import parse_subset
 from era5latent.model.checkpoint import load_checkpoint
-from era5latent.pipeline.common import Writer
 from era5latent.store.core import lock_path, open_latent_store
 
 from .conftest import assert_clean_error, run_cli
@@ -24,7 +23,7 @@ from .conftest import assert_clean_error, run_cli
 SUBSET = parse_subset("z500,t2m")
 
 
-def test_the_store_is_laid_out_on_the_writer_thread_under_the_lock_beside_the_first_chunk(
+def test_the_store_is_laid_out_in_the_background_under_the_lock_beside_the_first_chunk(
         sample_zarr: Path, tiny_model: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "new.zarr"
@@ -44,7 +43,7 @@ def test_the_store_is_laid_out_on_the_writer_thread_under_the_lock_beside_the_fi
     monkeypatch.setattr(E.EncodeJob, "encode_chunk", encode_chunk)
     res = E.encode(open_source(str(sample_zarr)), load_checkpoint(str(tiny_model)), SUBSET,
                    str(out), batch_size=4, device="cpu", time_chunk=8)
-    assert seen["thread"].startswith("era5latent-writer")
+    assert seen["thread"].startswith("era5latent-io")  # beside a CPU model: reads and writes
     assert seen["locked"]  # the lock beside the store was taken before the store existed
     assert seen["store_at_first_compute"] is None  # the first chunk did not wait for it
     assert res.chunks_written == 3 and not res.resumed
@@ -69,21 +68,6 @@ def test_a_failed_lay_out_writes_nothing_after_it_and_leaves_nothing(
                  str(out), batch_size=4, device="cpu", time_chunk=8)
     assert writes == []  # no chunk write ran after the failed one
     assert not out.exists() and not os.path.exists(lock_path(str(out)))
-
-
-def test_a_writer_skips_every_write_after_one_that_failed() -> None:
-    ran: list[int] = []
-
-    def fail() -> None:
-        raise OSError(28, "No space left on device")
-
-    w = Writer(depth=4)
-    w.submit(ran.append, 1)
-    w.submit(fail)
-    w.submit(ran.append, 2)
-    with pytest.raises(OSError, match="No space"):
-        w.drain()
-    assert ran == [1]
 
 
 def test_a_store_another_part_created_meanwhile_is_resumed_or_refused_by_its_chunking(

@@ -1,7 +1,7 @@
 """Streaming encode and decode: a source's time chunks through the WLA, into a store and back.
 
 * :mod:`.common`: the model's block encode/decode (the one step every path runs), the
-  prefetching reader and background writer (devices and precision: :mod:`era5latent.model.devices`).
+  background reads ahead and writes behind (devices and precision: :mod:`era5latent.model.devices`).
 * :mod:`.encoding`: encode into a latent store (``EncodeJob``: one time chunk at a time,
   resumable, in parts or on a cluster), with the residual layer when asked for.
 * :mod:`.decoding`: decode a latent store into ERA5 fields (residuals applied when present).
@@ -14,9 +14,9 @@ The names of ``common``, ``encoding`` and ``decoding`` are importable from ``era
 """
 
 from era5latent.model.devices import PRECISIONS, autocast, resolve_device, resolve_precision
-from era5latent.pipeline.common import (Progress, Writer, check_grid, check_model_channels,
+from era5latent.pipeline.common import (Background, Progress, check_grid, check_model_channels,
                                         decode_block, decode_fields, encode_block, encode_fields,
-                                        normaliser, prefetch, read_fields, to_device, to_host)
+                                        normaliser, read_fields, to_device, to_host)
 from era5latent.pipeline.decoding import (DecodePlan, DecodeResult, check_store_metadata,
                                           check_store_model, decode, decode_precision,
                                           plan_decode, read_codes, read_group_masks, read_residuals,
@@ -29,6 +29,7 @@ from era5latent.pipeline.encoding import (AUTO_CHUNK_FIELD_BYTES, AUTO_TIME_CHUN
                                           first_step_masks, prepare_encode, ready_to_encode)
 
 __all__ = [
+                                        "Background",
                                         "AUTO_CHUNK_FIELD_BYTES",
                                         "AUTO_TIME_CHUNK",
                                         "MAX_CHUNK_FIELD_BYTES",
@@ -39,9 +40,7 @@ __all__ = [
                                         "EncodeResult",
                                         "EncodedChunk",
                                         "Progress",
-                                        "Writer",
                                         "normaliser",
-                                        "prefetch",
                                         "store_spec",
                                         "to_device",
                                         "to_host",

@@ -16,7 +16,7 @@ from era5latent.store.masks import read_mask_range
 from era5latent.model.checkpoint import LoadedModel, check_same_model
 from era5latent.model.devices import (place_for_inference, resolve_device, resolve_precision,
                                       strict_fp32)
-from era5latent.pipeline.common import Progress, Writer, decode_fields, prefetch
+from era5latent.pipeline.common import Background, Progress, decode_fields, one_io_thread
 from era5latent.io.sources import SourceLayout, iso, time_index_range
 from era5latent.store.residual import residual_name
 from era5latent.store.arrays import CorruptArrayError, CorruptChunkError
@@ -288,7 +288,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
     corrupt: list[str] = list(plan.damaged)
     sample_shape = tuple(len(v) for v in sample_coords.values())
 
-    def read(a: int) -> tuple[int, dict[str, np.ndarray | None],
+    def read(a: int) -> tuple[dict[str, np.ndarray | None],
                               dict[str, dict[str, np.ndarray] | None] | None,
                               dict[str, np.ndarray | None]]:
         codes, lost = read_codes(store, groups, a, min(a + step, hi), allow_corrupt=allow_corrupt)
@@ -301,7 +301,7 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         masks, lost = read_group_masks(store, groups, a, min(a + step, hi),
                                        allow_corrupt=allow_corrupt)
         corrupt.extend(lost)
-        return a, codes, res, masks
+        return codes, res, masks
 
     def fill(a: int) -> tuple[int, ...]:
         return (min(a + step, hi) - a, *sample_shape, len(lat), len(lon))
@@ -311,18 +311,16 @@ def decode(store_path: str, loaded: LoadedModel, out: str, *, subset: tuple[Chan
         faults.point("decode.block-written")
 
     done_samples = 0
-    background = Writer()  # reading, computing and writing overlap
-    try:
-        for a, packed, res, masks in prefetch(read(a) for a in range(lo, hi, step)):
-            block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec, fill(a),
-                                  res, masks)
-            background.submit(write, a - lo, block)
-            done_samples += (min(a + step, hi) - a) * per_step
-            if progress:
-                progress(done_samples, total)
-        background.drain()
+    try:  # reading, computing and writing overlap; beside a CPU model on one background thread
+        with Background(shared=one_io_thread(dev, store_path, out)) as io:
+            for a, (packed, res, masks) in io.read_ahead(read, range(lo, hi, step)):
+                block = decode_fields(loaded, groups, specs, packed, batch_size, dev, prec,
+                                      fill(a), res, masks)
+                io.submit(write, a - lo, block)
+                done_samples += (min(a + step, hi) - a) * per_step
+                if progress:
+                    progress(done_samples, total)
     except BaseException:
-        background.drain_quietly()
         writer.abort()
         raise
     writer.close()

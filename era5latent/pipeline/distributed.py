@@ -47,7 +47,7 @@ from era5latent.fsutil import full_path
 from era5latent.malloc import tune_malloc
 from era5latent.model.checkpoint import LoadedModel, load_checkpoint
 from era5latent.model.devices import place_for_inference, resolve_device, resolve_precision
-from era5latent.pipeline import (DecodeResult, EncodeJob, EncodeResult, prefetch,
+from era5latent.pipeline import (Background, DecodeResult, EncodeJob, EncodeResult,
                                  store_spec, decode_fields, decode_precision, plan_decode,
                                  prepare_encode, read_codes, read_group_masks, read_residuals)
 from era5latent.pipeline.residual import ResidualSpec
@@ -391,12 +391,13 @@ def encode_task(task: EncodeTask, chunks: tuple[int, ...]) -> int:
     try:
         job: EncodeJob = _run_state(task.run_id, task.job)
         done = job.laid_out.done(chunks[0], chunks[-1] + 1)  # only this task's flags
-        for i, x in prefetch((i, job.read_chunk(i)) for i in chunks
-                              if not done[i - chunks[0]]):
-            _fault_once(i)
-            faults.point("encode.chunk-read")
-            job.write_chunk(i, job.encode_chunk(x))
-            STATS["chunks"] += 1
+        with Background() as io:  # reads ahead; the writes stay on this thread
+            for i, x in io.read_ahead(job.read_chunk,
+                                      [i for i in chunks if not done[i - chunks[0]]]):
+                _fault_once(i)
+                faults.point("encode.chunk-read")
+                job.write_chunk(i, job.encode_chunk(x))
+                STATS["chunks"] += 1
         STATS["tasks"] += 1
         return sum(job.chunk_samples(i) for i in chunks)
     except Era5LatentError as err:
@@ -556,7 +557,7 @@ Masks = dict[str, np.ndarray | None]
 
 
 def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[int, str]]
-                ) -> tuple[int, dict[str, np.ndarray | None], Residuals, Masks]:
+                ) -> tuple[dict[str, np.ndarray | None], Residuals, Masks]:
     """Codes (residuals, masks) for output times [a, a + step), checksum-verified."""
     b = min(a + task.step, task.hi)
     codes, lost = read_codes(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
@@ -567,7 +568,7 @@ def _read_codes(task: DecodeTask, st: _DecodeState, a: int, corrupt: list[tuple[
         corrupt.extend((a, msg) for msg in lost)
     masks, lost = read_group_masks(st.store, st.groups, a, b, allow_corrupt=task.allow_corrupt)
     corrupt.extend((a, msg) for msg in lost)
-    return a, codes, res, masks
+    return codes, res, masks
 
 
 def _decode_block(task: DecodeTask, st: _DecodeState, a: int,
@@ -593,16 +594,17 @@ def decode_task(task: DecodeTask, starts: tuple[int, ...]
         corrupt: list[tuple[int, str]] = []
         back: list[tuple[int, dict[Channel, np.ndarray]]] = []
         steps = 0
-        for a, packed, res, masks in prefetch(_read_codes(task, st, a, corrupt)
-                                               for a in starts):
-            block = _decode_block(task, st, a, packed, res, masks)
-            if st.writer is not None:
-                st.writer.write(a - task.lo, block)
-                faults.point("decode.block-written")
-            else:
-                back.append((a, block))
-            steps += next(iter(block.values())).shape[0]
-            STATS["chunks"] += 1
+        with Background() as io:  # reads ahead; the writes stay on this thread
+            for a, (packed, res, masks) in io.read_ahead(
+                    lambda a: _read_codes(task, st, a, corrupt), starts):
+                block = _decode_block(task, st, a, packed, res, masks)
+                if st.writer is not None:
+                    st.writer.write(a - task.lo, block)
+                    faults.point("decode.block-written")
+                else:
+                    back.append((a, block))
+                steps += next(iter(block.values())).shape[0]
+                STATS["chunks"] += 1
         STATS["tasks"] += 1
         return steps, corrupt, back
     except Era5LatentError as err:

@@ -4,7 +4,8 @@ Work is cut into time chunks of the store (``time_chunk`` steps). Each chunk is 
 normalised, pushed through the model in batches of ``batch_size`` samples counted from the chunk's
 own start, packed, written as one chunk-aligned region and marked done. Because batches are a
 function of the chunk alone, a resumed run computes exactly the bytes an uninterrupted run would.
-A reader thread prefetches the next chunk while the model works on the current one. With a
+The next chunks are read, and the last written, in the background while the model works on the
+current one (:class:`~era5latent.pipeline.common.Background`). With a
 residual layer (``--max-error``), each chunk's codes are decoded in fp32 and the residual written
 with them, before the done flag (:mod:`era5latent.pipeline.residual`).
 """
@@ -28,9 +29,9 @@ from era5latent.fsutil import (LATENT, check_output_name, check_replaceable, exi
 from era5latent.model.checkpoint import LoadedModel
 from era5latent.model.devices import (place_for_inference, resolve_device, resolve_precision,
                                       strict_fp32)
-from era5latent.pipeline.common import (Progress, Writer, check_grid, check_model_channels,
-                                        decode_fields, encode_fields, fields_where, prefetch,
-                                        read_fields)
+from era5latent.pipeline.common import (Background, Progress, check_grid,
+                                        check_model_channels, decode_fields, encode_fields,
+                                        fields_where, one_io_thread, read_fields)
 from era5latent.store.masks import FILL, mask_sha, split_masked, static_masks
 from era5latent.pipeline.residual import ResidualSpec, make_residuals, parse_max_error
 from era5latent.io.sources import Source, grid_info, iso
@@ -198,8 +199,8 @@ class EncodeJob:
     loaded: LoadedModel
     channels: tuple[Channel, ...]
     spec: StoreSpec
-    #: None until :meth:`lay_out` creates it: ``encode`` lays a new local store out on the
-    #: writer thread while the model encodes the first time chunk
+    #: None until :meth:`lay_out` creates it: ``encode`` lays a new local store out in the
+    #: background while the model encodes the first time chunk
     store: LatentStore | None
     t0: int
     batch_size: int
@@ -401,7 +402,7 @@ def prepare_encode(source: Source, loaded: LoadedModel, channels: tuple[Channel,
     (``store.part_range``) and never marks the store complete. Processes that create the same
     store at once are safe: the one that loses the race opens the winner's store and resumes.
     With ``lay_out`` False, a new local store is checked but not created: the caller calls
-    :meth:`EncodeJob.lay_out` (``encode`` does so on its writer thread, under the writer lock).
+    :meth:`EncodeJob.lay_out` (``encode`` does so in the background, under the writer lock).
     """
     if part is not None and overwrite:
         raise OptionError("--overwrite with --parts would let each part wipe the others' work; "
@@ -501,20 +502,17 @@ def _run(job: EncodeJob, out: str, progress: Progress | None, overwrite: bool = 
     if progress:
         progress(finished, total)
     start = time.perf_counter()
-    writer = Writer()  # reading, computing and writing overlap
-    try:
-        if job.store is None:  # a new store is laid out while the first chunk is encoded
-            writer.submit(_lay_out_first, job, out, overwrite)
-        for i, x in prefetch((i, job.read_chunk(i)) for i in todo):
+    # reading, computing and writing overlap; beside a CPU model on one background thread
+    with Background(shared=one_io_thread(job.device, job.source.path, out)) as io:
+        chunks = io.read_ahead(job.read_chunk, todo)  # queued before the lay-out: chunk 0 is
+        if job.store is None:  # already in memory, and a new store is laid out while it encodes
+            io.submit(_lay_out_first, job, out, overwrite)
+        for i, x in chunks:
             faults.point("encode.chunk-read")
-            writer.submit(job.write_chunk, i, job.encode_chunk(x))
+            io.submit(job.write_chunk, i, job.encode_chunk(x))
             finished += job.chunk_samples(i)
             if progress:
                 progress(finished, total)
-        writer.drain()
-    except BaseException:
-        writer.drain_quietly()
-        raise
     seconds = time.perf_counter() - start
     job.finish()
     spec = job.spec
