@@ -78,11 +78,12 @@ class Background:
     error, for what is running, quietly).
 
     Beside a model on the CPU, reading and writing local files (``shared``, the default; see
-    :func:`one_io_thread`), one thread does both, in the order they were asked for. A reader and
-    a writer of their own made three busy threads on two cores, and the model thread's CPU time
-    inside the pipeline rose about 3% above the same chunks alone (docs/benchmarks.md, "Tiny
-    encode, seventh round"). Beside a GPU, or where a read or a write waits on the network, they
-    are two threads, so that one does not hold up the other.
+    :func:`one_io_thread`), one thread does both, in the order they were asked for: a reader and
+    a writer of their own made three busy threads on two cores, and in one of two paired tests
+    the model thread's CPU time in the pipeline rose 7% over the same chunks alone, against
+    none with one thread (docs/benchmarks.md, "Tiny encode, seventh round"). Beside a GPU, or
+    where a read or a write waits on the network, they are two threads, so that one does not
+    hold up the other.
 
     Writes run in submission order, on one thread, so a chunk's done flag still follows its
     codes; after one fails, the later ones are skipped (none may land after a failed one).
@@ -147,6 +148,8 @@ class Background:
         self._pending.append(self._writes.submit(self._call, fn, *args))
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """One write, unless an earlier one failed (e.g. laying the store out): a write must
+        not land after one that did not."""
         if self._failed:
             return
         try:
