@@ -29,11 +29,11 @@ from era5latent.pipeline.encoding import (AUTO_CHUNK_FIELD_BYTES, AUTO_TIME_CHUN
                                           first_step_masks, prepare_encode, ready_to_encode)
 
 __all__ = [
-                                        "Background",
                                         "AUTO_CHUNK_FIELD_BYTES",
                                         "AUTO_TIME_CHUNK",
                                         "MAX_CHUNK_FIELD_BYTES",
                                         "PRECISIONS",
+                                        "Background",
                                         "DecodePlan",
                                         "DecodeResult",
                                         "EncodeJob",

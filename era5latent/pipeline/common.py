@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -90,8 +90,6 @@ class Background:
     """
 
     def __init__(self, shared: bool = True, depth: int = 2) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self._writes = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="era5latent-io" if shared else "era5latent-writer")
         self._reads = self._writes if shared else ThreadPoolExecutor(
